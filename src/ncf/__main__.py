@@ -1,0 +1,3 @@
+from ncf.cli import main
+
+main()

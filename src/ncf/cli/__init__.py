@@ -1,0 +1,35 @@
+"""The ``ncf`` command line: a thin typer app over the library API.
+
+Each sub-module registers its commands on ``app``; errors a user can cause (bad files,
+bad flags, corrupt checkpoints) print one clear line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+app = typer.Typer(
+    name="ncf",
+    help="Neural collaborative filtering: train, evaluate and serve recommenders.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+# explicit registration, no discovery: each import adds its commands to `app`
+from ncf.cli import data as _data  # noqa: E402,F401
+from ncf.cli import train as _train  # noqa: E402,F401
+
+
+def main(argv: list[str] | None = None) -> None:
+    from ncf.checkpoint import CheckpointError
+    from ncf.data.readers import DataError
+
+    try:
+        app(args=argv, standalone_mode=True)
+    except (DataError, CheckpointError, ValueError, KeyError, FileNotFoundError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        typer.echo(f"error: {msg}", err=True)
+        sys.exit(2)

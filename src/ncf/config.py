@@ -1,0 +1,81 @@
+"""Typed, validated training configuration. Unknown keys are errors, never ignored."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+LOSSES = ("bce", "bpr")
+OPTIMIZERS = ("adam", "sgd", "adagrad")
+DEVICES = ("auto", "cpu", "cuda")
+MONITORS = ("ndcg@10", "hr@10")
+
+
+@dataclass
+class TrainConfig:
+    """How a model is trained. ``params`` holds model-specific hyperparameters
+    (checked against the model's own list)."""
+
+    model: str = "neumf"
+    factors: int = 8
+    layers: tuple[int, ...] = (64, 32, 16, 8)
+    dropout: float = 0.0
+    l2: float = 0.0
+    epochs: int = 20
+    neg: int = 4
+    batch_size: int = 4096
+    lr: float = 0.005
+    optimizer: str = "adam"
+    loss: str = "bce"
+    seed: int = 0
+    patience: int = 5  # epochs without improvement on validation before stopping; 0: never
+    monitor: str = "ndcg@10"
+    device: str = "auto"
+    threads: int = 0  # torch intra-op threads; 0: all cores
+    pretrain: bool = False  # NeuMF: train GMF and MLP first, then fuse (alpha)
+    alpha: float = 0.5
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        from ncf.models.mlp import parse_layers
+
+        self.layers = parse_layers(self.layers)
+        checks = [
+            (self.factors >= 1, f"factors must be >= 1, got {self.factors}"),
+            (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
+            (self.neg >= 1, f"neg must be >= 1, got {self.neg}"),
+            (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
+            (self.lr > 0, f"lr must be > 0, got {self.lr}"),
+            (0 <= self.dropout < 1, f"dropout must be in [0, 1), got {self.dropout}"),
+            (self.l2 >= 0, f"l2 must be >= 0, got {self.l2}"),
+            (self.patience >= 0, f"patience must be >= 0, got {self.patience}"),
+            (self.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}"),
+            (self.loss in LOSSES, f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}"),
+            (self.device in DEVICES or self.device.startswith("cuda:"),
+             f"device must be one of {', '.join(DEVICES)}, got {self.device!r}"),
+            (self.monitor in MONITORS, f"monitor must be one of {', '.join(MONITORS)}, got {self.monitor!r}"),
+            (0 <= self.alpha <= 1, f"alpha must be in [0, 1], got {self.alpha}"),
+            (self.threads >= 0, f"threads must be >= 0, got {self.threads}"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ValueError(msg)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["layers"] = list(self.layers)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown config key(s): {', '.join(unknown)}")
+        return cls(**data)
+
+    def model_params(self, model_cls) -> dict[str, Any]:
+        """Hyperparameters for ``model_cls``: its config fields from here plus ``params``."""
+        base = {k: getattr(self, k) for k in model_cls.config_fields}
+        return model_cls.check_params({**base, **self.params})

@@ -1,0 +1,266 @@
+"""Dataset registry: a name (``ml-100k``, ``ncf-ml-1m``, ...) or a file path -> :class:`Dataset`.
+
+Data directory: the ``data_dir`` argument, else ``$NCF_DATA_DIR``, else ``~/.cache/ncf``.
+A named dataset lives in ``DATA_DIR/NAME/`` with the files of its GroupLens archive.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+
+from ncf.data import readers
+from ncf.data.interactions import IdMap, Interactions
+from ncf.data.readers import DataError, Ratings
+from ncf.data.split import (
+    Dataset,
+    HoldOut,
+    candidates_from_lists,
+    leave_one_out,
+    sample_candidates,
+)
+
+# name -> (ratings file inside DATA_DIR/NAME, reader)
+RATINGS_FILES = {
+    "ml-100k": ("u.data", readers.read_ml100k),
+    "ml-1m": ("ratings.dat", readers.read_ml1m),
+    "ml-10m": ("ratings.dat", readers.read_ml1m),
+    "ml-20m": ("ratings.csv", readers.read_ml_csv),
+    "ml-25m": ("ratings.csv", readers.read_ml_csv),
+    "ml-latest-small": ("ratings.csv", readers.read_ml_csv),
+    "ml-latest": ("ratings.csv", readers.read_ml_csv),
+}
+NCF_NAMES = {"ncf-ml-1m": "ml-1m"}  # name -> file prefix in DATA_DIR/NAME
+DATASETS = sorted([*RATINGS_FILES, *NCF_NAMES])
+
+
+def data_dir(explicit: str | Path | None = None) -> Path:
+    if explicit:
+        return Path(explicit).expanduser()
+    env = os.environ.get("NCF_DATA_DIR")
+    if env:
+        return Path(env).expanduser()
+    return Path.home() / ".cache" / "ncf"
+
+
+@dataclass
+class DataConfig:
+    """How a source becomes a split :class:`Dataset`. Saved with every run."""
+
+    source: str = "ml-100k"
+    data_dir: str | None = None
+    valid: bool = True  # carve a validation holdout from training
+    n_neg_eval: int = 99
+    seed: int = 0
+    min_rating: float | None = None
+    min_train: int = 1  # users need min_train + 1 interactions to get a holdout
+    user_col: str | None = None
+    item_col: str | None = None
+    rating_col: str | None = None
+    time_col: str | None = None
+    sep: str | None = None
+    on_bad_lines: str = "error"
+
+    def __post_init__(self):
+        if self.n_neg_eval < 1:
+            raise ValueError(f"n_neg_eval must be >= 1, got {self.n_neg_eval}")
+        if self.on_bad_lines not in readers.BAD_LINES:
+            raise ValueError(f"on_bad_lines must be one of {readers.BAD_LINES}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _col(c: str | None):
+    if c is None:
+        return None
+    return int(c) if c.isdigit() else c
+
+
+def dataset_path(name: str, root: Path) -> Path:
+    return root / name
+
+
+def ensure_available(name: str, root: Path, download: bool = True) -> Path:
+    """The directory of a named dataset, downloading it if missing (where possible)."""
+    folder = dataset_path(name, root)
+    if name in NCF_NAMES:
+        prefix = NCF_NAMES[name]
+        needed = [f"{prefix}.train.rating", f"{prefix}.test.rating", f"{prefix}.test.negative"]
+        missing = [f for f in needed if not (folder / f).exists()]
+        if missing:
+            raise DataError(
+                f"dataset {name!r} is not in {folder}: put {', '.join(missing)} (the NCF "
+                f"authors' pre-split files) there, or pass --data-dir / set NCF_DATA_DIR"
+            )
+        return folder
+    fname, _ = RATINGS_FILES[name]
+    if (folder / fname).exists():
+        return folder
+    if download:
+        from ncf.data.download import download as fetch
+
+        fetch(name, root)
+        if (folder / fname).exists():
+            return folder
+    raise DataError(
+        f"dataset {name!r} is missing: expected {folder / fname}; run `ncf data download "
+        f"{name}` or put the file there (or pass --data-dir / set NCF_DATA_DIR)"
+    )
+
+
+def read_source(cfg: DataConfig) -> tuple[str, Ratings | None, Path]:
+    """Resolve a source to (name, ratings-or-None-for-NCF-presplit, folder)."""
+    root = data_dir(cfg.data_dir)
+    src = cfg.source
+    kw = {"on_bad_lines": cfg.on_bad_lines, "min_rating": cfg.min_rating}
+    if src in NCF_NAMES:
+        return src, None, ensure_available(src, root)
+    if src in RATINGS_FILES:
+        folder = ensure_available(src, root)
+        fname, reader = RATINGS_FILES[src]
+        return src, reader(folder / fname, **kw), folder
+    path = Path(src).expanduser()
+    if not path.exists():
+        raise DataError(
+            f"unknown source {src!r}: not a dataset name ({', '.join(DATASETS)}) nor an existing file"
+        )
+    if path.is_dir():
+        for name, (fname, reader) in RATINGS_FILES.items():
+            if (path / fname).exists():
+                return name, reader(path / fname, **kw), path
+        if list(path.glob("*.train.rating")):
+            return str(path), None, path
+        raise DataError(f"{path}: no known ratings file (u.data, ratings.dat, ratings.csv, *.train.rating)")
+    if path.name.endswith(".train.rating"):
+        return str(path), None, path.parent
+    if cfg.user_col is not None or cfg.item_col is not None:
+        ratings = readers.read_table(
+            path, _col(cfg.user_col) if cfg.user_col is not None else 0,
+            _col(cfg.item_col) if cfg.item_col is not None else 1,
+            _col(cfg.rating_col), _col(cfg.time_col), sep=cfg.sep, **kw,
+        )
+        return str(path), ratings, path.parent
+    for name, (fname, reader) in RATINGS_FILES.items():
+        if path.name == fname:
+            return name, reader(path, **kw), path.parent
+    ratings = readers.read_table(path, 0, 1, _col(cfg.rating_col), _col(cfg.time_col), sep=cfg.sep, **kw)
+    return str(path), ratings, path.parent
+
+
+def load_dataset(cfg: DataConfig | str) -> Dataset:
+    if isinstance(cfg, str):
+        cfg = DataConfig(source=cfg)
+    name, ratings, folder = read_source(cfg)
+    if ratings is None:
+        return _load_ncf(cfg, name, folder)
+    rng = np.random.default_rng(cfg.seed)
+    full = Interactions.from_raw(ratings.users, ratings.items, ratings.timestamps, ratings.ratings)
+    if full.nnz == 0:
+        raise DataError(f"{cfg.source}: no interactions left to train on")
+    train, test_u, test_i, few_test = leave_one_out(full, rng, cfg.min_train)
+    valid = None
+    few_valid = 0
+    seen_all = full.matrix
+    if cfg.valid:
+        train, val_u, val_i, few_valid = leave_one_out(train, rng, cfg.min_train)
+        valid = HoldOut(val_u, val_i, sample_candidates(seen_all, val_u, val_i, cfg.n_neg_eval, rng))
+    test = HoldOut(test_u, test_i, sample_candidates(seen_all, test_u, test_i, cfg.n_neg_eval, rng))
+    report = {
+        "read": ratings.report.to_dict(),
+        "duplicates_collapsed": full.n_duplicates,
+        "users_without_test": few_test,
+        "users_without_valid": few_valid,
+        "timestamps": full.timestamps is not None,
+    }
+    return Dataset(name, train, test, valid, full.nnz, report, _item_info(name, folder, train.item_map))
+
+
+def _load_ncf(cfg: DataConfig, name: str, folder: Path) -> Dataset:
+    """The NCF pre-split layout: ``PREFIX.train.rating``, ``.test.rating``, ``.test.negative``."""
+    prefix = NCF_NAMES.get(name)
+    if prefix is None:
+        found = sorted(folder.glob("*.train.rating"))
+        prefix = found[0].name[: -len(".train.rating")]
+    kw = {"on_bad_lines": cfg.on_bad_lines}
+    tr = readers.read_ncf_rating(folder / f"{prefix}.train.rating", **kw)
+    te = readers.read_ncf_rating(folder / f"{prefix}.test.rating", **kw)
+    neg_path = folder / f"{prefix}.test.negative"
+    nu, ni, negs = readers.read_ncf_negative(neg_path)
+    as_int = {}
+    for label, arr, path in (("train", tr, f"{prefix}.train.rating"), ("test", te, f"{prefix}.test.rating")):
+        try:
+            as_int[label] = (arr.users.astype(np.int64), arr.items.astype(np.int64))
+        except ValueError:
+            raise DataError(f"{folder / path}: NCF files hold integer user and item indexes") from None
+    tr_u, tr_i = as_int["train"]
+    te_u, te_i = as_int["test"]
+    n_users = int(max(tr_u.max(), te_u.max(), nu.max())) + 1
+    n_items = int(max(tr_i.max(), te_i.max(), max((max(n) for n in negs if n), default=0))) + 1
+    user_map, item_map = _ncf_maps(folder, n_users, n_items)
+    if sorted(zip(nu.tolist(), ni.tolist(), strict=True)) != sorted(zip(te_u.tolist(), te_i.tolist(), strict=True)):
+        raise DataError(f"{neg_path}: its (user,item) heads do not match {prefix}.test.rating")
+    train_all = Interactions.from_indices(tr_u, tr_i, user_map, item_map, tr.timestamps, tr.ratings)
+    overlap = train_all.matrix[te_u, te_i].A1 if len(te_u) else np.array([])
+    if overlap.any():
+        raise DataError(
+            f"{folder}: {int(overlap.sum())} test interactions also appear in the training file; "
+            "this would make evaluation incorrect"
+        )
+    rng = np.random.default_rng(cfg.seed)
+    seen_all = (train_all.matrix + sp.csr_matrix(
+        (np.ones(len(te_u), np.float32), (te_u, te_i)), shape=train_all.matrix.shape)).tocsr()
+    seen_all.data[:] = 1
+    cand, stats = candidates_from_lists(nu, ni, negs, n_items, seen=seen_all)
+    test = HoldOut(nu, ni, cand)
+    valid, few_valid, train = None, 0, train_all
+    if cfg.valid:
+        train, val_u, val_i, few_valid = leave_one_out(train_all, rng, cfg.min_train)
+        valid = HoldOut(val_u, val_i, sample_candidates(seen_all, val_u, val_i, cfg.n_neg_eval, rng))
+    report = {
+        "read": {"train": tr.report.to_dict(), "test": te.report.to_dict()},
+        "duplicates_collapsed": train_all.n_duplicates,
+        "candidates": stats,
+        "users_without_valid": few_valid,
+        "timestamps": train_all.timestamps is not None,
+        "split_sizes": {"train": int(train_all.nnz), "test": int(len(te_u)), "candidate_lists": int(len(nu))},
+    }
+    return Dataset(name, train, test, valid, int(train_all.nnz + len(te_u)), report,
+                   _item_info(name, folder, item_map))
+
+
+def _ncf_maps(folder: Path, n_users: int, n_items: int) -> tuple[IdMap, IdMap]:
+    """Raw ids for the NCF layout: MovieLens ids where ``item_ids.tsv`` (index -> MovieID)
+    is present (and then UserID = index + 1, as ML-1M's users.dat), else the indexes."""
+    ids_file = folder / "item_ids.tsv"
+    if not ids_file.exists():
+        return IdMap(list(range(n_users))), IdMap(list(range(n_items)))
+    r = readers.read_table(ids_file, 0, 1, sep="\t", header=False)
+    idx, raw = r.users.astype(np.int64), r.items.astype(np.int64)
+    if len(idx) != n_items or not np.array_equal(np.sort(idx), np.arange(n_items)):
+        raise DataError(f"{ids_file}: expected one line for each item index 0..{n_items - 1}")
+    raws = np.empty(n_items, dtype=np.int64)
+    raws[idx] = raw
+    return IdMap(list(range(1, n_users + 1))), IdMap(raws.tolist())
+
+
+def _item_info(name: str, folder: Path, item_map: IdMap) -> dict | None:
+    """Titles and genres by item index, where the source folder has them."""
+    from ncf.data.features import read_item_titles
+
+    try:
+        table = read_item_titles(folder)
+    except DataError:
+        return None
+    if table is None:
+        return None
+    titles, genres = [], []
+    for raw in item_map.raw_ids:
+        row = table.get(raw) or table.get(str(raw))
+        titles.append(row[0] if row else None)
+        genres.append(row[1] if row else [])
+    return {"titles": titles, "genres": genres}

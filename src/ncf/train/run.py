@@ -1,0 +1,124 @@
+"""One training run end to end: dataset -> model -> trainer -> run directory.
+
+This is what ``ncf train`` calls; ``ncf compare`` and the benchmarks call it too.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from ncf.checkpoint import (
+    CheckpointError,
+    atomic_write_json,
+    load_config,
+    load_model,
+    save_model,
+    save_run_data,
+)
+from ncf.config import TrainConfig
+from ncf.data.datasets import DataConfig, load_dataset
+from ncf.data.split import Dataset
+from ncf.models import MODELS, NeuMF, get_model_class
+from ncf.train.trainer import Trainer, console
+
+
+def build(cfg: TrainConfig, dataset: Dataset):
+    cls = get_model_class(cfg.model)
+    return cls.from_params(dataset.n_users, dataset.n_items, **cfg.model_params(cls))
+
+
+def _write_header(out: Path, data_cfg: DataConfig, cfg: TrainConfig, model, dataset: Dataset) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    save_run_data(out, dataset.train.user_map, dataset.train.item_map, dataset.train.matrix, dataset.item_info)
+    atomic_write_json(out / "config.json", {
+        "format": 1, "model": model.name, "model_params": model.hparams(),
+        "n_users": model.n_users, "n_items": model.n_items,
+        "train": cfg.to_dict(), "data": data_cfg.to_dict(), "dataset_report": dataset.report,
+    })
+
+
+def train(data_cfg: DataConfig, cfg: TrainConfig, out: Path | None, dataset: Dataset | None = None,
+          progress: bool = True) -> dict[str, Any]:
+    """Train ``cfg.model`` on ``data_cfg``'s dataset, writing the run to ``out``."""
+    dataset = dataset or load_dataset(data_cfg)
+    if cfg.pretrain:
+        if cfg.model != "neumf":
+            raise ValueError("--pretrain applies to neumf only")
+        return _train_pretrained(data_cfg, cfg, out, dataset, progress, resume=False)
+    model = build(cfg, dataset)
+    if out is not None:
+        _write_header(Path(out), data_cfg, cfg, model, dataset)
+    return _fit(model, dataset, cfg, data_cfg, out, progress, resume=False)
+
+
+def _fit(model, dataset, cfg, data_cfg, out, progress, resume):
+    if not model.trainable:
+        t0 = time.perf_counter()
+        model.fit(dataset, cfg)
+        elapsed = time.perf_counter() - t0
+        trainer = Trainer(model, dataset, cfg, out, progress=progress)
+        trainer.elapsed = elapsed
+        if dataset.valid is not None:
+            from ncf.eval.evaluator import evaluate
+
+            trainer.best = {"epoch": None, "score": None, "valid": evaluate(model, dataset.valid, "sampled")}
+        if out is not None:
+            save_model(Path(out), model, _extra(cfg, data_cfg, dataset))
+        return trainer.finish()
+    trainer = Trainer(model, dataset, cfg, out, progress=progress)
+    trainer.extra_config = lambda: _extra(cfg, data_cfg, dataset)
+    return trainer.fit(resume=resume)
+
+
+def _extra(cfg: TrainConfig, data_cfg: DataConfig, dataset: Dataset) -> dict[str, Any]:
+    return {"train": cfg.to_dict(), "data": data_cfg.to_dict(), "dataset_report": dataset.report}
+
+
+def _train_pretrained(data_cfg, cfg, out, dataset, progress, resume):
+    """The paper's pre-training: GMF and MLP trained alone (sub-runs ``pretrain-gmf`` and
+    ``pretrain-mlp``), fused with ``alpha``, then NeuMF fine-tuned with SGD."""
+    subs = {}
+    for name in ("gmf", "mlp"):
+        sub_cfg = TrainConfig.from_dict({**cfg.to_dict(), "model": name, "pretrain": False})
+        sub_out = Path(out) / f"pretrain-{name}" if out else None
+        if sub_out is not None and (sub_out / "summary.json").exists():
+            console.print(f"pre-trained {name} found in {sub_out}")
+        elif sub_out is not None and resume and (sub_out / "state.safetensors").exists():
+            resume_run(sub_out, progress=progress)
+        else:
+            console.print(f"[bold]pre-training {name}")
+            train(data_cfg, sub_cfg, sub_out, dataset, progress)
+        subs[name] = load_model(sub_out) if sub_out else None
+    model = NeuMF.from_pretrained(subs["gmf"], subs["mlp"], cfg.alpha)
+    fine = TrainConfig.from_dict({**cfg.to_dict(), "optimizer": "sgd"})
+    if out is not None and not resume:
+        _write_header(Path(out), data_cfg, cfg, model, dataset)
+    resumable = resume and out is not None and (Path(out) / "state.safetensors").exists()
+    return _fit(model, dataset, fine, data_cfg, out, progress, resume=resumable)
+
+
+def resume_run(out: Path, progress: bool = True) -> dict[str, Any]:
+    """Continue an interrupted run from its last completed epoch."""
+    out = Path(out)
+    if not out.is_dir():
+        raise CheckpointError(f"{out}: no such run directory")
+    cfg_json = load_config(out)
+    try:
+        cfg = TrainConfig.from_dict(cfg_json["train"])
+        data_cfg = DataConfig(**cfg_json["data"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{out / 'config.json'}: cannot resume ({e})") from None
+    dataset = load_dataset(data_cfg)
+    if (out / "summary.json").exists():
+        console.print(f"{out} already finished; evaluating the saved best model")
+    if cfg.pretrain:
+        return _train_pretrained(data_cfg, cfg, out, dataset, progress, resume=True)
+    model = build(cfg, dataset)
+    if not (out / "state.safetensors").exists():
+        return _fit(model, dataset, cfg, data_cfg, out, progress, resume=False)
+    return _fit(model, dataset, cfg, data_cfg, out, progress, resume=True)
+
+
+__all__ = ["train", "resume_run", "MODELS"]
