@@ -1,24 +1,42 @@
-"""Model registry: a plain dict from name to class (no discovery)."""
+"""Model registry: a plain dict from name to "module:Class" (no discovery).
+
+Classes are imported on first use, so that optional dependencies (gensim, implicit) are
+imported only by the models that need them.
+"""
 
 from __future__ import annotations
+
+import importlib
 
 from ncf.models.base import Model, Scorer
 from ncf.models.gmf import GMF
 from ncf.models.mlp import MLP
 from ncf.models.neumf import NeuMF
 
-MODELS: dict[str, type[Model]] = {
-    "gmf": GMF,
-    "mlp": MLP,
-    "neumf": NeuMF,
+MODELS: dict[str, str] = {
+    "gmf": "ncf.models.gmf:GMF",
+    "mlp": "ncf.models.mlp:MLP",
+    "neumf": "ncf.models.neumf:NeuMF",
+    "pop": "ncf.models.baselines:Popularity",
+    "itemknn": "ncf.models.baselines:ItemKNN",
+    "ease": "ncf.models.baselines:EASE",
+    "bpr": "ncf.models.baselines:BPRMF",
+    "ials": "ncf.models.ials:ImplicitALS",
+    "item2vec": "ncf.models.item2vec:Item2Vec",
+    "widedeep": "ncf.models.widedeep:WideDeep",
 }
 
 
 def get_model_class(name: str) -> type[Model]:
     try:
-        return MODELS[name]
+        path = MODELS[name]
     except KeyError:
         raise ValueError(f"unknown model {name!r} (known: {', '.join(sorted(MODELS))})") from None
+    module, cls = path.split(":")
+    try:
+        return getattr(importlib.import_module(module), cls)
+    except ImportError as e:
+        raise ValueError(f"model {name!r} needs an optional dependency: {e} (pip install 'ncf[all]')") from None
 
 
 __all__ = ["MODELS", "Model", "Scorer", "GMF", "MLP", "NeuMF", "get_model_class"]

@@ -25,8 +25,13 @@ from ncf.train.trainer import Trainer, console
 
 
 def build(cfg: TrainConfig, dataset: Dataset):
+    """A fresh model for ``dataset``; models that need more than the sizes (side features)
+    define ``from_dataset(dataset, **params)``."""
     cls = get_model_class(cfg.model)
-    return cls.from_params(dataset.n_users, dataset.n_items, **cfg.model_params(cls))
+    params = cfg.model_params(cls)
+    if hasattr(cls, "from_dataset"):
+        return cls.from_dataset(dataset, **params)
+    return cls.from_params(dataset.n_users, dataset.n_items, **params)
 
 
 def _write_header(out: Path, data_cfg: DataConfig, cfg: TrainConfig, model, dataset: Dataset) -> None:

@@ -1,0 +1,1 @@
+"""`ncf compare` commands (see the module that implements them)."""

@@ -1,0 +1,1 @@
+"""`ncf items` commands (see the module that implements them)."""

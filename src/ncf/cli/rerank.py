@@ -1,0 +1,1 @@
+"""`ncf rerank` commands (see the module that implements them)."""

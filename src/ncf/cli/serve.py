@@ -1,0 +1,1 @@
+"""`ncf serve` commands (see the module that implements them)."""

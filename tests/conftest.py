@@ -1,0 +1,79 @@
+"""Shared fixtures. Real data is read from $NCF_DATA_DIR (default: ../shared/data beside the
+repository); tests that need a dataset skip, saying why, where it is absent."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+_default = ROOT.parent / "shared" / "data"
+if "NCF_DATA_DIR" not in os.environ and _default.is_dir():
+    os.environ["NCF_DATA_DIR"] = str(_default)
+
+DATA_DIR = Path(os.environ["NCF_DATA_DIR"]) if "NCF_DATA_DIR" in os.environ else None
+
+
+def _need(sub: str, probe: str) -> Path:
+    if DATA_DIR is None:
+        pytest.skip("NCF_DATA_DIR is not set and ../shared/data does not exist: real-data test skipped")
+    path = DATA_DIR / sub
+    if not (path / probe).exists():
+        pytest.skip(f"{path / probe} is absent: real-data test skipped")
+    return path
+
+
+@pytest.fixture(scope="session")
+def ml100k_dir() -> Path:
+    return _need("ml-100k", "u.data")
+
+
+@pytest.fixture(scope="session")
+def ncf_ml1m_dir() -> Path:
+    return _need("ncf-ml-1m", "ml-1m.train.rating")
+
+
+@pytest.fixture(scope="session")
+def ml100k(ml100k_dir):
+    from ncf.data.datasets import DataConfig, load_dataset
+
+    return load_dataset(DataConfig(source="ml-100k"))
+
+
+@pytest.fixture(scope="session")
+def ncf_ml1m(ncf_ml1m_dir):
+    from ncf.data.datasets import DataConfig, load_dataset
+
+    return load_dataset(DataConfig(source="ncf-ml-1m"))
+
+
+@pytest.fixture
+def toy_dataset():
+    """A small synthetic dataset with planted structure: two user groups that like two
+    disjoint item groups; each user's held-out item is from their own group."""
+    from ncf.data.interactions import Interactions
+    from ncf.data.split import Dataset, HoldOut, leave_one_out, sample_candidates
+
+    rng = np.random.default_rng(0)
+    n_users = 60  # 40 items: two groups of 20
+    users, items, times = [], [], []
+    for u in range(n_users):
+        group = u % 2
+        pool = np.arange(group * 20, group * 20 + 20)
+        chosen = rng.choice(pool, size=12, replace=False)
+        users += [u] * len(chosen)
+        items += chosen.tolist()
+        times += list(range(len(chosen)))
+    full = Interactions.from_raw(np.array(users), np.array(items), np.array(times))
+    train, tu, ti, _ = leave_one_out(full, rng)
+    train, vu, vi, _ = leave_one_out(train, rng)
+    seen = full.matrix
+    return Dataset(
+        "toy", train,
+        HoldOut(tu, ti, sample_candidates(seen, tu, ti, 10, rng)),
+        HoldOut(vu, vi, sample_candidates(seen, vu, vi, 10, rng)),
+        full.nnz,
+    )
