@@ -40,7 +40,8 @@ def train_cmd(
     batch_size: int = typer.Option(TrainConfig.batch_size, "--batch-size"),
     lr: float = typer.Option(TrainConfig.lr, "--lr"),
     optimizer: str = typer.Option(TrainConfig.optimizer, "--optimizer", help="adam | sgd | adagrad"),
-    loss: str = typer.Option(TrainConfig.loss, "--loss", help="bce (log loss) | bpr (pairwise)"),
+    loss: str = typer.Option(None, "--loss", help="bce (log loss) | bpr (pairwise); default: the model's own "
+                             "(bpr for --model bpr, else bce)"),
     l2: float = typer.Option(TrainConfig.l2, "--l2", help="L2 penalty on the batch's embeddings."),
     dropout: float = typer.Option(TrainConfig.dropout, "--dropout"),
     patience: int = typer.Option(TrainConfig.patience, "--patience", help="Early-stop patience (0: off)."),
@@ -70,6 +71,10 @@ def train_cmd(
         return
     if dataset is None or out is None:
         raise ValueError("ncf train needs --dataset SOURCE and --out DIR (or --resume DIR)")
+    if loss is None:  # an explicit --loss always wins; else the model's default (BPR-MF: bpr)
+        from ncf.models import get_model_class
+
+        loss = getattr(get_model_class(model), "default_loss", TrainConfig.loss)
     cfg = TrainConfig(model=model, factors=factors, layers=layers, epochs=epochs, neg=neg,
                       batch_size=batch_size, lr=lr, optimizer=optimizer, loss=loss, l2=l2,
                       dropout=dropout, patience=patience, seed=seed, device=device, threads=threads,

@@ -1,0 +1,309 @@
+"""Strong simple baselines behind the Scorer contract: most-popular, item-KNN, EASE, BPR-MF.
+
+``pop``, ``itemknn`` and ``ease`` are fitted, not trained by SGD (``trainable = False``):
+``fit(dataset, cfg)`` computes their state from ``dataset.train`` and stores it in frozen
+parameters (``requires_grad=False``), so that the safetensors checkpoint, ``.to(device)``
+and the device lookup through ``parameters()`` work as for the neural models.
+``itemknn`` and ``ease`` score a user from the items the user saw in training
+(``X_u``), so they keep the training matrix (CSR ``indptr``/``indices``) too; its size
+depends on the data, and loading a checkpoint resizes it.
+
+``bpr`` is matrix factorisation (dot product + item bias) trained by the Trainer with the
+pairwise loss; ``ncf train --model bpr`` uses ``--loss bpr`` unless told otherwise.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from torch import nn
+
+from ncf.models.base import Model
+
+
+def _frozen(t: torch.Tensor) -> nn.Parameter:
+    return nn.Parameter(t, requires_grad=False)
+
+
+def binary_matrix(matrix: sp.spmatrix) -> sp.csr_matrix:
+    """users x items CSR of float32 ones (duplicates and ratings collapsed)."""
+    m = sp.csr_matrix(matrix, dtype=np.float32, copy=True)
+    m.sum_duplicates()
+    m.data[:] = 1.0
+    m.eliminate_zeros()
+    return m
+
+
+class FittedModel(Model):
+    """A model fitted from the training matrix; its state lives in frozen parameters.
+
+    ``resizable`` names the parameters whose shape depends on the data (not on the
+    hyperparameters): loading a state dict adopts the stored shape for those.
+    """
+
+    trainable = False
+    resizable: ClassVar[tuple[str, ...]] = ()
+
+    def fit(self, dataset, cfg=None) -> FittedModel:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _put(self, name: str, value) -> None:
+        """Replace a state tensor (keeping the model's device)."""
+        old = getattr(self, name)
+        t = torch.as_tensor(np.ascontiguousarray(value) if isinstance(value, np.ndarray) else value)
+        setattr(self, name, _frozen(t.to(device=old.device, dtype=old.dtype)))
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        for name in self.resizable:
+            t = state_dict.get(prefix + name)
+            old = getattr(self, name)
+            if t is not None and t.dim() == old.dim() and t.shape != old.shape:
+                setattr(self, name, _frozen(torch.empty(t.shape, dtype=old.dtype, device=old.device)))
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+        problem = self._check_state()
+        if problem:  # raised, not appended to error_msgs, so that it is the message's first line
+            raise RuntimeError(f"{self.name}: {problem}")
+
+    def _check_state(self) -> str | None:
+        return None
+
+
+class HistoryModel(FittedModel):
+    """A fitted model that scores a user from the rows of the training matrix ``X_u``."""
+
+    resizable = ("hist_indices",)
+
+    def __init__(self, n_users: int, n_items: int):
+        super().__init__(n_users, n_items)
+        self.hist_indptr = _frozen(torch.zeros(n_users + 1, dtype=torch.int64))
+        self.hist_indices = _frozen(torch.zeros(0, dtype=torch.int64))
+
+    def set_history(self, matrix: sp.csr_matrix) -> None:
+        if matrix.shape != (self.n_users, self.n_items):
+            raise ValueError(f"training matrix {matrix.shape} does not match the model ({self.n_users}, "
+                             f"{self.n_items})")
+        m = binary_matrix(matrix)
+        m.sort_indices()
+        self._put("hist_indptr", m.indptr.astype(np.int64))
+        self._put("hist_indices", m.indices.astype(np.int64))
+
+    def _check_state(self) -> str | None:
+        ptr, idx = self.hist_indptr, self.hist_indices
+        if int(ptr[-1]) != len(idx) or bool((ptr[1:] < ptr[:-1]).any()):
+            return f"training history is inconsistent (indptr ends at {int(ptr[-1])}, {len(idx)} indices)"
+        if len(idx) and (int(idx.min()) < 0 or int(idx.max()) >= self.n_items):
+            return f"training history names items outside 0..{self.n_items - 1}"
+        return None
+
+    def history_rows(self, users: torch.Tensor) -> torch.Tensor:
+        """Sparse (COO) ``[B, n_items]`` 0/1 rows of the training matrix for ``users``."""
+        users = users.to(self.hist_indptr.device).long()
+        starts, ends = self.hist_indptr[users], self.hist_indptr[users + 1]
+        counts = ends - starts
+        rows = torch.repeat_interleave(torch.arange(len(users), device=users.device), counts)
+        offsets = torch.arange(int(counts.sum()), device=users.device) - torch.repeat_interleave(
+            torch.cumsum(counts, 0) - counts, counts)
+        cols = self.hist_indices[torch.repeat_interleave(starts, counts) + offsets]
+        return torch.sparse_coo_tensor(torch.stack([rows, cols]), torch.ones(len(cols), device=users.device),
+                                       (len(users), self.n_items), check_invariants=False)
+
+    def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """Scores of (user, item) pairs through ``score_all`` of the distinct users."""
+        uniq, inv = torch.unique(users, return_inverse=True)
+        out = torch.empty(len(users), device=users.device)
+        chunk = 1024
+        for s in range(0, len(uniq), chunk):
+            sel = (inv >= s) & (inv < s + chunk)
+            scores = self.score_all(uniq[s: s + chunk])
+            out[sel] = scores[inv[sel] - s, items[sel]]
+        return out
+
+
+class Popularity(FittedModel):
+    """Most popular: an item's score is its number of training interactions, for every user."""
+
+    name = "pop"
+    params: ClassVar[dict] = {}
+
+    def __init__(self, n_users: int, n_items: int):
+        super().__init__(n_users, n_items)
+        self._hparams = {}
+        self.counts = _frozen(torch.zeros(n_items))
+
+    def fit(self, dataset, cfg=None) -> Popularity:
+        m = binary_matrix(dataset.train.matrix)
+        self._put("counts", np.bincount(m.indices, minlength=self.n_items).astype(np.float32))
+        return self
+
+    def forward(self, users, items):
+        return self.counts[items]
+
+    @torch.no_grad()
+    def score_all(self, users):
+        return self.counts.expand(len(users), -1).clone()
+
+
+class ItemKNN(HistoryModel):
+    """Item-based k-nearest neighbours (Deshpande & Karypis 2004; Sarwar et al. 2001).
+
+    sim(i, j) = |U_i ∩ U_j| / (sqrt|U_i| sqrt|U_j| + shrink), cosine of the binary item
+    columns shrunk towards 0 for rarely co-seen pairs; each item keeps its ``k`` most similar
+    items; score(u, i) = sum over j in the user's history of sim(i, j) among i's neighbours
+    (``X_u @ S``).
+    """
+
+    name = "itemknn"
+    params: ClassVar[dict] = {"k": 100, "shrink": 10.0}
+
+    def __init__(self, n_users: int, n_items: int, k: int = 100, shrink: float = 10.0):
+        super().__init__(n_users, n_items)
+        if int(k) != k or k < 1:
+            raise ValueError(f"itemknn: k must be a positive integer, got {k!r}")
+        if shrink < 0:
+            raise ValueError(f"itemknn: shrink must be >= 0, got {shrink!r}")
+        self._hparams = {"k": int(k), "shrink": float(shrink)}
+        kk = min(int(k), n_items - 1)
+        self.k, self.shrink = kk, float(shrink)
+        # neighbours[i] are the items j most similar to target item i, weights[i] sim(i, j)
+        self.neighbours = _frozen(torch.zeros(n_items, kk, dtype=torch.int64))
+        self.weights = _frozen(torch.zeros(n_items, kk))
+
+    def fit(self, dataset, cfg=None, block: int = 512) -> ItemKNN:
+        x = binary_matrix(dataset.train.matrix)
+        self.set_history(x)
+        nbr, w = item_knn(x, self.k, self.shrink, block)
+        self._put("neighbours", nbr)
+        self._put("weights", w)
+        return self
+
+    def _check_state(self) -> str | None:
+        nbr = self.neighbours
+        if nbr.numel() and (int(nbr.min()) < 0 or int(nbr.max()) >= self.n_items):
+            return f"neighbour lists name items outside 0..{self.n_items - 1}"
+        return super()._check_state()
+
+    def similarity(self) -> torch.Tensor:
+        """Dense ``S [I (source j), I (target i)]`` with the kept neighbour weights, else 0."""
+        s = torch.zeros(self.n_items, self.n_items, device=self.weights.device)
+        tgt = torch.arange(self.n_items, device=s.device).repeat_interleave(self.k)
+        s[self.neighbours.reshape(-1), tgt] = self.weights.reshape(-1)
+        return s
+
+    @torch.no_grad()
+    def score_all(self, users):
+        # sparse X_u times a dense S: faster here than sparse x sparse; memory n_items²
+        return torch.sparse.mm(self.history_rows(users), self.similarity())
+
+
+def item_knn(x: sp.csr_matrix, k: int, shrink: float, block: int = 512) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` shrunk-cosine neighbours of every item: ``(neighbours [I, k], sims [I, k])``.
+
+    Computed a block of target items at a time (memory ``O(I * block)``), sorted by
+    decreasing similarity (ties by item index).
+    """
+    n_items = x.shape[1]
+    counts = np.asarray(x.sum(axis=0)).ravel().astype(np.float64)
+    norms = np.sqrt(counts)
+    xt = x.T.tocsr()
+    nbr = np.zeros((n_items, k), dtype=np.int64)
+    sims = np.zeros((n_items, k), dtype=np.float32)
+    if k == 0:
+        return nbr, sims
+    for s in range(0, n_items, block):
+        e = min(s + block, n_items)
+        co = (xt @ x[:, s:e]).toarray().astype(np.float64)  # [I, b]: co-occurrence j with target i
+        den = norms[:, None] * norms[None, s:e] + shrink
+        sim = np.divide(co, den, out=np.zeros_like(co), where=den > 0)
+        sim[np.arange(s, e), np.arange(e - s)] = -np.inf  # an item is not its own neighbour
+        order = np.argsort(-sim, axis=0, kind="stable")[:k]  # ties: lower item index first
+        nbr[s:e] = order.T
+        sims[s:e] = np.take_along_axis(sim, order, axis=0).T
+    sims[~np.isfinite(sims)] = 0.0
+    return nbr, sims
+
+
+class EASE(HistoryModel):
+    """EASE (Steck, WWW 2019): an item-item weight matrix ``B`` with zero diagonal,
+    minimising ||X - X B||² + l2 ||B||², in closed form: P = (XᵀX + l2 I)⁻¹,
+    B = -P / diag(P) (column-wise), diag(B) = 0; score(u, ·) = X_u @ B.
+
+    Memory and time: a dense ``n_items x n_items`` matrix, inverted in O(n_items³).
+    """
+
+    name = "ease"
+    params: ClassVar[dict] = {"l2": 500.0}
+
+    def __init__(self, n_users: int, n_items: int, l2: float = 500.0):
+        super().__init__(n_users, n_items)
+        if not l2 > 0:
+            raise ValueError(f"ease: l2 must be > 0, got {l2!r}")
+        self._hparams = {"l2": float(l2)}
+        self.l2 = float(l2)
+        self.B = _frozen(torch.zeros(n_items, n_items))
+
+    def fit(self, dataset, cfg=None) -> EASE:
+        x = binary_matrix(dataset.train.matrix)
+        self.set_history(x)
+        self._put("B", ease_weights(x, self.l2))
+        return self
+
+    @torch.no_grad()
+    def score_all(self, users):
+        return torch.sparse.mm(self.history_rows(users), self.B)
+
+
+def ease_weights(x: sp.csr_matrix, l2: float) -> np.ndarray:
+    """EASE's closed-form ``B`` (float32 ``[I, I]``) for the binary users x items ``x``."""
+    g = (x.T @ x).toarray().astype(np.float64)
+    g[np.diag_indices_from(g)] += l2
+    p = np.linalg.inv(g)
+    b = -p / np.diag(p)[None, :]
+    b[np.diag_indices_from(b)] = 0.0
+    return b.astype(np.float32)
+
+
+class BPRMF(Model):
+    """Matrix factorisation for BPR (Rendle et al., UAI 2009): logit(u, i) = p_u · q_i + b_i,
+    trained by the Trainer with the pairwise loss (``loss="bpr"``, the default for this model
+    on the command line). ``l2`` penalises the batch's user/item vectors and item biases."""
+
+    name = "bpr"
+    params: ClassVar[dict] = {"factors": 8, "l2": 0.0}
+    config_fields = ("factors", "l2")
+    default_loss: ClassVar[str] = "bpr"
+
+    def __init__(self, n_users: int, n_items: int, factors: int = 8, l2: float = 0.0):
+        super().__init__(n_users, n_items)
+        if int(factors) != factors or factors < 1:
+            raise ValueError(f"bpr: factors must be a positive integer, got {factors!r}")
+        if l2 < 0:
+            raise ValueError(f"bpr: l2 must be >= 0, got {l2!r}")
+        self._hparams = {"factors": int(factors), "l2": float(l2)}
+        self.l2 = float(l2)
+        self.user_emb = nn.Embedding(n_users, int(factors))
+        self.item_emb = nn.Embedding(n_items, int(factors))
+        self.item_bias = nn.Embedding(n_items, 1)
+        nn.init.normal_(self.user_emb.weight, std=0.01)
+        nn.init.normal_(self.item_emb.weight, std=0.01)
+        nn.init.zeros_(self.item_bias.weight)
+
+    def forward(self, users, items):
+        return (self.user_emb(users) * self.item_emb(items)).sum(-1) + self.item_bias(items).squeeze(-1)
+
+    @torch.no_grad()
+    def score_all(self, users):
+        return self.user_emb(users) @ self.item_emb.weight.T + self.item_bias.weight.T
+
+    def item_embeddings(self):
+        return self.item_emb.weight.detach()
+
+    def regularization(self, users, items):
+        if not self.l2:
+            return None
+        sq = self.user_emb(users).pow(2).sum() + self.item_emb(items).pow(2).sum() + self.item_bias(items).pow(2).sum()
+        return self.l2 * sq / len(users)

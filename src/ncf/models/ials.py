@@ -1,0 +1,85 @@
+"""Implicit ALS (Hu, Koren & Volinsky, ICDM 2008) fitted by the ``implicit`` library.
+
+The factorisation itself is ``implicit.cpu.als.AlternatingLeastSquares`` (conjugate-gradient
+ALS, seeded by ``cfg.seed``); this module only feeds it the users x items training matrix
+and keeps the factors as frozen parameters, so that checkpoints, ``ncf evaluate`` and
+``ncf recommend`` work as for every other model. score(u, i) = x_u · y_i.
+
+Threads: ``cfg.threads`` when set, else every core this process may use; BLAS is held to
+one thread during the fit (implicit's own advice: its threads already use every core, and a
+second thread pool on top of them slows it down). Needs ``pip install 'ncf[ials]'``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import ClassVar
+
+import numpy as np
+import torch
+
+from ncf.models.baselines import FittedModel, _frozen, binary_matrix
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+class ImplicitALS(FittedModel):
+    """Weighted matrix factorisation for implicit feedback: confidence 1 + ``alpha`` on seen
+    pairs, ``regularization`` on the factors, ``iterations`` sweeps of ALS."""
+
+    name = "ials"
+    params: ClassVar[dict] = {"factors": 8, "regularization": 0.01, "alpha": 1.0, "iterations": 15}
+    config_fields = ("factors",)
+
+    def __init__(self, n_users: int, n_items: int, factors: int = 8, regularization: float = 0.01,
+                 alpha: float = 1.0, iterations: int = 15):
+        super().__init__(n_users, n_items)
+        checks = [
+            (int(factors) == factors and factors >= 1, f"factors must be a positive integer, got {factors!r}"),
+            (regularization >= 0, f"regularization must be >= 0, got {regularization!r}"),
+            (alpha > 0, f"alpha must be > 0, got {alpha!r}"),
+            (int(iterations) == iterations and iterations >= 1,
+             f"iterations must be a positive integer, got {iterations!r}"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ValueError(f"ials: {msg}")
+        self._hparams = {"factors": int(factors), "regularization": float(regularization),
+                         "alpha": float(alpha), "iterations": int(iterations)}
+        self.user_factors = _frozen(torch.zeros(n_users, int(factors)))
+        self.item_factors = _frozen(torch.zeros(n_items, int(factors)))
+
+    def fit(self, dataset, cfg=None) -> ImplicitALS:
+        from implicit.cpu.als import AlternatingLeastSquares
+        from threadpoolctl import threadpool_limits
+
+        x = binary_matrix(dataset.train.matrix)
+        if x.shape != (self.n_users, self.n_items):
+            raise ValueError(f"training matrix {x.shape} does not match the model ({self.n_users}, {self.n_items})")
+        hp = self._hparams
+        threads = int(getattr(cfg, "threads", 0) or 0) or _cores()
+        with threadpool_limits(1, "blas"):  # implicit checks this when the model is built
+            als = AlternatingLeastSquares(
+                factors=hp["factors"], regularization=hp["regularization"], alpha=hp["alpha"],
+                iterations=hp["iterations"], random_state=int(getattr(cfg, "seed", 0)), num_threads=threads,
+            )
+            als.fit(x, show_progress=sys.stderr.isatty())
+        self._put("user_factors", np.asarray(als.user_factors, dtype=np.float32))
+        self._put("item_factors", np.asarray(als.item_factors, dtype=np.float32))
+        return self
+
+    def forward(self, users, items):
+        return (self.user_factors[users] * self.item_factors[items]).sum(-1)
+
+    @torch.no_grad()
+    def score_all(self, users):
+        return self.user_factors[users] @ self.item_factors.T
+
+    def item_embeddings(self):
+        return self.item_factors.detach()
