@@ -1,1 +1,68 @@
-"""`ncf items` commands (see the module that implements them)."""
+"""``ncf similar`` (nearest items by cosine of item embeddings) and ``ncf plot items``
+(t-SNE map of a run's item embeddings, PNG)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ncf.cli import app
+from ncf.cli.common import JsonOpt, print_json, run_dir
+
+plot_app = typer.Typer(help="Pictures of a run.", no_args_is_help=True)
+app.add_typer(plot_app, name="plot")
+
+
+@app.command("similar")
+def similar_cmd(
+    directory: Path = typer.Argument(..., help="Run directory (item2vec, gmf, neumf, ... with item embeddings)."),
+    item: str = typer.Option(..., "--item", help="Raw item id."),
+    k: int = typer.Option(10, "-k", help="Number of items."),
+    json_out: bool = JsonOpt,
+):
+    """Items nearest to ITEM by cosine of the run's item embeddings (raw ids in and out)."""
+    from ncf.serve.recommender import Recommender
+
+    run_dir(directory)
+    if k < 1:
+        raise ValueError(f"-k must be >= 1, got {k}")
+    rec = Recommender.from_run(directory)
+    items = rec.similar(item, k)
+    if json_out:
+        print_json(items)
+        return
+    idx = rec.item_map.get(item)
+    t = Table(title=f"nearest to item {rec.item_map.raw(idx)}" + (f": {rec.title(idx)}" if rec.title(idx) else ""))
+    t.add_column("#", justify="right")
+    t.add_column("item")
+    t.add_column("title")
+    t.add_column("cosine", justify="right")
+    for n, it in enumerate(items, 1):
+        t.add_row(str(n), str(it["item"]), it["title"] or "", f"{it['score']:.4f}")
+    Console().print(t)
+
+
+@plot_app.command("items")
+def plot_items_cmd(
+    directory: Path = typer.Argument(..., help="Run directory."),
+    out: Path = typer.Option(None, "--out", help="PNG to write (default: DIR/items.png)."),
+    max_items: int = typer.Option(0, "--max-items", help="Only the N most popular items (0: all)."),
+    seed: int = typer.Option(0, "--seed", help="t-SNE seed."),
+    json_out: bool = JsonOpt,
+):
+    """2-D t-SNE map of the run's item embeddings, coloured by first genre."""
+    from ncf.plots_items import plot_items
+
+    run_dir(directory)
+    if max_items < 0:
+        raise ValueError(f"--max-items must be >= 0, got {max_items}")
+    console = Console(stderr=True)
+    with console.status("t-SNE of the item embeddings ..."):
+        res = plot_items(directory, out, max_items=max_items, seed=seed)
+    if json_out:
+        print_json(res)
+        return
+    typer.echo(f"{res['png']}: {res['items']} items drawn, {res['skipped']} without a vector left out")

@@ -51,6 +51,8 @@ def train_cmd(
     pretrain: bool = typer.Option(False, "--pretrain", help="NeuMF: pre-train GMF and MLP, then fuse."),
     alpha: float = typer.Option(0.5, "--alpha", help="Weight of GMF when fusing pre-trained models."),
     param: list[str] = typer.Option(None, "--param", help="Model-specific KEY=VALUE (repeatable)."),
+    init_items: Path = typer.Option(None, "--init-items", help="gmf/neumf: initialise item embeddings from "
+                                    "this run's item vectors (item2vec), matched by raw item id."),
     data_dir: str = DataDirOpt,
     no_valid: bool = typer.Option(False, "--no-valid", help="No validation holdout (no early stopping)."),
     min_rating: float = typer.Option(None, "--min-rating"),
@@ -66,6 +68,8 @@ def train_cmd(
     from ncf.train.run import resume_run, train
 
     if resume is not None:
+        if init_items is not None:
+            raise ValueError("--init-items applies to a new run, not to --resume")
         summary = resume_run(resume, progress=not quiet)
         _print_summary(summary)
         return
@@ -82,7 +86,7 @@ def train_cmd(
     dcfg = data_config(dataset, data_dir, valid=not no_valid, seed=seed, min_rating=min_rating,
                        user_col=user_col, item_col=item_col, rating_col=rating_col, time_col=time_col,
                        sep=sep, on_bad_lines=on_bad_lines)
-    summary = train(dcfg, cfg, out, progress=not quiet)
+    summary = train(dcfg, cfg, out, progress=not quiet, init_items=init_items)
     _print_summary(summary)
     typer.echo(f"run written to {out}")
 

@@ -107,10 +107,15 @@ class Recommender:
         emb = self.model.item_embeddings()
         if emb is None:
             raise ValueError(f"model {self.model.name!r} has no item embeddings to compare")
+        norms = emb.float().norm(dim=1).cpu().numpy()
+        if not norms[i] > 0 or not np.isfinite(norms[i]):  # e.g. item2vec items below min_count
+            why = f"fewer than min_count={self.model.hparams()['min_count']} training interactions" \
+                if "min_count" in self.model.hparams() else "its embedding is zero"
+            raise ValueError(f"item {item!r} has no vector in this {self.model.name} run ({why})")
         emb = torch.nn.functional.normalize(emb.float(), dim=1)
         sims = (emb @ emb[i]).cpu().numpy()
         exclude = np.zeros(self.n_items, dtype=bool)
         exclude[i] = True
-        exclude |= ~np.isfinite(sims)
+        exclude |= ~np.isfinite(sims) | ~(norms > 0)
         top = self._top(sims, exclude, k)
         return [{"item": self.item_map.raw(j), "score": float(sims[j]), "title": self.title(j)} for j in top]

@@ -45,17 +45,36 @@ def _write_header(out: Path, data_cfg: DataConfig, cfg: TrainConfig, model, data
 
 
 def train(data_cfg: DataConfig, cfg: TrainConfig, out: Path | None, dataset: Dataset | None = None,
-          progress: bool = True) -> dict[str, Any]:
-    """Train ``cfg.model`` on ``data_cfg``'s dataset, writing the run to ``out``."""
+          progress: bool = True, init_items: Path | None = None) -> dict[str, Any]:
+    """Train ``cfg.model`` on ``data_cfg``'s dataset, writing the run to ``out``.
+
+    ``init_items``: a run directory (item2vec) whose item vectors initialise GMF / NeuMF item
+    embeddings, matched by raw id (:mod:`ncf.train.warmstart`); reported in ``init_items.json``."""
     dataset = dataset or load_dataset(data_cfg)
     if cfg.pretrain:
         if cfg.model != "neumf":
             raise ValueError("--pretrain applies to neumf only")
+        if init_items is not None:
+            raise ValueError("--init-items does not combine with --pretrain")
         return _train_pretrained(data_cfg, cfg, out, dataset, progress, resume=False)
     model = build(cfg, dataset)
+    warm = None
+    if init_items is not None:
+        from ncf.train.warmstart import init_item_embeddings
+
+        warm = init_item_embeddings(model, dataset.train.item_map, Path(init_items))
+        console.print(f"item embeddings ({', '.join(warm['tables'])}) initialised from {init_items} for "
+                      f"{warm['initialised']} items; {warm['random']} keep their random init")
     if out is not None:
         _write_header(Path(out), data_cfg, cfg, model, dataset)
-    return _fit(model, dataset, cfg, data_cfg, out, progress, resume=False)
+        if warm is not None:
+            atomic_write_json(Path(out) / "init_items.json", warm)
+    summary = _fit(model, dataset, cfg, data_cfg, out, progress, resume=False)
+    if warm is not None:
+        summary["init_items"] = warm
+        if out is not None:
+            atomic_write_json(Path(out) / "summary.json", summary)
+    return summary
 
 
 def _fit(model, dataset, cfg, data_cfg, out, progress, resume):
