@@ -51,6 +51,8 @@ def train_cmd(
     pretrain: bool = typer.Option(False, "--pretrain", help="NeuMF: pre-train GMF and MLP, then fuse."),
     alpha: float = typer.Option(0.5, "--alpha", help="Weight of GMF when fusing pre-trained models."),
     param: list[str] = typer.Option(None, "--param", help="Model-specific KEY=VALUE (repeatable)."),
+    user_features: Path = typer.Option(None, "--user-features", help="widedeep: user feature CSV (id, features)."),
+    item_features: Path = typer.Option(None, "--item-features", help="widedeep: item feature CSV (id, features)."),
     init_items: Path = typer.Option(None, "--init-items", help="gmf/neumf: initialise item embeddings from "
                                     "this run's item vectors (item2vec), matched by raw item id."),
     data_dir: str = DataDirOpt,
@@ -82,7 +84,9 @@ def train_cmd(
     cfg = TrainConfig(model=model, factors=factors, layers=layers, epochs=epochs, neg=neg,
                       batch_size=batch_size, lr=lr, optimizer=optimizer, loss=loss, l2=l2,
                       dropout=dropout, patience=patience, seed=seed, device=device, threads=threads,
-                      pretrain=pretrain, alpha=alpha, params=_parse_params(param))
+                      pretrain=pretrain, alpha=alpha,
+                      params={**_parse_params(param), **{k: str(v) for k, v in (
+                          ("user_features", user_features), ("item_features", item_features)) if v}})
     dcfg = data_config(dataset, data_dir, valid=not no_valid, seed=seed, min_rating=min_rating,
                        user_col=user_col, item_col=item_col, rating_col=rating_col, time_col=time_col,
                        sep=sep, on_bad_lines=on_bad_lines)
@@ -145,7 +149,9 @@ def evaluate_cmd(
 @app.command("recommend")
 def recommend_cmd(
     directory: Path = typer.Argument(..., help="Run directory."),
-    user: str = typer.Option(..., "--user", help="Raw user id."),
+    user: str = typer.Option(None, "--user", help="Raw user id."),
+    features: str = typer.Option(None, "--features", help="A new user's features instead of --user "
+                                 "(widedeep runs), e.g. age=25,gender=F,occupation=artist."),
     k: int = typer.Option(10, "-k", help="Number of items."),
     include_seen: bool = typer.Option(False, "--include-seen", help="Do not exclude seen items."),
     json_out: bool = JsonOpt,
@@ -156,9 +162,16 @@ def recommend_cmd(
     run_dir(directory)
     if k < 1:
         raise ValueError(f"-k must be >= 1, got {k}")
+    if (user is None) == (features is None):
+        raise ValueError("ncf recommend needs exactly one of --user ID and --features NAME=VALUE,...")
     rec = Recommender.from_run(directory)
-    raw = rec.user_map.raw(rec.user_map.get(user)) if rec.user_map.get(user) is not None else user
-    r = rec.recommend(raw, k, exclude_seen=not include_seen)
+    if features is not None:
+        from ncf.data.features import parse_feature_spec
+
+        r = rec.recommend_features(parse_feature_spec(features), k)
+    else:
+        raw = rec.user_map.raw(rec.user_map.get(user)) if rec.user_map.get(user) is not None else user
+        r = rec.recommend(raw, k, exclude_seen=not include_seen)
     if json_out:
         print_json(r.to_dict())
         return

@@ -97,6 +97,19 @@ class Recommender:
         scores = self.model.score_all(torch.tensor([u], device=dev))[0].float().cpu().numpy()
         return Recommendation(self.user_map.raw(u), self._items(self._top(scores, exclude, k), scores), False)
 
+    def recommend_features(self, features: dict[str, str], k: int = 10) -> Recommendation:
+        """Top ``k`` items for a new user known only by side features (``{"age": "25", ...}``),
+        from a model that scores features (``score_all_features``: widedeep). Unknown feature
+        names or values raise ``ValueError`` listing the valid ones."""
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        if not hasattr(self.model, "score_all_features"):
+            raise ValueError(f"model {self.model.name!r} does not use user features: --features needs a "
+                             "widedeep run (ncf train --model widedeep)")
+        scores = self.model.score_all_features(self.model.encode_features(features), 1)[0].float().cpu().numpy()
+        top = self._top(scores, np.zeros(self.n_items, dtype=bool), k)
+        return Recommendation(dict(features), self._items(top, scores), False)
+
     def similar(self, item, k: int = 10) -> list[dict]:
         """Nearest items to raw item id ``item`` by cosine of the model's item embeddings."""
         if k < 1:
