@@ -1,0 +1,367 @@
+"""The HTTP service: ``create_app(run_dir, store)`` builds a FastAPI app over a run directory.
+
+Per request the service reads the user's features (embedding, training seen-set, items
+recorded online) from the ``FeatureStore`` in one batched call, scores with the model's
+dense layers held in the process (``ncf.serve.retrieval``), and answers raw ids. Item
+features are read from the store once (when the service first needs them) and kept in
+memory; user features are never cached, so while Redis is down recommendation requests
+fail fast with 503 and recover by themselves when it returns. ``/similar`` needs only
+the item embeddings and keeps answering.
+
+Errors are JSON ``{"error": code, "message": text}``: 422 malformed ids or parameters, 404
+unknown items, 409 re-ranking asked for but not available, 503 store unavailable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+from fastapi import Body, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, StrictInt, StrictStr
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ncf.serve.recommender import Recommender, UnknownItemError
+from ncf.serve.retrieval import make_ranker, rank
+from ncf.serve.store import FeatureStore, InMemoryStore, RunData, StoreDataError, StoreUnavailable
+
+log = logging.getLogger("ncf.serve")
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}")
+_INT_ID = re.compile(r"-?[0-9]{1,18}")
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str):
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+# --- response and request bodies (the OpenAPI schema) --------------------------------------
+
+class ScoredItem(BaseModel):
+    item: StrictInt | StrictStr
+    score: float
+    title: str | None = None
+
+
+class Recommendations(BaseModel):
+    user: StrictInt | StrictStr
+    items: list[ScoredItem]
+    fallback: bool
+    reranked: bool = False
+
+
+class Similar(BaseModel):
+    item: StrictInt | StrictStr
+    items: list[ScoredItem]
+
+
+class InteractionIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    item: StrictInt | StrictStr
+
+
+class InteractionOut(BaseModel):
+    user: StrictInt | StrictStr
+    item: StrictInt | StrictStr
+    stored: bool
+
+
+class ErrorBody(BaseModel):
+    error: str
+    message: str
+
+
+# --- the service, without HTTP -------------------------------------------------------------
+
+STORE_SCHEMA = 1  # bump when what the service writes to the store changes
+
+
+def run_fingerprint(run_dir: Path) -> str:
+    """Short hash of the files that define what the store must hold for this run (and of
+    the store schema), so a retrained model or a new layout never reads stale features."""
+    h = hashlib.sha256(f"schema {STORE_SCHEMA}".encode())
+    for name in ("config.json", "model.safetensors", "idmap.json", "train.safetensors"):
+        path = Path(run_dir) / name
+        if path.exists():
+            h.update(name.encode() + path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def load_reranker(run_dir: Path):
+    """(reranker, None) where DIR/rerank.json exists and ``ncf.rerank`` offers a per-request
+    re-ranker; else (None, why not).
+
+    Integration point for issue 8: expects ``PerRequestReranker.from_run(dir)`` with
+    ``rerank(item_indexes, scores, k) -> (item_indexes, scores)``.
+    """
+    path = Path(run_dir) / "rerank.json"
+    if not path.exists():
+        return None, f"{path} is absent: no re-ranking multipliers for this run"
+    try:
+        from ncf.rerank import PerRequestReranker  # type: ignore[attr-defined]
+    except ImportError:
+        return None, "this version of ncf has no per-request re-ranker (ncf.rerank.PerRequestReranker)"
+    return PerRequestReranker.from_run(run_dir), None
+
+
+class OnlineService:
+    """Recommendations from a run directory with user features read from ``store``."""
+
+    def __init__(self, run_dir: str | Path, store: FeatureStore, candidates: int = 0, max_k: int = 1000):
+        self.run_dir = Path(run_dir)
+        self.rec = Recommender.from_run(self.run_dir)
+        self.ranker = make_ranker(self.rec.model)
+        if candidates < 0:
+            raise ValueError(f"candidates must be >= 0, got {candidates}")
+        if candidates and not self.ranker.can_retrieve:
+            raise ValueError(f"--candidates needs a gmf, mlp or neumf model, not {self.rec.model.name!r}")
+        if max_k < 1:
+            raise ValueError(f"max_k must be >= 1, got {max_k}")
+        self.store, self.candidates, self.max_k = store, candidates, max_k
+        self.run_id = run_fingerprint(self.run_dir)
+        self.int_ids = {what: all(isinstance(r, int) for r in m.raw_ids)
+                        for what, m in (("user", self.rec.user_map), ("item", self.rec.item_map))}
+        self.reranker, self.rerank_reason = load_reranker(self.run_dir)
+        self._ready = False
+        self._lock = threading.Lock()
+
+    def run_data(self) -> RunData:
+        meta = {"model": self.rec.model.name, "n_users": self.rec.model.n_users,
+                "n_items": self.rec.model.n_items, "run_dir": str(self.run_dir)}
+        return RunData(meta, self.ranker.item_features(), [str(r) for r in self.rec.user_map.raw_ids],
+                       self.ranker.user_vectors(), self.rec.seen)
+
+    def load_store(self, progress=None) -> None:
+        """Write this run's user and item features into the store (``ncf store load``)."""
+        self.store.load_run(self.run_id, self.run_data(), progress)
+
+    def ensure_ready(self, reload: bool = False) -> None:
+        """Load the run into the store if it lacks it, then bind the item features."""
+        if self._ready and not reload:
+            return
+        with self._lock:
+            if self._ready and not reload:
+                return
+            self._ready = False
+            if not self.store.has_run(self.run_id):
+                log.warning("store lacks run %s: loading it from %s", self.run_id, self.run_dir)
+                self.load_store()
+            meta, items = self.store.read_items(self.run_id)
+            if meta.get("n_items") != self.rec.n_items:
+                raise StoreDataError(f"store run {self.run_id}: {meta.get('n_items')} items, "
+                                     f"the model has {self.rec.n_items}")
+            try:
+                self.ranker.bind(items)
+            except ValueError as e:
+                raise StoreDataError(f"store run {self.run_id}: {e}") from None
+            self._ready = True
+
+    def parse_id(self, text, what: str) -> str:
+        s = str(text)
+        if self.int_ids[what]:
+            if not _INT_ID.fullmatch(s):
+                raise ApiError(422, "malformed_id",
+                               f"malformed {what} id {s[:64]!r}: this model's {what} ids are integers")
+            return str(int(s))
+        if not _ID.fullmatch(s):
+            raise ApiError(422, "malformed_id", f"malformed {what} id {s[:64]!r}: expected letters, digits, _.:@-")
+        return s
+
+    def _raw(self, canonical: str, what: str):
+        return int(canonical) if self.int_ids[what] else canonical
+
+    def _item_index(self, item: str) -> int:
+        idx = self.rec.item_map.get(item)
+        if idx is None:
+            raise ApiError(404, "unknown_item", f"unknown item {self._raw(item, 'item')!r}: not in the model's catalog")
+        return idx
+
+    def _items(self, idx: np.ndarray, scores: np.ndarray) -> list[dict]:
+        return [{"item": self.rec.item_map.raw(i), "score": float(s), "title": self.rec.title(i)}
+                for i, s in zip(idx, scores, strict=True)]
+
+    def _read_user(self, user: str):
+        state = self.store.read_users(self.run_id, [user])[0]
+        if state.index is None and self.rec.user_map.get(user) is not None:
+            # the model knows this user but the store does not: it lost its data (flushed, or
+            # restarted without persistence); reload the run once and read again
+            self.ensure_ready(reload=True)
+            state = self.store.read_users(self.run_id, [user])[0]
+            if state.index is None:
+                raise StoreDataError(f"user {user!r} is in the model but not in the store after a reload")
+        if state.vector is not None and len(state.vector) != self.ranker.user_dim:
+            raise StoreDataError(f"user {user!r}: stored vector has {len(state.vector)} values, "
+                                 f"the model needs {self.ranker.user_dim}")
+        return state
+
+    def recommend(self, user_text: str, k: int, rerank: bool = False) -> dict:
+        user = self.parse_id(user_text, "user")
+        if rerank and self.reranker is None:
+            raise ApiError(409, "rerank_unavailable", f"re-ranking not available: {self.rerank_reason}")
+        self.ensure_ready()
+        state = self._read_user(user)
+        exclude = np.zeros(self.rec.n_items, dtype=bool)
+        events = [self.rec.item_map.get(e) for e in state.events]
+        exclude[[e for e in events if e is not None]] = True
+        if state.index is None:
+            items = self.rec.popular(k, exclude)
+            for it in items:
+                it["title"] = self.rec.title(self.rec.item_map.get(it["item"]))
+            return {"user": self._raw(user, "user"), "items": items, "fallback": True, "reranked": False}
+        exclude[state.seen] = True
+        pool = max(k, 100) if rerank else k
+        idx, scores = rank(self.ranker, state.vector, exclude, pool, self.candidates)
+        if rerank:
+            idx, scores = self.reranker.rerank(idx, scores, k)
+        return {"user": self.rec.user_map.raw(state.index), "items": self._items(idx, scores),
+                "fallback": False, "reranked": bool(rerank)}
+
+    def similar(self, item_text: str, k: int) -> dict:
+        item = self.parse_id(item_text, "item")
+        self._item_index(item)
+        try:
+            items = self.rec.similar(item, k)
+        except UnknownItemError as e:
+            raise ApiError(404, "unknown_item", str(e.args[0])) from None
+        return {"item": self._raw(item, "item"), "items": items}
+
+    def record(self, user_text: str, item_value) -> dict:
+        user = self.parse_id(user_text, "user")
+        item = self.parse_id(item_value, "item")
+        idx = self._item_index(item)
+        self.store.add_interaction(user, str(self.rec.item_map.raw(idx)))
+        return {"user": self._raw(user, "user"), "item": self.rec.item_map.raw(idx), "stored": True}
+
+
+# --- metrics ------------------------------------------------------------------------------
+
+class _Metrics:
+    """Prometheus counters on a registry of the app's own (several apps may share a process)."""
+
+    def __init__(self):
+        from prometheus_client import CollectorRegistry, Counter, Histogram
+
+        self.registry = CollectorRegistry()
+        self.requests = Counter("ncf_http_requests", "HTTP requests by route and status",
+                                ["method", "route", "status"], registry=self.registry)
+        self.latency = Histogram("ncf_http_request_duration_seconds", "Request latency by route",
+                                 ["method", "route"], registry=self.registry,
+                                 buckets=(.0005, .001, .002, .003, .005, .0075, .01, .02, .05, .1, .25, .5, 1, 2.5))
+        self.store_errors = Counter("ncf_store_unavailable", "Requests answered 503: store unavailable",
+                                    registry=self.registry)
+        self.fallbacks = Counter("ncf_fallback_recommendations", "Popularity answers to unknown users",
+                                 registry=self.registry)
+
+
+class _MetricsMiddleware:
+    """Pure ASGI middleware (cheaper than BaseHTTPMiddleware): counts and times each request."""
+
+    def __init__(self, app, metrics: _Metrics):
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start, status = time.perf_counter(), [500]
+
+        async def send_status(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            route = scope.get("route")
+            path = getattr(route, "path", "unmatched")
+            self.metrics.requests.labels(scope["method"], path, str(status[0])).inc()
+            self.metrics.latency.labels(scope["method"], path).observe(time.perf_counter() - start)
+
+
+# --- the FastAPI app -------------------------------------------------------------------------
+
+def _error(status: int, code: str, message: str, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"error": code, "message": message}, status_code=status, headers=headers)
+
+
+def create_app(run_dir: str | Path, store: FeatureStore | None = None, candidates: int = 0,
+               max_k: int = 1000) -> FastAPI:
+    """The service over ``run_dir``; ``store`` defaults to an in-process store (no journal)."""
+    service = OnlineService(run_dir, store if store is not None else InMemoryStore(), candidates, max_k)
+    metrics = _Metrics()
+    errors = {422: {"model": ErrorBody}, 503: {"model": ErrorBody}}
+    app = FastAPI(title="ncf recommender", version="1",
+                  description=f"Recommendations from the {service.rec.model.name} run in {service.run_dir.name}.")
+    app.state.service, app.state.metrics = service, metrics
+    app.add_middleware(_MetricsMiddleware, metrics=metrics)
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, e: ApiError):
+        return _error(e.status, e.code, e.message)
+
+    @app.exception_handler(StoreUnavailable)
+    async def _unavailable(request: Request, e: StoreUnavailable):
+        metrics.store_errors.inc()
+        return _error(503, "store_unavailable", str(e), {"Retry-After": "1"})
+
+    @app.exception_handler(StoreDataError)
+    async def _store_data(request: Request, e: StoreDataError):
+        log.error("store data error: %s", e)
+        return _error(500, "store_data", str(e))
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, e: RequestValidationError):
+        parts = [f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}" for err in e.errors()]
+        return _error(422, "invalid_request", "; ".join(parts))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, e: StarletteHTTPException):
+        return _error(e.status_code, "not_found" if e.status_code == 404 else "http_error", str(e.detail))
+
+    K = Query(10, ge=1, le=max_k, description=f"number of items, 1..{max_k}")
+
+    @app.get("/v1/users/{user_id}/recommendations", response_model=Recommendations, responses=errors)
+    def recommendations(user_id: str, k: int = K, rerank: bool = Query(False, description="re-rank (issue 8)")):
+        out = service.recommend(user_id, k, rerank)
+        if out["fallback"]:
+            metrics.fallbacks.inc()
+        return out
+
+    @app.get("/v1/items/{item_id}/similar", response_model=Similar, responses={**errors, 404: {"model": ErrorBody}})
+    def similar(item_id: str, k: int = K):
+        return service.similar(item_id, k)
+
+    @app.post("/v1/users/{user_id}/interactions", response_model=InteractionOut, status_code=201,
+              responses={**errors, 404: {"model": ErrorBody}})
+    def interactions(user_id: str, body: InteractionIn = Body(...)):
+        return service.record(user_id, body.item)
+
+    @app.get("/healthz")
+    def healthz():
+        info = {"run": service.run_id, "model": service.rec.model.name, **service.store.describe()}
+        try:
+            service.store.ping()
+            service.ensure_ready()
+        except (StoreUnavailable, StoreDataError) as e:
+            return JSONResponse({"status": "unavailable", "message": str(e), **info}, status_code=503)
+        return {"status": "ok", **info}
+
+    @app.get("/metrics")
+    def prometheus():
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    try:  # warm up now where the store is reachable; otherwise on the first request
+        service.ensure_ready()
+    except StoreUnavailable as e:
+        log.warning("store unavailable at start, will retry on requests: %s", e)
+    return app
