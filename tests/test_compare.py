@@ -83,7 +83,7 @@ def test_compare_end_to_end(toy_dataset, tmp_path, monkeypatch):
     out = tmp_path / "cmp"
     models = ["pop", "itemknn", "ease", "gmf"]
     kw = dict(tune_budget=2, epochs=2, patience=0, device="cpu", dataset=toy_dataset, progress=False,
-              grids=GRIDS, base={"batch_size": 128})
+              grids=GRIDS, base={"batch_size": 128}, sgd_budget=1)
     results = cmp.compare(DataConfig(source="toy"), models, out, **kw)
     on_disk = json.loads((out / "results.json").read_text())
     assert list(on_disk) == models
@@ -101,6 +101,7 @@ def test_compare_end_to_end(toy_dataset, tmp_path, monkeypatch):
         assert scores[sel] == max(scores)  # chosen on validation
         for t in trials:  # only the selected run keeps its weights
             assert ((tmp_path / t["run"]).resolve() / "model.safetensors").exists() == (t["trial"] == sel)
+    assert len(tuning["gmf"]["trials"]) == 1 and len(tuning["ease"]["trials"]) == 2  # --sgd-budget 1
     assert on_disk["ease"]["params"] == {"l2": tuning["ease"]["trials"][tuning["ease"]["selected"]]["config"]["l2"]}
     md = (out / "results.md").read_text()
     assert all(f"| {m} |" in md for m in models)

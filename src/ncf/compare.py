@@ -205,14 +205,16 @@ def _ranks(results: dict[str, dict], protocol: str, metric: str) -> dict[str, in
 
 
 def results_markdown(results: dict[str, dict], pairs: dict[str, list], dataset: str, command: str | None,
-                     budget: int) -> str:
+                     budget: int, sgd_budget: int | None = None) -> str:
     pub = PUBLISHED.get(dataset, {})
     rs, rf = _ranks(results, "sampled", "hr@10"), _ranks(results, "full", "hr@10")
     lines = [f"# Comparison on `{dataset}`", ""]
     if command:
         lines += [f"Command: `{command}`", ""]
     lines += [
-        f"Each model: at most {budget} configuration(s) of its grid, the one with the best validation "
+        f"Each model: at most {budget} configuration(s) of its grid"
+        + (f" ({sgd_budget} for the SGD-trained ones)" if sgd_budget not in (None, budget) else "")
+        + f", the one with the best validation "
         f"sampled {SELECT_BY.upper()} kept; test metrics below. *sampled*: the held-out item among "
         "itself + 99 negatives; *full*: among every item the user has not seen. Ranks by HR@10.", "",
         "| model | sampled HR@10 | sampled NDCG@10 | full HR@10 | full NDCG@10 | full Recall@10 "
@@ -269,10 +271,14 @@ def plot_results(results: dict[str, dict], path: Path, title: str) -> None:
 def compare(data_cfg: DataConfig, models: list[str], out: Path, tune_budget: int = 4, epochs: int = 20,
             patience: int = 3, seed: int = 0, threads: int = 0, device: str = "auto",
             dataset: Dataset | None = None, progress: bool = True, command: str | None = None,
-            grids: dict[str, list[dict[str, Any]]] | None = None, base: dict[str, Any] | None = None) -> dict:
-    """Tune, train and evaluate every model in ``models``; write results to ``out``."""
-    if tune_budget < 1:
-        raise ValueError(f"--tune-budget must be >= 1, got {tune_budget}")
+            grids: dict[str, list[dict[str, Any]]] | None = None, base: dict[str, Any] | None = None,
+            sgd_budget: int | None = None) -> dict:
+    """Tune, train and evaluate every model in ``models``; write results to ``out``.
+    ``sgd_budget`` (default: ``tune_budget``) bounds the trials of SGD-trained models alone."""
+    sgd_budget = tune_budget if sgd_budget is None else sgd_budget
+    for flag, b in (("--tune-budget", tune_budget), ("--sgd-budget", sgd_budget)):
+        if b < 1:
+            raise ValueError(f"{flag} must be >= 1, got {b}")
     for m in models:
         get_model_class(m)  # unknown names and missing optional dependencies fail before any training
     out = Path(out)
@@ -287,13 +293,16 @@ def compare(data_cfg: DataConfig, models: list[str], out: Path, tune_budget: int
     for i, name in enumerate(models):
         console.rule(f"[{i + 1}/{len(models)}] {name}")
         grid = (grids or {}).get(name)
-        r = tune_model(name, data_cfg, dataset, out, tune_budget, base, seed, progress, grid)
+        budget = sgd_budget if get_model_class(name).trainable else tune_budget
+        r = tune_model(name, data_cfg, dataset, out, budget, base, seed, progress, grid)
         tuning[name] = r.pop("_tuning")
         results[name] = r
     pairs = mark_reversals(results)
     atomic_write_json(out / "results.json", results)
-    atomic_write_json(out / "tuning.json", {"dataset": dataset.name, "budget": tune_budget, "select_by":
+    atomic_write_json(out / "tuning.json", {"dataset": dataset.name, "budget": tune_budget,
+                                            "sgd_budget": sgd_budget, "select_by":
                                             f"valid sampled {SELECT_BY}", "base": base, "models": tuning})
-    (out / "results.md").write_text(results_markdown(results, pairs, dataset.name, command, tune_budget))
+    (out / "results.md").write_text(results_markdown(results, pairs, dataset.name, command, tune_budget,
+                                                     sgd_budget))
     plot_results(results, out / "results.png", f"{dataset.name}: test HR@10 / NDCG@10, tuned on validation")
     return results

@@ -23,6 +23,8 @@ def compare_cmd(
     models: str = typer.Option(DEFAULT_MODELS, "--models", help="Comma-separated model names."),
     out: Path = typer.Option(..., "--out", help="Directory for results.json, results.md, results.png, runs/."),
     tune_budget: int = typer.Option(4, "--tune-budget", help="At most N configurations tried per model."),
+    sgd_budget: int = typer.Option(None, "--sgd-budget", help="At most N configurations for the SGD-trained "
+                                   "models (bpr, gmf, mlp, neumf); default: --tune-budget."),
     epochs: int = typer.Option(20, "--epochs", help="Most epochs for SGD-trained models (early stopping on valid)."),
     patience: int = typer.Option(3, "--patience", help="Early-stop patience for SGD-trained models (0: off)."),
     seed: int = typer.Option(0, "--seed"),
@@ -40,7 +42,8 @@ def compare_cmd(
     dcfg = data_config(dataset, data_dir, seed=seed)
     command = "ncf " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["compare"] else None
     results = compare(dcfg, names, out, tune_budget=tune_budget, epochs=epochs, patience=patience, seed=seed,
-                      threads=threads, device=device, progress=not quiet, command=command)
+                      threads=threads, device=device, progress=not quiet, command=command,
+                      sgd_budget=sgd_budget)
     t = Table(title=f"{dataset}: test metrics (tuned on validation)")
     for col in ("model", "sampled HR@10", "sampled NDCG@10", "full HR@10", "full NDCG@10", "order flips with"):
         t.add_column(col, justify="left" if col in ("model", "order flips with") else "right")
