@@ -69,7 +69,9 @@ class DataConfig:
         if self.n_neg_eval < 1:
             raise ValueError(f"n_neg_eval must be >= 1, got {self.n_neg_eval}")
         if self.on_bad_lines not in readers.BAD_LINES:
-            raise ValueError(f"on_bad_lines must be one of {readers.BAD_LINES}")
+            raise ValueError(f"--on-bad-lines must be 'error' or 'skip', not {self.on_bad_lines!r}")
+        if self.min_train < 1:
+            raise ValueError(f"min_train must be >= 1, got {self.min_train}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -94,23 +96,32 @@ def ensure_available(name: str, root: Path, download: bool = True) -> Path:
         missing = [f for f in needed if not (folder / f).exists()]
         if missing:
             raise DataError(
-                f"dataset {name!r} is not in {folder}: put {', '.join(missing)} (the NCF "
-                f"authors' pre-split files) there, or pass --data-dir / set NCF_DATA_DIR"
+                f"dataset {name!r} is not in {folder}: put {', '.join(missing)} there (the NCF "
+                f"authors' pre-split files, from the Data/ folder of github.com/hexiangnan/"
+                f"neural_collaborative_filtering; it is not downloaded automatically), or pass "
+                f"--data-dir / set NCF_DATA_DIR to a folder holding {name}/"
             )
         return folder
     fname, _ = RATINGS_FILES[name]
     if (folder / fname).exists():
         return folder
-    if download:
-        from ncf.data.download import download as fetch
+    from ncf.data.download import DownloadError, archive_url
+    from ncf.data.download import download as fetch
 
-        fetch(name, root)
+    where = (
+        f"put {fname} (from {archive_url(name)}, unpacked) at {folder / fname}, "
+        f"or pass --data-dir / set NCF_DATA_DIR to a folder holding {name}/{fname}"
+    )
+    if download:
+        try:
+            fetch(name, root)
+        except DownloadError as e:
+            raise DataError(
+                f"dataset {name!r} is missing and could not be downloaded ({e}); offline: {where}"
+            ) from None
         if (folder / fname).exists():
             return folder
-    raise DataError(
-        f"dataset {name!r} is missing: expected {folder / fname}; run `ncf data download "
-        f"{name}` or put the file there (or pass --data-dir / set NCF_DATA_DIR)"
-    )
+    raise DataError(f"dataset {name!r} is missing: run `ncf data download {name}`, or {where}")
 
 
 def read_source(cfg: DataConfig) -> tuple[str, Ratings | None, Path]:
@@ -118,6 +129,11 @@ def read_source(cfg: DataConfig) -> tuple[str, Ratings | None, Path]:
     root = data_dir(cfg.data_dir)
     src = cfg.source
     kw = {"on_bad_lines": cfg.on_bad_lines, "min_rating": cfg.min_rating}
+    layout = [f"--{k.replace('_', '-')}" for k in ("user_col", "item_col", "rating_col", "time_col", "sep")
+              if getattr(cfg, k) is not None]
+    if layout and src in DATASETS:
+        raise DataError(f"{', '.join(layout)}: column options apply to a file path; {src!r} is a named "
+                        "dataset whose layout is known")
     if src in NCF_NAMES:
         return src, None, ensure_available(src, root)
     if src in RATINGS_FILES:
@@ -130,25 +146,29 @@ def read_source(cfg: DataConfig) -> tuple[str, Ratings | None, Path]:
             f"unknown source {src!r}: not a dataset name ({', '.join(DATASETS)}) nor an existing file"
         )
     if path.is_dir():
+        if layout:
+            raise DataError(f"{', '.join(layout)}: column options apply to a file path; {path} is a folder")
         for name, (fname, reader) in RATINGS_FILES.items():
             if (path / fname).exists():
                 return name, reader(path / fname, **kw), path
         if list(path.glob("*.train.rating")):
             return str(path), None, path
         raise DataError(f"{path}: no known ratings file (u.data, ratings.dat, ratings.csv, *.train.rating)")
-    if path.name.endswith(".train.rating"):
+    if path.name.endswith(".train.rating") and not layout:
         return str(path), None, path.parent
-    if cfg.user_col is not None or cfg.item_col is not None:
-        ratings = readers.read_table(
-            path, _col(cfg.user_col) if cfg.user_col is not None else 0,
-            _col(cfg.item_col) if cfg.item_col is not None else 1,
-            _col(cfg.rating_col), _col(cfg.time_col), sep=cfg.sep, **kw,
-        )
-        return str(path), ratings, path.parent
-    for name, (fname, reader) in RATINGS_FILES.items():
-        if path.name == fname:
-            return name, reader(path, **kw), path.parent
-    ratings = readers.read_table(path, 0, 1, _col(cfg.rating_col), _col(cfg.time_col), sep=cfg.sep, **kw)
+    if not layout:
+        for name, (fname, reader) in RATINGS_FILES.items():
+            if path.name == fname:
+                return name, reader(path, **kw), path.parent
+    ratings = readers.read_table(
+        path,
+        _col(cfg.user_col) if cfg.user_col is not None else 0,
+        _col(cfg.item_col) if cfg.item_col is not None else 1,
+        _col(cfg.rating_col),
+        _col(cfg.time_col),
+        sep=cfg.sep,
+        **kw,
+    )
     return str(path), ratings, path.parent
 
 
@@ -182,9 +202,16 @@ def load_dataset(cfg: DataConfig | str) -> Dataset:
 
 def _load_ncf(cfg: DataConfig, name: str, folder: Path) -> Dataset:
     """The NCF pre-split layout: ``PREFIX.train.rating``, ``.test.rating``, ``.test.negative``."""
+    if cfg.min_rating is not None:
+        raise DataError(f"--min-rating: {cfg.source!r} is pre-split (NCF layout) and its training file has no ratings")
     prefix = NCF_NAMES.get(name)
-    if prefix is None:
+    if prefix is None and name.endswith(".train.rating"):
+        prefix = Path(name).name[: -len(".train.rating")]
+    elif prefix is None:
         found = sorted(folder.glob("*.train.rating"))
+        if len(found) > 1:
+            raise DataError(f"{folder}: several NCF training files ({', '.join(f.name for f in found)}); "
+                            "pass the one to use")
         prefix = found[0].name[: -len(".train.rating")]
     kw = {"on_bad_lines": cfg.on_bad_lines}
     tr = readers.read_ncf_rating(folder / f"{prefix}.train.rating", **kw)
@@ -197,10 +224,13 @@ def _load_ncf(cfg: DataConfig, name: str, folder: Path) -> Dataset:
             as_int[label] = (arr.users.astype(np.int64), arr.items.astype(np.int64))
         except ValueError:
             raise DataError(f"{folder / path}: NCF files hold integer user and item indexes") from None
+        for what, values in zip(("user", "item"), as_int[label], strict=True):
+            if len(values) and values.min() < 0:
+                raise DataError(f"{folder / path}: {what} index {int(values.min())} is negative (indexes start at 0)")
     tr_u, tr_i = as_int["train"]
     te_u, te_i = as_int["test"]
     n_users = int(max(tr_u.max(), te_u.max(), nu.max())) + 1
-    n_items = int(max(tr_i.max(), te_i.max(), max((max(n) for n in negs if n), default=0))) + 1
+    n_items = int(max(tr_i.max(), te_i.max(), negs.max(initial=0))) + 1
     user_map, item_map = _ncf_maps(folder, n_users, n_items)
     if sorted(zip(nu.tolist(), ni.tolist(), strict=True)) != sorted(zip(te_u.tolist(), te_i.tolist(), strict=True)):
         raise DataError(f"{neg_path}: its (user,item) heads do not match {prefix}.test.rating")

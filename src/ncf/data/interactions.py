@@ -57,7 +57,13 @@ class IdMap:
             return self._index[raw_id]
         if self._str_index is None:
             self._str_index = {str(r): i for i, r in enumerate(self._raw)}
-        return self._str_index.get(str(raw_id))
+        idx = self._str_index.get(str(raw_id))
+        if idx is None and isinstance(raw_id, str):  # "007" finds 7: integer ids are read as integers
+            try:
+                idx = self._index.get(int(raw_id))
+            except ValueError:
+                pass
+        return idx
 
     def index(self, raw_id, what: str = "id") -> int:
         idx = self.get(raw_id)
@@ -170,8 +176,7 @@ class Interactions:
         n_dup = len(key) - len(keep)
         u, i = users[keep], items[keep]
         indptr = np.zeros(n_users + 1, dtype=np.int64)
-        np.add.at(indptr, u + 1, 1)
-        indptr = np.cumsum(indptr)
+        np.cumsum(np.bincount(u, minlength=n_users), out=indptr[1:])
         matrix = sp.csr_matrix(
             (np.ones(len(keep), dtype=np.float32), i.astype(np.int32), indptr),
             shape=(n_users, n_items),
@@ -217,8 +222,11 @@ class Interactions:
 
 
 def save_idmaps(directory: str | Path, user_map: IdMap, item_map: IdMap) -> None:
+    """Write ``DIR/idmap.json`` atomically (a temporary file renamed over it)."""
     path = Path(directory) / "idmap.json"
-    path.write_text(json.dumps({"users": user_map.to_json(), "items": item_map.to_json()}))
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps({"users": user_map.to_json(), "items": item_map.to_json()}))
+    tmp.replace(path)
 
 
 def load_idmaps(directory: str | Path) -> tuple[IdMap, IdMap]:

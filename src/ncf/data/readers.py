@@ -3,12 +3,21 @@
 Errors name the file, the (1-based) line and the field. With ``on_bad_lines="skip"``
 malformed rows are skipped and *counted* in :class:`ReadReport`; nothing is dropped
 silently. Blank lines and empty trailing fields are tolerated everywhere.
+
+Two passes, one contract: a clean file is parsed once by pandas' C parser with typed
+columns (ids as ``int64`` where they are integers, else strings); only when that fails
+(a malformed row, a short row, a non-number) is the file re-read line by line as text to
+say exactly what is wrong and where, or to skip and count the bad rows.
+
+Ids: a column whose every value is an integer is read as ``int64`` (so ``"007"`` and
+``"7"`` are the same id); any other id column keeps its (stripped) strings.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,6 +25,9 @@ import numpy as np
 import pandas as pd
 
 BAD_LINES = ("error", "skip")
+ROLES = ("user", "item", "rating", "timestamp")
+_SAMPLE = 50  # non-blank lines looked at to detect a header row
+_UNIT_SEP = "\x1f"  # stands in for multi-character separators (the C parser takes one character)
 
 
 class DataError(ValueError):
@@ -30,6 +42,7 @@ class ReadReport:
     skipped_lines: list[int] = field(default_factory=list)  # first few skipped line numbers
     below_min_rating: int = 0  # rows dropped by min_rating (reported, not silent)
     blank_lines: int = 0
+    header: bool = False  # a header row was found (and not counted as data)
 
     def to_dict(self) -> dict:
         return {
@@ -39,12 +52,14 @@ class ReadReport:
             "skipped_lines": self.skipped_lines[:10],
             "below_min_rating": self.below_min_rating,
             "blank_lines": self.blank_lines,
+            "header": self.header,
         }
 
 
 @dataclass
 class Ratings:
-    """Raw interactions as read: raw user and item ids, optional rating and timestamp."""
+    """Raw interactions as read: raw user and item ids (``int64`` or ``str``), optional
+    rating (``float32``) and timestamp (``int64``, seconds where the file gives dates)."""
 
     users: np.ndarray
     items: np.ndarray
@@ -72,13 +87,24 @@ class Ratings:
         )
 
 
+# --- Text helpers -----------------------------------------------------------------------
+
+
 def _read_text(path: Path, encoding: str) -> str:
     try:
-        return path.read_text(encoding=encoding)
+        text = path.read_text(encoding=encoding)
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: is a directory, not a ratings file") from None
+    except PermissionError:
+        raise DataError(f"{path}: permission denied") from None
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not valid {encoding} text ({e.reason} at byte {e.start})") from None
+    text = text.removeprefix("\ufeff")  # a UTF-8 byte-order mark is not part of the first field
+    if "\r" in text and "\n" not in text:  # old Mac line ends
+        text = text.replace("\r", "\n")
+    return text
 
 
 def sniff_sep(first_line: str) -> str:
@@ -90,17 +116,53 @@ def sniff_sep(first_line: str) -> str:
     raise DataError("cannot detect the field separator; pass --sep")
 
 
+_SEP_NAMES = {"\\t": "\t", "tab": "\t", "comma": ",", "space": r"\s+", "whitespace": r"\s+", " ": r"\s+"}
+
+
+def _resolve_sep(sep: str | None, first: str, path: Path) -> str:
+    if sep is None or sep == "":
+        try:
+            return sniff_sep(first)
+        except DataError as e:
+            raise DataError(f"{path}:1: {e}") from None
+    return _SEP_NAMES.get(sep.lower() if sep.isalpha() else sep, sep)
+
+
+def _one_char(text: str, sep: str) -> tuple[str, str]:
+    """The C parser splits on one character: a literal multi-character separator (``::``)
+    becomes the ASCII unit separator."""
+    if len(sep) > 1 and sep != r"\s+":
+        return text.replace(sep, _UNIT_SEP), _UNIT_SEP
+    return text, sep
+
+
+def _quoting(sep: str) -> int:
+    return csv.QUOTE_MINIMAL if sep == "," else csv.QUOTE_NONE
+
+
+def _max_fields(text: str, sep: str) -> int:
+    """The most fields on any line, counted without splitting the text into Python lines."""
+    if sep == r"\s+":
+        return max((len(ln.split()) for ln in text.splitlines()), default=0)
+    if len(sep.encode()) != 1:
+        return max((ln.count(sep) + 1 for ln in text.splitlines()), default=0)
+    b = np.frombuffer(text.encode(), dtype=np.uint8)
+    ends = np.append(np.flatnonzero((b == 10) | (b == 13)), len(b))
+    seps = np.flatnonzero(b == ord(sep))
+    per_line = np.diff(np.searchsorted(seps, ends), prepend=0)
+    return int(per_line.max()) + 1
+
+
+def _count_blank(text: str) -> int:
+    """Lines holding nothing but spaces (the last line's empty remainder not counted)."""
+    n = len(re.findall(r"(?m)^[ \t\f\v\r]*$", text))
+    return n - (1 if text.endswith("\n") or text == "" else 0)
+
+
 def _split_fields(text: str, sep: str) -> pd.DataFrame:
-    """Every line as string fields; line numbers are index + 1. Blank lines are all-NaN rows."""
-    if sep == "::":  # the C parser takes one-character separators only
-        text, sep = text.replace("::", "\x1f"), "\x1f"
-    lines = text.splitlines()
-    width = 0
-    if lines:
-        if sep == r"\s+":
-            width = max((len(ln.split()) for ln in lines), default=0)
-        else:
-            width = max((ln.count(sep) + 1 for ln in lines), default=0)
+    """Every physical line as a row of string fields (NaN past a short row's end); line
+    number = index + 1. Blank lines stay as empty rows. ``sep`` must be one character or ``\\s+``."""
+    width = _max_fields(text, sep) if text.strip() else 0
     if width == 0:
         return pd.DataFrame()
     return pd.read_csv(
@@ -112,9 +174,95 @@ def _split_fields(text: str, sep: str) -> pd.DataFrame:
         skip_blank_lines=False,
         keep_default_na=False,
         na_values=[],
-        quoting=csv.QUOTE_MINIMAL if sep == "," else csv.QUOTE_NONE,
+        quoting=_quoting(sep),
         engine="c" if sep != r"\s+" else "python",
     )
+
+
+def _first_lines(text: str, n: int) -> tuple[list[tuple[int, str]], int]:
+    """Up to ``n`` non-blank (line number, line) pairs, and the character offset just past
+    the first of them."""
+    out: list[tuple[int, str]] = []
+    offset, first_end = 0, 0
+    for no, line in enumerate(io.StringIO(text), start=1):
+        offset += len(line)
+        if line.strip():
+            if not out:
+                first_end = offset
+            out.append((no, line.rstrip("\r\n")))
+            if len(out) >= n:
+                break
+    return out, first_end
+
+
+def _is_number(s: str) -> bool:
+    try:
+        float(s)
+    except ValueError:
+        return False
+    return s.strip().lower() not in ("nan", "inf", "-inf", "+inf", "infinity")
+
+
+# --- Columns ------------------------------------------------------------------------------
+
+
+def _is_position(col) -> bool:
+    return isinstance(col, int) or (isinstance(col, str) and col.isdigit())
+
+
+def _resolve_columns(path: Path, cols: dict, header_fields: list[str] | None) -> dict[str, int | None]:
+    """Role -> 0-based position, from positions or header names (exact, else case-insensitive)."""
+    positions: dict[str, int | None] = {}
+    for key, col in cols.items():
+        if col is None:
+            positions[key] = None
+        elif _is_position(col):
+            positions[key] = int(col)
+            if positions[key] < 0:
+                raise DataError(f"{path}: column position must be >= 0, got {col}")
+        else:
+            if header_fields is None:
+                raise DataError(f"{path}: column {col!r} named but the file has no header row")
+            names = [h.strip().strip('"').strip() for h in header_fields]
+            if col in names:
+                positions[key] = names.index(col)
+            else:
+                lower = [n.lower() for n in names]
+                if lower.count(col.lower()) != 1:
+                    raise DataError(
+                        f"{path}: no column {col!r} in the header (columns: {', '.join(n for n in names if n)})"
+                    )
+                positions[key] = lower.index(col.lower())
+    used = [(k, p) for k, p in positions.items() if p is not None]
+    for i, (k1, p1) in enumerate(used):
+        for k2, p2 in used[i + 1:]:
+            if p1 == p2:
+                raise DataError(f"{path}: the {k1} and {k2} columns are the same column ({p1})")
+    return positions
+
+
+def _looks_like_header(rows: list[list[str]], positions: dict[str, int | None]) -> bool:
+    """A first row is a header when every requested field of it is a non-empty non-number
+    and, in the rows after it, some requested column holds only numbers."""
+    if len(rows) < 2:
+        return False
+    wanted = [p for p in positions.values() if p is not None]
+    first = rows[0]
+    if any(p >= len(first) or not first[p].strip() or _is_number(first[p]) for p in wanted):
+        return False
+    rest = rows[1:]
+    return any(all(p < len(r) and _is_number(r[p]) for r in rest) for p in wanted)
+
+
+def _split_line(line: str, sep: str) -> list[str]:
+    if sep == r"\s+":
+        return line.split()
+    if sep == ",":
+        return next(csv.reader([line]), [])
+    return line.split(sep)
+
+
+# --- The generic reader -------------------------------------------------------------------
 
 
 def read_table(
@@ -131,60 +279,109 @@ def read_table(
 ) -> Ratings:
     """Read a delimited (or ``.parquet``) file whose columns are named or 0-based positions.
 
-    ``header=None`` detects a header row: it is one when it contains a named column,
-    or when its rating/time fields are not numbers while the next row's are.
+    ``sep=None`` sniffs the separator from the first non-blank line (``::``, tab, ``,``,
+    ``;``, ``|``, else whitespace). ``header=None`` detects a header row: it is one when a
+    column is asked for by name, or when its requested fields are all non-numbers while
+    a requested column of the next rows holds only numbers. Fields other than the
+    requested ones (titles, empty trailing fields) are ignored.
     """
     path = Path(path)
     if on_bad_lines not in BAD_LINES:
         raise DataError(f"on_bad_lines must be one of {BAD_LINES}, not {on_bad_lines!r}")
-    if path.suffix == ".parquet":
-        return _read_parquet(path, user_col, item_col, rating_col, time_col, on_bad_lines, min_rating)
+    cols = {"user": user_col, "item": item_col, "rating": rating_col, "timestamp": time_col}
+    if user_col is None or item_col is None:
+        raise DataError(f"{path}: a user column and an item column are required")
+    if path.suffix.lower() in (".parquet", ".pq"):
+        return _read_parquet(path, cols, on_bad_lines, min_rating)
     text = _read_text(path, encoding)
-    first = next((ln for ln in text.splitlines() if ln.strip()), "")
-    if not first:
+    sample, first_end = _first_lines(text, _SAMPLE)
+    if not sample:
         raise DataError(f"{path}: file is empty")
-    sep = sep or sniff_sep(first)
-    if sep == "\\t":
-        sep = "\t"
+    sep = _resolve_sep(sep, sample[0][1], path)
+    rows = [_split_line(ln, sep) for _, ln in sample]
+    named = any(c is not None and not _is_position(c) for c in cols.values())
+    if header is None:
+        header = named or _looks_like_header(rows, _resolve_columns(path, cols, None) if not named else {})
+    positions = _resolve_columns(path, cols, rows[0] if header else None)
+    body = text[first_end:] if header else text
+    body1, sep1 = _one_char(body, sep)
+    fast = _fast_read(body1, sep1, positions)
+    if fast is not None:
+        report = ReadReport(str(path), rows=len(fast["user"]), blank_lines=_count_blank(body), header=header)
+        ratings = Ratings(fast["user"], fast["item"], fast["rating"], fast["timestamp"], report)
+        return ratings.filter_min_rating(min_rating)
+    text1, sep1 = _one_char(text, sep)
     try:
-        df = _split_fields(text, sep)
+        df = _split_fields(text1, sep1)
     except pd.errors.ParserError as e:
         raise DataError(f"{path}: {e}") from None
-    cols = {"user": user_col, "item": item_col, "rating": rating_col, "timestamp": time_col}
-    names = [c for c in cols.values() if isinstance(c, str) and not c.isdigit()]
-    nonblank = (df.fillna("").astype(str).apply(lambda s: s.str.strip()) != "").any(axis=1)
-    first_row_idx = int(np.flatnonzero(nonblank.to_numpy())[0])
-    first_vals = [str(v).strip() for v in df.iloc[first_row_idx].tolist()]
-    if header is None:
-        header = bool(names) or _looks_like_header(df, first_row_idx, cols)
-    positions: dict[str, int | None] = {}
-    for key, col in cols.items():
-        if col is None:
-            positions[key] = None
-        elif isinstance(col, int) or (isinstance(col, str) and col.isdigit()):
-            positions[key] = int(col)
-        else:
-            if not header:
-                raise DataError(f"{path}: column {col!r} named but the file has no header row")
-            if col not in first_vals:
-                raise DataError(
-                    f"{path}: no column {col!r} in the header (columns: {', '.join(v for v in first_vals if v)})"
-                )
-            positions[key] = first_vals.index(col)
     if header:
-        df = df.iloc[first_row_idx + 1 :]
-    return _validate(df, path, positions, on_bad_lines, min_rating)
+        df = df.iloc[sample[0][0]:]  # rows after the header line
+    return _validate(df, path, positions, on_bad_lines, min_rating, header)
 
 
-def _looks_like_header(df: pd.DataFrame, first: int, cols: dict) -> bool:
-    numeric_cols = [c for c in (cols["rating"], cols["timestamp"]) if isinstance(c, int)]
-    if not numeric_cols or len(df) < first + 2:
-        # ids may be strings; a header is then only recognised by name
-        return False
-    row0, row1 = df.iloc[first], df.iloc[first + 1]
-    def num(v):
-        return pd.to_numeric(pd.Series([v]), errors="coerce").notna().iloc[0]
-    return all(not num(row0[c]) for c in numeric_cols) and all(num(row1[c]) for c in numeric_cols)
+def _fast_read(body: str, sep: str, positions: dict[str, int | None]) -> dict | None:
+    """Typed parse of a clean file, or None when anything is off (the caller then finds it)."""
+    used = {k: p for k, p in positions.items() if p is not None}
+    if not body.strip():
+        return None
+    for id_dtype in ("int64", "str"):
+        dtype = {p: id_dtype if k in ("user", "item") else ("float64" if k == "rating" else "int64")
+                 for k, p in used.items()}
+        try:
+            df = pd.read_csv(
+                io.StringIO(body), sep=sep, header=None, usecols=sorted(used.values()), dtype=dtype,
+                skip_blank_lines=True, keep_default_na=False, na_values=[""], quoting=_quoting(sep),
+                engine="c",
+            )
+        except (ValueError, OverflowError, pd.errors.ParserError, IndexError):
+            continue
+        out: dict[str, np.ndarray | None] = dict.fromkeys(ROLES)
+        for key, p in used.items():
+            col = df[p]
+            if key in ("user", "item"):
+                if id_dtype == "str":
+                    col = col.str.strip()
+                    if col.isna().any() or (col == "").any():
+                        return None
+                    out[key] = _ids(col)  # this column may be all integers though the other is not
+                else:
+                    out[key] = col.to_numpy(dtype=np.int64)
+            elif key == "rating":
+                values = col.to_numpy(dtype=np.float64)
+                if not np.isfinite(values).all():
+                    return None
+                out[key] = values.astype(np.float32)
+            else:
+                out[key] = col.to_numpy(dtype=np.int64)
+        return out
+    return None
+
+
+def _ids(col: pd.Series) -> np.ndarray:
+    """Stripped id strings -> int64 where every one is an integer, else str."""
+    try:
+        return col.astype("int64").to_numpy()
+    except (ValueError, TypeError, OverflowError):
+        return col.to_numpy(dtype=object).astype(str)
+
+
+def _numbers(key: str, col: pd.Series) -> tuple[np.ndarray, np.ndarray, str]:
+    """(values, malformed mask, what a malformed value should have been) for a rating or
+    timestamp column of stripped strings; empty strings are malformed."""
+    values = pd.to_numeric(col, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    if key == "rating":
+        return values, ~np.isfinite(values), "a number"
+    wrong = ~np.isfinite(values) | (values != np.round(values))
+    nonempty = (col != "").to_numpy()
+    if wrong[nonempty].all() and nonempty.any():
+        # no number at all: maybe ISO dates ("2001-01-01T10:00:00"); seconds since 1970, UTC
+        dates = pd.to_datetime(col, errors="coerce", format="ISO8601", utc=True)
+        ok = dates.notna().to_numpy()
+        if ok.any():
+            secs = (dates - pd.Timestamp("1970-01-01", tz="UTC")) // pd.Timedelta(seconds=1)
+            return secs.to_numpy(dtype=np.float64, na_value=np.nan), ~ok, "a unix time or an ISO date"
+    return values, wrong, "an integer (unix time)"
 
 
 def _validate(
@@ -193,37 +390,46 @@ def _validate(
     positions: dict[str, int | None],
     on_bad_lines: str,
     min_rating: float | None,
+    header: bool = False,
 ) -> Ratings:
-    report = ReadReport(str(path))
+    """The slow, exact pass: every row checked, bad rows named (or skipped and counted)."""
+    report = ReadReport(str(path), header=header)
     width = df.shape[1]
     line_no = df.index.to_numpy() + 1
-    fields = df.fillna("").astype(str)
-    blank = (fields.apply(lambda s: s.str.strip()) == "").all(axis=1).to_numpy()
+    used = {k: p for k, p in positions.items() if p is not None}
+    for key, pos in used.items():
+        if pos >= width:
+            raise DataError(
+                f"{path}: {key} column {pos} requested but rows have at most {width} field(s)"
+                + (" (wrong --sep?)" if width == 1 else "")
+            )
+    stripped = {k: df[p].fillna("").astype(str).str.strip() for k, p in used.items()}
+    blank = np.logical_and.reduce([(s == "").to_numpy() for s in stripped.values()])
+    others = [c for c in range(width) if c not in used.values()]
+    if blank.any() and others:  # rows empty in the used columns: blank only if empty everywhere
+        rest = df.iloc[np.flatnonzero(blank), others].fillna("").astype(str)
+        blank[np.flatnonzero(blank)] = (rest.apply(lambda s: s.str.strip()) == "").all(axis=1).to_numpy()
     report.blank_lines = int(blank.sum())
     bad = np.zeros(len(df), dtype=bool)
     reasons: dict[int, str] = {}
-    out: dict[str, np.ndarray | None] = {}
-    for key, pos in positions.items():
-        if pos is None:
-            out[key] = None
-            continue
-        if pos >= width:
-            raise DataError(f"{path}: column {pos} requested but rows have only {width} fields")
-        col = fields[pos].str.strip().to_numpy()
+    out: dict[str, np.ndarray | None] = dict.fromkeys(ROLES)
+    for key, col in stripped.items():
         if key in ("user", "item"):
-            empty = (col == "") & ~blank
-            _mark(bad, reasons, empty, line_no, f"field {key!r} is empty")
-            out[key] = col
-        else:
-            values = pd.to_numeric(pd.Series(col), errors="coerce").to_numpy()
-            wrong = np.isnan(values) & ~blank
-            if key == "timestamp":
-                wrong |= ~np.isnan(values) & (values != np.round(values)) & ~blank
+            wrong = (col == "").to_numpy() & ~blank
+            reason = f"field {key!r} (column {used[key]}) is empty"
             for i in np.flatnonzero(wrong)[:1]:
-                reasons.setdefault(int(line_no[i]), f"field {key!r}: {col[i]!r} is not a number")
-            bad |= wrong
+                reasons.setdefault(int(line_no[i]), reason)
+            out[key] = col.to_numpy()
+        else:
+            values, wrong, expect = _numbers(key, col)
+            wrong &= ~blank
+            raw = col.to_numpy()
+            for i in np.flatnonzero(wrong)[:1]:
+                reasons.setdefault(
+                    int(line_no[i]), f"field {key!r} (column {used[key]}): {raw[i]!r} is not {expect}"
+                )
             out[key] = values
-    # columns not named (titles, empty trailing fields) are ignored by design
+        bad |= wrong
     if bad.any():
         first_bad = int(line_no[np.flatnonzero(bad)[0]])
         if on_bad_lines == "error":
@@ -235,9 +441,12 @@ def _validate(
         report.skipped_lines = [int(x) for x in line_no[bad][:10]]
     keep = ~bad & ~blank
     report.rows = int(keep.sum())
+    if report.rows == 0 and report.skipped:
+        raise DataError(f"{path}: every row is malformed ({report.skipped} skipped, first on line "
+                        f"{report.skipped_lines[0]}: {reasons.get(report.skipped_lines[0], 'malformed row')})")
     ratings = Ratings(
-        users=out["user"][keep],
-        items=out["item"][keep],
+        users=_ids(stripped["user"][keep]),
+        items=_ids(stripped["item"][keep]),
         ratings=None if out["rating"] is None else out["rating"][keep].astype(np.float32),
         timestamps=None if out["timestamp"] is None else out["timestamp"][keep].astype(np.int64),
         report=report,
@@ -245,33 +454,31 @@ def _validate(
     return ratings.filter_min_rating(min_rating)
 
 
-def _mark(bad, reasons, mask, line_no, reason):
-    for i in np.flatnonzero(mask)[:1]:
-        reasons.setdefault(int(line_no[i]), reason)
-    bad |= mask
-
-
-def _read_parquet(path, user_col, item_col, rating_col, time_col, on_bad_lines, min_rating) -> Ratings:
+def _read_parquet(path: Path, cols: dict, on_bad_lines: str, min_rating: float | None) -> Ratings:
     try:
         frame = pd.read_parquet(path)
     except ImportError as e:
         raise DataError(f"{path}: reading Parquet needs pyarrow (pip install 'ncf[parquet]')") from e
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
     except Exception as e:  # noqa: BLE001 - pyarrow raises many types for corrupt files
         raise DataError(f"{path}: cannot read Parquet ({e})") from None
-    columns = list(frame.columns)
-    positions = {}
-    for key, col in {"user": user_col, "item": item_col, "rating": rating_col, "timestamp": time_col}.items():
-        if col is None:
-            positions[key] = None
-        elif isinstance(col, int) or str(col).isdigit():
-            positions[key] = int(col)
-        elif col in columns:
-            positions[key] = columns.index(col)
-        else:
-            raise DataError(f"{path}: no column {col!r} (columns: {', '.join(map(str, columns))})")
-    df = frame.astype(str).replace({"nan": "", "None": "", "<NA>": ""})
-    df.columns = range(df.shape[1])
-    df.index = range(len(df))  # row i is reported as "line" i + 1
+    names = [str(c) for c in frame.columns]
+    positions = _resolve_columns(path, cols, names)
+    for key, p in positions.items():
+        if p is not None and p >= len(names):
+            raise DataError(f"{path}: {key} column {p} requested but the file has {len(names)} column(s)")
+    df = pd.DataFrame(index=range(len(frame)))  # row i is reported as "line" i + 1
+    for p in {p for p in positions.values() if p is not None}:
+        col = frame.iloc[:, p]
+        if pd.api.types.is_datetime64_any_dtype(col):  # -> unix seconds (naive times taken as UTC)
+            utc = col.dt.tz_localize("UTC") if col.dt.tz is None else col.dt.tz_convert("UTC")
+            col = ((utc - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)).astype("Int64")
+        elif pd.api.types.is_float_dtype(col) and col.dropna().eq(col.dropna().round()).all():
+            col = col.astype("Int64")  # 3.0 -> "3", as in a text file
+        df[p] = col.astype(str).replace({"nan": "", "None": "", "<NA>": "", "NaT": ""}).to_numpy()
+    df = df.reindex(columns=range(max(df.columns, default=-1) + 1))
+    df.index = range(len(df))
     return _validate(df, path, positions, on_bad_lines, min_rating)
 
 
@@ -294,45 +501,69 @@ def read_ml_csv(path: str | Path, **kw) -> Ratings:
 
 
 def read_ncf_rating(path: str | Path, **kw) -> Ratings:
-    """NCF ``*.train.rating`` / ``*.test.rating``: user, item and optional rating and timestamp."""
+    """NCF ``*.train.rating`` / ``*.test.rating``: user, item and optional rating and timestamp
+    (2, 3 or 4 tab-separated columns, decided by the first non-blank line)."""
     path = Path(path)
-    text = _read_text(path, "utf-8")
-    first = next((ln for ln in text.splitlines() if ln.strip()), "")
-    n = len(first.rstrip("\t").split("\t"))
+    try:
+        with open(path, encoding="utf-8") as f:
+            first = next((ln for ln in f if ln.strip()), "")
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not valid utf-8 text ({e.reason})") from None
+    if not first:
+        raise DataError(f"{path}: file is empty")
+    n = len(first.rstrip("\r\n\t ").split("\t"))
     if n < 2:
-        raise DataError(f"{path}:1: expected 2 to 4 tab-separated fields, found {n}")
-    return read_table(
-        path, 0, 1, 2 if n >= 3 else None, 3 if n >= 4 else None, sep="\t", header=False, **kw
-    )
+        raise DataError(f"{path}:1: expected 2 to 4 tab-separated fields (user, item[, rating, time]), found {n}")
+    return read_table(path, 0, 1, 2 if n >= 3 else None, 3 if n >= 4 else None, sep="\t", header=False, **kw)
 
 
-def read_ncf_negative(path: str | Path) -> tuple[np.ndarray, np.ndarray, list[list[int]]]:
-    """NCF ``*.test.negative``: ``(user,item)\\tneg1\\t...``. Returns users, items, negatives.
+_HEAD = r"^\((-?\d+)\s*,\s*(-?\d+)\)$"
+
+
+def read_ncf_negative(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """NCF ``*.test.negative``: ``(user,item)\tneg1\t...``. Returns users ``[n]``, items
+    ``[n]`` and negatives ``[n, W]`` (int64, rows shorter than the longest padded with -1).
 
     Negatives are returned as read (duplicates and the positive included); the split
     module removes those.
     """
     path = Path(path)
     text = _read_text(path, "utf-8")
-    users, items, negs = [], [], []
+    if not text.strip():
+        raise DataError(f"{path}: no candidate rows")
+    width = _max_fields(text, "\t")
+    try:  # fast: typed parse of a clean file
+        df = pd.read_csv(io.StringIO(text), sep="\t", header=None, names=list(range(width)),
+                         dtype={0: str, **dict.fromkeys(range(1, width), "float64")}, skip_blank_lines=True,
+                         keep_default_na=False, na_values=[""], quoting=csv.QUOTE_NONE, engine="c")
+        heads = df[0].str.strip().str.extract(_HEAD)
+        values = df.iloc[:, 1:].to_numpy(dtype=np.float64)
+        present = ~np.isnan(values)
+        clean = (heads[0].notna().all() and np.isfinite(values[present]).all()
+                 and (values[present] >= 0).all() and (values[present] == np.round(values[present])).all())
+    except (ValueError, OverflowError, pd.errors.ParserError):
+        clean = False
+    if clean:
+        negatives = np.where(present, np.nan_to_num(values, nan=-1), -1).astype(np.int64)
+        negatives = negatives[:, : int(np.flatnonzero(present.any(axis=0)).max(initial=-1)) + 1]  # drop empty tail
+        return heads[0].astype("int64").to_numpy(), heads[1].astype("int64").to_numpy(), negatives
+    _negative_error(path, text)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _negative_error(path: Path, text: str) -> None:
+    """Name the first malformed line of a ``.test.negative`` file."""
     for no, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
-        head, *rest = line.rstrip("\t\r\n ").split("\t")
-        head = head.strip()
-        if not (head.startswith("(") and head.endswith(")") and "," in head):
-            raise DataError(f"{path}:{no}: first field should be '(user,item)', found {head!r}")
-        try:
-            u, i = (int(x) for x in head[1:-1].split(","))
-        except ValueError:
-            raise DataError(f"{path}:{no}: '(user,item)' must hold two integers, found {head!r}") from None
-        try:
-            row = [int(x) for x in rest if x.strip() != ""]
-        except ValueError as e:
-            raise DataError(f"{path}:{no}: negative item is not an integer ({e})") from None
-        users.append(u)
-        items.append(i)
-        negs.append(row)
-    if not users:
-        raise DataError(f"{path}: no candidate rows")
-    return np.array(users, dtype=np.int64), np.array(items, dtype=np.int64), negs
+        head, *rest = line.split("\t")
+        if not re.match(_HEAD, head.strip()):
+            raise DataError(f"{path}:{no}: first field should be '(user,item)' with two integers, found {head!r}")
+        for k, x in enumerate(rest, start=2):
+            x = x.strip()
+            if x and not (x.isdigit()):
+                raise DataError(f"{path}:{no}: field {k} (a negative item) {x!r} is not an item index "
+                                "(an integer >= 0)")
+    raise DataError(f"{path}: cannot parse as (user,item)<TAB>negatives lines")

@@ -1,10 +1,15 @@
 """Leave-one-out splits and sampled-evaluation candidates.
 
 Tie-breaking rule (documented, deterministic): a user's "latest" interaction is the one
-with the largest timestamp; among equal timestamps, the one read last from the file wins
-(``Interactions`` keeps CSR order by item, so we break ties by the *largest item index*
-among the latest timestamps; reading order is not kept after de-duplication). Without
-timestamps the held-out interaction is drawn uniformly at random, seeded.
+with the largest timestamp; among interactions sharing that timestamp, the one with the
+*largest item index* wins (item indexes follow the sorted raw item ids, so for integer
+MovieLens ids: the largest MovieID). File order is not used: it is lost when duplicates
+collapse, and a rule that depends on it would change with a re-sorted file. Without
+timestamps the held-out interaction is drawn uniformly at random from the user's
+interactions, seeded, as the NCF paper drew its validation item.
+
+Users with fewer than ``min_train + 1`` interactions keep them all in training and get no
+holdout; :func:`leave_one_out` returns how many there were.
 """
 
 from __future__ import annotations
@@ -164,29 +169,50 @@ def sample_candidates(
     return out
 
 
-def candidates_from_lists(users: np.ndarray, items: np.ndarray, negatives: list[list[int]],
+def candidates_from_lists(users: np.ndarray, items: np.ndarray, negatives: np.ndarray | list[list[int]],
                           n_items: int, seen: sp.csr_matrix | None = None) -> tuple[np.ndarray, dict]:
-    """Candidate matrix from given negative lists (an NCF ``.test.negative`` file):
-    duplicates removed, the positive never among its own negatives. Returns the matrix and
-    counts of what was removed."""
-    width = max(len(n) for n in negatives)
-    out = np.full((len(users), 1 + width), PAD, dtype=np.int64)
-    out[:, 0] = items
-    stats = {"rows_with_positive_in_negatives": 0, "duplicate_negatives": 0, "seen_negatives": 0}
-    for r, (item, negs) in enumerate(zip(items, negatives, strict=True)):
-        arr = np.asarray(negs, dtype=np.int64)
-        if len(arr) and (arr.min() < 0 or arr.max() >= n_items):
-            raise ValueError(f"candidate row {r}: negative item index out of range 0..{n_items - 1}")
-        if (arr == item).any():
-            stats["rows_with_positive_in_negatives"] += 1
-            arr = arr[arr != item]
-        _, first = np.unique(arr, return_index=True)
-        stats["duplicate_negatives"] += len(arr) - len(first)
-        arr = arr[np.sort(first)]
-        if seen is not None:
-            row_seen = seen.indices[seen.indptr[users[r]]: seen.indptr[users[r] + 1]]
-            bad = np.isin(arr, row_seen)
-            stats["seen_negatives"] += int(bad.sum())
-            arr = arr[~bad]
-        out[r, 1: 1 + len(arr)] = arr
+    """Candidate matrix ``[n, 1 + W]`` from given negative lists (an NCF ``.test.negative``
+    file; ``[n, W]`` padded with ``PAD``, or ragged lists): duplicates removed (the first
+    kept), the positive never among its own negatives, items in ``seen`` dropped. The
+    remaining negatives keep their order and move to the front, ``PAD`` after. Returns the
+    matrix and counts of what was removed. Vectorised: no loop over rows."""
+    users = np.asarray(users, dtype=np.int64)
+    items = np.asarray(items, dtype=np.int64)
+    if isinstance(negatives, list):
+        width = max((len(n) for n in negatives), default=0)
+        padded = np.full((len(negatives), width), PAD, dtype=np.int64)
+        for r, row in enumerate(negatives):
+            padded[r, : len(row)] = row
+        negatives = padded
+    neg = np.array(negatives, dtype=np.int64, copy=True)
+    if neg.ndim != 2 or len(neg) != len(users) or len(items) != len(users):
+        raise ValueError(f"candidate lists: {len(users)} users, {len(items)} items and negatives of shape "
+                         f"{neg.shape} do not line up")
+    present = neg != PAD
+    out_of_range = present & ((neg < 0) | (neg >= n_items))
+    if out_of_range.any():
+        r = int(np.flatnonzero(out_of_range.any(axis=1))[0])
+        raise ValueError(f"candidate row {r} (user {users[r]}): negative item index out of range 0..{n_items - 1}")
+    is_pos = present & (neg == items[:, None])
+    stats = {"rows_with_positive_in_negatives": int(is_pos.any(axis=1).sum())}
+    present &= ~is_pos
+    order = np.argsort(np.where(present, neg, -1), axis=1, kind="stable")
+    srt = np.take_along_axis(np.where(present, neg, -1), order, axis=1)
+    dup = np.zeros_like(present)
+    np.put_along_axis(dup, order[:, 1:], (srt[:, 1:] == srt[:, :-1]) & (srt[:, 1:] != -1), axis=1)
+    stats["duplicate_negatives"] = int((dup & present).sum())
+    present &= ~dup
+    stats["seen_negatives"] = 0
+    if seen is not None and neg.size:
+        rows = np.broadcast_to(users[:, None], neg.shape)
+        hit = Membership(seen).contains(
+            torch.from_numpy(np.ascontiguousarray(rows[present])), torch.from_numpy(neg[present])
+        ).numpy()
+        seen_mask = np.zeros_like(present)
+        seen_mask[present] = hit
+        stats["seen_negatives"] = int(hit.sum())
+        present &= ~seen_mask
+    front = np.argsort(~present, axis=1, kind="stable")
+    kept = np.take_along_axis(np.where(present, neg, PAD), front, axis=1)
+    out = np.concatenate([items[:, None], kept], axis=1)
     return out, stats
