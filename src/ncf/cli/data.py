@@ -13,17 +13,64 @@ data_app = typer.Typer(help="Download and inspect datasets.", no_args_is_help=Tr
 app.add_typer(data_app, name="data")
 
 
+@data_app.command("download")
+def download(
+    name: str = typer.Argument(..., help="ml-100k, ml-1m, ml-20m, ml-25m, ml-latest-small (or ml-10m, ml-latest)."),
+    data_dir: str = DataDirOpt,
+    url: str = typer.Option(None, "--url", help="Base URL of the archives (default: $NCF_DOWNLOAD_URL, or GroupLens)"),
+    force: bool = typer.Option(False, "--force", help="Download again and replace an existing folder."),
+):
+    """Fetch NAME.zip, verify its published MD5 and unpack it into DATA_DIR/NAME atomically."""
+    from ncf.data.datasets import data_dir as resolve
+    from ncf.data.download import download as fetch
+
+    folder = fetch(name, resolve(data_dir), url, force=force)
+    typer.echo(f"{name}: ready in {folder}")
+
+
+def info_dict(source: str, ds) -> dict:
+    """What ``ncf data info --json`` prints for a loaded :class:`~ncf.data.split.Dataset`."""
+    report = ds.report
+    reads = report.get("read", {})
+    reads = reads.values() if "path" not in reads else [reads]
+    out = {
+        "source": source,
+        "n_users": ds.n_users,
+        "n_items": ds.n_items,
+        "n_interactions": ds.n_interactions,
+        "density": ds.n_interactions / max(1, ds.n_users * ds.n_items),
+        "split": {
+            "train": ds.train.nnz,
+            "valid": len(ds.valid) if ds.valid else 0,
+            "test": len(ds.test),
+            "test_candidates": int(ds.test.candidates.shape[1] - 1),
+        },
+        "skipped_rows": sum(r.get("skipped", 0) for r in reads),
+        "skipped_lines": [n for r in reads for n in r.get("skipped_lines", [])][:10],
+        "blank_lines": sum(r.get("blank_lines", 0) for r in reads),
+        "below_min_rating": sum(r.get("below_min_rating", 0) for r in reads),
+        "duplicates_collapsed": report.get("duplicates_collapsed", 0),
+        "users_without_test": report.get("users_without_test", 0),
+        "users_without_valid": report.get("users_without_valid", 0),
+        "timestamps": report.get("timestamps"),
+        "report": report,
+    }
+    if "split_sizes" in report:  # a pre-split source: the sizes of its own files
+        out["split_sizes"] = report["split_sizes"]
+    return out
+
+
 @data_app.command("info")
 def info(
     source: str = typer.Argument(..., help="Dataset name (ml-100k, ncf-ml-1m, ...) or a ratings file."),
     data_dir: str = DataDirOpt,
     json_out: bool = JsonOpt,
-    user_col: str = typer.Option(None, "--user-col"),
-    item_col: str = typer.Option(None, "--item-col"),
-    rating_col: str = typer.Option(None, "--rating-col"),
-    time_col: str = typer.Option(None, "--time-col"),
-    sep: str = typer.Option(None, "--sep"),
-    min_rating: float = typer.Option(None, "--min-rating"),
+    user_col: str = typer.Option(None, "--user-col", help="User column: a name in the header or a 0-based position."),
+    item_col: str = typer.Option(None, "--item-col", help="Item column: a name or a 0-based position."),
+    rating_col: str = typer.Option(None, "--rating-col", help="Rating column (optional)."),
+    time_col: str = typer.Option(None, "--time-col", help="Timestamp column (optional; unix time or ISO date)."),
+    sep: str = typer.Option(None, "--sep", help="Field separator (default: sniffed; '\\t' or 'tab' for tabs)."),
+    min_rating: float = typer.Option(None, "--min-rating", help="Keep only ratings >= this (default: all)."),
     on_bad_lines: str = typer.Option("error", "--on-bad-lines", help="error | skip (skipped rows are counted)"),
 ):
     """Users, items, interactions, density and split sizes of SOURCE."""
@@ -32,16 +79,7 @@ def info(
     ds = load_dataset(data_config(source, data_dir, user_col=user_col, item_col=item_col,
                                   rating_col=rating_col, time_col=time_col, sep=sep,
                                   min_rating=min_rating, on_bad_lines=on_bad_lines))
-    out = {
-        "source": source,
-        "n_users": ds.n_users,
-        "n_items": ds.n_items,
-        "n_interactions": ds.n_interactions,
-        "density": ds.n_interactions / (ds.n_users * ds.n_items),
-        "split": {"train": ds.train.nnz, "valid": len(ds.valid) if ds.valid else 0, "test": len(ds.test),
-                  "test_candidates": int(ds.test.candidates.shape[1] - 1)},
-        "report": ds.report,
-    }
+    out = info_dict(source, ds)
     if json_out:
         print_json(out)
         return
@@ -51,7 +89,19 @@ def info(
     for k in ("n_users", "n_items", "n_interactions"):
         t.add_row(k, f"{out[k]:,}")
     t.add_row("density", f"{out['density']:.4%}")
+    for k, v in out.get("split_sizes", {}).items():
+        t.add_row(f"source {k.replace('_', ' ')}", f"{v:,}")
     for k, v in out["split"].items():
-        t.add_row(f"split {k}", f"{v:,}")
+        t.add_row(f"split {k.replace('_', ' ')}", f"{v:,}")
+    t.add_row("timestamps", "yes" if out["timestamps"] else "no (held-out items drawn at random, seeded)")
+    for k in ("duplicates_collapsed", "below_min_rating", "blank_lines", "users_without_test", "users_without_valid"):
+        if out[k]:
+            t.add_row(k.replace("_", " "), f"{out[k]:,}")
+    if out["skipped_rows"]:
+        lines = ", ".join(map(str, out["skipped_lines"])) + (", ..." if out["skipped_rows"] > 10 else "")
+        t.add_row("malformed rows skipped", f"{out['skipped_rows']:,} (lines {lines})")
+    cand = ds.report.get("candidates")
+    if cand:
+        t.add_row("positives removed from their negatives", f"{cand['rows_with_positive_in_negatives']:,}")
+        t.add_row("duplicate / seen negatives removed", f"{cand['duplicate_negatives']:,} / {cand['seen_negatives']:,}")
     Console().print(t)
-    Console().print(f"report: {ds.report}")
