@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ncf.checkpoint import (
     CheckpointError,
     atomic_write_json,
@@ -29,6 +31,7 @@ def build(cfg: TrainConfig, dataset: Dataset):
     define ``from_dataset(dataset, **params)``."""
     cls = get_model_class(cfg.model)
     params = cfg.model_params(cls)
+    torch.manual_seed(cfg.seed)  # initial weights are part of what the seed fixes
     if hasattr(cls, "from_dataset"):
         return cls.from_dataset(dataset, **params)
     return cls.from_params(dataset.n_users, dataset.n_items, **params)
