@@ -35,7 +35,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False)
-console = Console()
+console = Console(width=140)
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 
@@ -75,14 +75,27 @@ class _Http:
         payload = json.dumps(body).encode() if body is not None else b""
         head = (f"{method} {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Length: {len(payload)}\r\n"
                 + ("Content-Type: application/json\r\n" if body is not None else "") + "\r\n")
-        conn = self.idle.pop() if self.idle else None
-        try:
-            if conn is None:
-                conn = await asyncio.wait_for(asyncio.open_connection(self.host, self.port), self.timeout)
-            status = await asyncio.wait_for(self._exchange(conn, head.encode() + payload), self.timeout)
-        except BaseException:
-            if conn is not None:
+        data = head.encode() + payload
+        deadline = time.perf_counter() + self.timeout
+        while self.idle:  # a kept-alive connection the server may have closed meanwhile (idle timeout)
+            conn = self.idle.pop()
+            try:
+                status = await asyncio.wait_for(self._exchange(conn, data), self.timeout)
+            except (asyncio.IncompleteReadError, ConnectionError) as e:
                 conn[1].close()
+                if getattr(e, "partial", b""):  # the server had started answering: a real error
+                    raise
+                continue  # closed before answering: retry on another connection, as HTTP clients do
+            except BaseException:
+                conn[1].close()
+                raise
+            self.idle.append(conn)
+            return status
+        conn = await asyncio.wait_for(asyncio.open_connection(self.host, self.port), deadline - time.perf_counter())
+        try:
+            status = await asyncio.wait_for(self._exchange(conn, data), max(0.0, deadline - time.perf_counter()))
+        except BaseException:
+            conn[1].close()
             raise
         self.idle.append(conn)
         return status
@@ -148,6 +161,17 @@ def _plan(run: Path, n: int, mix: dict[str, float], k: int, unknown: float, seed
         else:
             raise typer.BadParameter(f"--mix: unknown request kind {kind!r} (rec, similar, post)")
     return plan
+
+
+def _cpu_seconds(proc: subprocess.Popen | None) -> float | None:
+    """User + system CPU seconds of a spawned service (Linux /proc), or None."""
+    import os
+
+    try:
+        fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (AttributeError, OSError, IndexError, ValueError):
+        return None
 
 
 def _free_port() -> int:
@@ -235,18 +259,24 @@ def load(
         with Progress(console=console, transient=True) as prog:
             task = prog.add_task("rates", total=len(rates.split(",")))
             for rate in (float(r) for r in rates.split(",")):
-                rows.append(asyncio.run(_drive(url, rate, max_requests, duration, plan, timeout)))
+                cpu = _cpu_seconds(proc)
+                row = asyncio.run(_drive(url, rate, max_requests, duration, plan, timeout))
+                if cpu is not None:
+                    row["server_cpu_ms_per_request"] = (_cpu_seconds(proc) - cpu) * 1000 / max(1, row["sent"])
+                rows.append(row)
                 prog.advance(task)
     finally:
         if proc is not None:
             proc.terminate()
             proc.wait(timeout=30)
     table = Table(title=f"{url} mix {mix} k={k}" + (f" redis {redis}" if redis else "") + ", latencies in ms")
-    for col in ("rate/s", "sent", "errors", "got/s", "p50", "p95", "p99", "max", "send lag p99"):
+    for col in ("rate/s", "sent", "errors", "got/s", "p50", "p95", "p99", "max", "send lag p99", "server CPU/req"):
         table.add_column(col, justify="right")
     for r in rows:
+        cpu = r.get("server_cpu_ms_per_request")
         table.add_row(f"{r['rate']:g}", str(r["sent"]), str(r["errors"]), f"{r['achieved_rps']:.1f}",
-                      *(f"{r[c]:.2f}" for c in ("p50_ms", "p95_ms", "p99_ms", "max_ms", "send_lag_p99_ms")))
+                      *(f"{r[c]:.2f}" for c in ("p50_ms", "p95_ms", "p99_ms", "max_ms", "send_lag_p99_ms")),
+                      "-" if cpu is None else f"{cpu:.2f}")
     console.print(table)
     for r in rows:
         if r["errors"]:

@@ -35,10 +35,11 @@ from ncf.models import GMF, MLP, Model, NeuMF
 def top_k(scores: np.ndarray, exclude: np.ndarray | None, k: int) -> np.ndarray:
     """Indexes of the ``k`` largest finite scores, best first, ties by lower index; ``exclude``
     is a boolean mask (or None)."""
-    scores = np.asarray(scores, dtype=np.float64)
+    scores = np.asarray(scores)
+    if scores.dtype.kind != "f":
+        scores = scores.astype(np.float64)
     if exclude is not None and exclude.any():
-        scores = scores.copy()
-        scores[exclude] = -np.inf
+        scores = np.where(exclude, -np.inf, scores)
     k = min(k, int(np.isfinite(scores).sum()))
     if k <= 0:
         return np.empty(0, dtype=np.int64)
