@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--neg", type=int, default=4)
     p.add_argument("--batch-size", type=int, default=1024)
     p.add_argument("--patience", type=int, default=3)
-    p.add_argument("--id-dropout", type=float, default=0.1)
+    p.add_argument("--id-dropout", type=float, default=0.3)
     p.add_argument("--crosses", default="all")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared machine)")

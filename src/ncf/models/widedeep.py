@@ -52,12 +52,12 @@ def _parse_crosses(crosses, user_fields: list[Field], item_fields: list[Field]) 
 
 class WideDeep(Model):
     name = "widedeep"
-    params = {"factors": 16, "layers": (64, 32, 16), "dropout": 0.0, "l2": 0.0, "id_dropout": 0.1,
+    params = {"factors": 16, "layers": (64, 32, 16), "dropout": 0.0, "l2": 0.0, "id_dropout": 0.3,
               "crosses": "all", "user_fields": None, "item_fields": None,
               "user_features": None, "item_features": None}
     config_fields = ("factors", "layers", "dropout", "l2")
 
-    def __init__(self, n_users, n_items, factors=16, layers=(64, 32, 16), dropout=0.0, l2=0.0, id_dropout=0.1,
+    def __init__(self, n_users, n_items, factors=16, layers=(64, 32, 16), dropout=0.0, l2=0.0, id_dropout=0.3,
                  crosses="all", user_fields=None, item_fields=None, user_features=None, item_features=None):
         super().__init__(n_users, n_items)
         layers = parse_layers(layers)
