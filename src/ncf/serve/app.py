@@ -328,15 +328,20 @@ def create_app(run_dir: str | Path, store: FeatureStore | None = None, candidate
 
     K = Query(10, ge=1, le=max_k, description=f"number of items, 1..{max_k}")
 
+    # Reads run inline on the event loop (async def): a request costs about a millisecond of CPU
+    # and one store round trip bounded by the store's socket timeout, and skipping the
+    # threadpool hand-off measured ~25 % less CPU per request and a shorter tail (RESULTS.md).
+    # The POST stays in the threadpool: the in-process store fsyncs its journal.
+
     @app.get("/v1/users/{user_id}/recommendations", response_model=Recommendations, responses=errors)
-    def recommendations(user_id: str, k: int = K, rerank: bool = Query(False, description="re-rank (issue 8)")):
+    async def recommendations(user_id: str, k: int = K, rerank: bool = Query(False, description="re-rank (issue 8)")):
         out = service.recommend(user_id, k, rerank)
         if out["fallback"]:
             metrics.fallbacks.inc()
         return out
 
     @app.get("/v1/items/{item_id}/similar", response_model=Similar, responses={**errors, 404: {"model": ErrorBody}})
-    def similar(item_id: str, k: int = K):
+    async def similar(item_id: str, k: int = K):
         return service.similar(item_id, k)
 
     @app.post("/v1/users/{user_id}/interactions", response_model=InteractionOut, status_code=201,
