@@ -173,3 +173,47 @@ def test_openapi_schema(client):
     assert params["k"]["schema"]["minimum"] == 1 and params["k"]["schema"]["maximum"] == 1000
     assert set(schema["components"]["schemas"]["Recommendations"]["properties"]) >= {"user", "items", "fallback"}
     assert "201" in paths["/v1/users/{user_id}/interactions"]["post"]["responses"]
+
+
+def _write_rerank(run, n_items: int, boost: int, banned: int) -> None:
+    import json
+
+    offset = [0.0] * n_items
+    offset[boost] = 5.0  # beats any relevance p in [0, 1]
+    (run / "rerank.json").write_text(json.dumps({
+        "format": 1, "k": 10, "relevance": "sigmoid", "item_weight": [1.0] * n_items, "item_offset": offset,
+        "excluded_items": [banned]}))
+
+
+def test_rerank_applies_the_offline_multipliers(run_copy, store, reference):
+    from ncf.rerank.lagrangian import PerRequestReranker
+
+    user = 112
+    plain = reference.recommend(user, 5).items
+    banned = reference.item_map.index(plain[0]["item"])
+    unseen = np.setdiff1d(np.arange(reference.n_items), reference.seen_items(reference.user_map.index(user)))
+    boost = int(unseen[-1]) if int(unseen[-1]) != banned else int(unseen[-2])
+    _write_rerank(run_copy, reference.n_items, boost, banned)
+    client = TestClient(create_app(run_copy, store))
+    body = client.get(f"/v1/users/{user}/recommendations", params={"k": 5, "rerank": "true"}).json()
+    assert body["reranked"] is True and body["fallback"] is False
+    got = [x["item"] for x in body["items"]]
+    assert got[0] == reference.item_map.raw(boost) and plain[0]["item"] not in got
+    want = PerRequestReranker.from_run(run_copy).recommend(reference, user, 5).items
+    assert got == [x["item"] for x in want]
+    np.testing.assert_allclose([x["utility"] for x in body["items"]], [x["utility"] for x in want], rtol=1e-5)
+    scores = reference.model.score_all(torch.tensor([reference.user_map.index(user)]))[0].numpy()
+    np.testing.assert_allclose([x["score"] for x in body["items"]],
+                               scores[[reference.item_map.index(i) for i in got]], rtol=1e-5)
+    plain_body = client.get(f"/v1/users/{user}/recommendations?k=5").json()
+    assert [x["item"] for x in plain_body["items"]] == [x["item"] for x in plain]
+    assert "utility" not in plain_body["items"][0]
+    assert client.get("/v1/users/99999/recommendations?rerank=true").json()["fallback"] is True
+
+
+def test_malformed_rerank_file_disables_rerank_only(run_copy, store):
+    (run_copy / "rerank.json").write_text('{"format": 1, "k": 10}')
+    client = TestClient(create_app(run_copy, store))
+    r = client.get("/v1/users/101/recommendations?rerank=true")
+    assert r.status_code == 409 and "rerank.json" in r.json()["message"]
+    assert client.get("/v1/users/101/recommendations").status_code == 200

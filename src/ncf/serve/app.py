@@ -10,6 +10,10 @@ the item embeddings and keeps answering.
 
 Errors are JSON ``{"error": code, "message": text}``: 422 malformed ids or parameters, 404
 unknown items, 409 re-ranking asked for but not available, 503 store unavailable.
+
+``rerank=true`` applies the run's ``rerank.json`` multipliers (``ncf.rerank.lagrangian.
+PerRequestReranker``, issue 8) to the request: items come out ordered by utility, each with
+its model ``score`` and its ``utility``.
 """
 
 from __future__ import annotations
@@ -47,8 +51,9 @@ class ApiError(Exception):
 
 class ScoredItem(BaseModel):
     item: StrictInt | StrictStr
-    score: float
+    score: float  # the model's score (a logit for neural models); popularity count for fallbacks
     title: str | None = None
+    utility: float | None = None  # with rerank=true: relevance * weight + offset (issue 8)
 
 
 class Recommendations(BaseModel):
@@ -96,20 +101,19 @@ def run_fingerprint(run_dir: Path) -> str:
 
 
 def load_reranker(run_dir: Path):
-    """(reranker, None) where DIR/rerank.json exists and ``ncf.rerank`` offers a per-request
-    re-ranker; else (None, why not).
-
-    Integration point for issue 8: expects ``PerRequestReranker.from_run(dir)`` with
-    ``rerank(item_indexes, scores, k) -> (item_indexes, scores)``.
-    """
+    """(reranker, None) where DIR/rerank.json (written by ``ncf rerank DIR ... --save``, issue 8)
+    loads; else (None, why not), which a request with ``rerank=true`` gets as a 409."""
     path = Path(run_dir) / "rerank.json"
     if not path.exists():
-        return None, f"{path} is absent: no re-ranking multipliers for this run"
+        return None, f"{path} is absent: no re-ranking multipliers for this run (`ncf rerank ... --save`)"
+    from ncf.checkpoint import CheckpointError
+    from ncf.rerank.lagrangian import PerRequestReranker
+
     try:
-        from ncf.rerank import PerRequestReranker  # type: ignore[attr-defined]
-    except ImportError:
-        return None, "this version of ncf has no per-request re-ranker (ncf.rerank.PerRequestReranker)"
-    return PerRequestReranker.from_run(run_dir), None
+        return PerRequestReranker.from_run(run_dir), None
+    except CheckpointError as e:
+        log.warning("re-ranking disabled: %s", e)
+        return None, str(e)
 
 
 class OnlineService:
@@ -217,12 +221,20 @@ class OnlineService:
                 it["title"] = self.rec.title(self.rec.item_map.get(it["item"]))
             return {"user": self._raw(user, "user"), "items": items, "fallback": True, "reranked": False}
         exclude[state.seen] = True
-        pool = max(k, 100) if rerank else k
+        if not rerank:
+            idx, scores = rank(self.ranker, state.vector, exclude, k, self.candidates)
+            return {"user": self.rec.user_map.raw(state.index), "items": self._items(idx, scores),
+                    "fallback": False, "reranked": False}
+        # re-ranked: the offline multipliers over every unseen item (as the offline slates
+        # were chosen), or over the two-stage candidates when --candidates is set
+        pool = self.candidates if self.candidates else self.rec.n_items
         idx, scores = rank(self.ranker, state.vector, exclude, pool, self.candidates)
-        if rerank:
-            idx, scores = self.reranker.rerank(idx, scores, k)
-        return {"user": self.rec.user_map.raw(state.index), "items": self._items(idx, scores),
-                "fallback": False, "reranked": bool(rerank)}
+        r = self.reranker.rerank(idx, scores, k)
+        by_item = dict(zip(idx.tolist(), scores.tolist(), strict=True))
+        items = self._items(r.items, np.array([by_item[i] for i in r.items.tolist()]))
+        for it, u in zip(items, r.utility.tolist(), strict=True):
+            it["utility"] = u
+        return {"user": self.rec.user_map.raw(state.index), "items": items, "fallback": False, "reranked": True}
 
     def similar(self, item_text: str, k: int) -> dict:
         item = self.parse_id(item_text, "item")
@@ -333,14 +345,17 @@ def create_app(run_dir: str | Path, store: FeatureStore | None = None, candidate
     # threadpool hand-off measured ~25 % less CPU per request and a shorter tail (RESULTS.md).
     # The POST stays in the threadpool: the in-process store fsyncs its journal.
 
-    @app.get("/v1/users/{user_id}/recommendations", response_model=Recommendations, responses=errors)
-    async def recommendations(user_id: str, k: int = K, rerank: bool = Query(False, description="re-rank (issue 8)")):
+    @app.get("/v1/users/{user_id}/recommendations", response_model=Recommendations, responses=errors,
+             response_model_exclude_none=True)
+    async def recommendations(user_id: str, k: int = K,
+                              rerank: bool = Query(False, description="apply DIR/rerank.json (issue 8)")):
         out = service.recommend(user_id, k, rerank)
         if out["fallback"]:
             metrics.fallbacks.inc()
         return out
 
-    @app.get("/v1/items/{item_id}/similar", response_model=Similar, responses={**errors, 404: {"model": ErrorBody}})
+    @app.get("/v1/items/{item_id}/similar", response_model=Similar, responses={**errors, 404: {"model": ErrorBody}},
+             response_model_exclude_none=True)
     async def similar(item_id: str, k: int = K):
         return service.similar(item_id, k)
 
