@@ -121,6 +121,10 @@ def test_compare_end_to_end(toy_dataset, tmp_path, monkeypatch):
         raise AssertionError("trained again")
 
     monkeypatch.setattr(ncf.train.run, "train", no_training)
+    older = out / "runs" / "gmf" / "t0" / "config.json"  # a run from before a TrainConfig field existed
+    cfg = json.loads(older.read_text())
+    del cfg["train"]["monitor"]
+    older.write_text(json.dumps(cfg))
     again = cmp.compare(DataConfig(source="toy"), models, out, **kw)
     assert again == results
 
