@@ -165,3 +165,14 @@ def test_table_output_and_attributes_command(tiny_run, tiny_attributes, tmp_path
     assert "coverage>=20" in res.stdout and "unconstrained" in res.stdout
     res = runner.invoke(app, ["rerank-attributes", str(tiny_run), "--out", str(tmp_path / "a.csv")])
     assert res.exit_code != 0 and "items.json" in str(res.exception)
+
+
+def test_unconstrained_accuracy_matches_the_full_protocol(tiny_run, base):
+    """The slates' HR/NDCG are the evaluator's full-ranking metrics when nothing is constrained."""
+    from ncf.checkpoint import load_config, load_model
+    from ncf.data.datasets import DataConfig, load_dataset
+    from ncf.eval.evaluator import evaluate
+
+    ds = load_dataset(DataConfig(**load_config(tiny_run)["data"]))
+    full = evaluate(load_model(tiny_run), ds.test, "full", seen=ds.seen(include_valid=True), ks=(5,))
+    assert base["hr@5"] == pytest.approx(full["hr@5"]) and base["ndcg@5"] == pytest.approx(full["ndcg@5"])
