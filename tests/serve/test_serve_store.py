@@ -105,6 +105,11 @@ def test_journal_corrupt_line_named(tmp_path):
         InMemoryStore(path)
 
 
+def test_journal_not_writable(tmp_path):
+    with pytest.raises(ValueError, match="cannot write the interaction journal"):
+        InMemoryStore(tmp_path / "no-such-dir" / "j.jsonl")
+
+
 def test_redis_url_checked_and_redacted():
     with pytest.raises(ValueError, match="redis://"):
         RedisStore("http://127.0.0.1:6379")

@@ -138,8 +138,14 @@ class InMemoryStore(FeatureStore):
         self._events: dict[str, dict[str, None]] = {}  # ordered sets
         self._lock = threading.Lock()
         self.journal = Path(journal) if journal else None
-        if self.journal is not None and self.journal.exists():
-            self._replay(self.journal)
+        if self.journal is not None:
+            if self.journal.exists():
+                self._replay(self.journal)
+            try:  # fail at start, not at the first POST
+                with open(self.journal, "a", encoding="utf-8"):
+                    pass
+            except OSError as e:
+                raise ValueError(f"{self.journal}: cannot write the interaction journal ({e.strerror})") from None
 
     def _replay(self, path: Path) -> None:
         lines = path.read_bytes().split(b"\n")
