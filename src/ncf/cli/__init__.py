@@ -28,12 +28,31 @@ from ncf.cli import train as _train  # noqa: E402,F401
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Entry point: usage errors and errors a user can cause print one line, exit status 2."""
+    try:  # recent typer releases vendor click under typer._click
+        from typer._click import exceptions as cx
+    except ImportError:  # older typer uses click itself
+        from click import exceptions as cx
+
     from ncf.checkpoint import CheckpointError
     from ncf.data.readers import DataError
 
     try:
-        app(args=argv, standalone_mode=True)
+        result = app(args=argv, prog_name="ncf", standalone_mode=False)
+    except cx.NoArgsIsHelpError:
+        sys.exit(0)
+    except cx.UsageError as e:
+        where = f" (see: {e.ctx.command_path} --help)" if e.ctx else ""
+        typer.echo(f"error: {e.format_message()}{where}", err=True)
+        sys.exit(2)
+    except typer.Abort:
+        typer.echo("aborted", err=True)
+        sys.exit(130)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
     except (DataError, CheckpointError, ValueError, KeyError, FileNotFoundError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         typer.echo(f"error: {msg}", err=True)
         sys.exit(2)
+    if isinstance(result, int) and result:
+        sys.exit(result)

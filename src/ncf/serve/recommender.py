@@ -67,7 +67,8 @@ class Recommender:
         if k <= 0:
             return np.empty(0, dtype=np.int64)
         top = np.argpartition(-scores, k - 1)[:k]
-        return top[np.lexsort((top, -scores[top]))]
+        cand = np.flatnonzero(scores >= scores[top].min())  # every item tied at the cut-off too
+        return cand[np.lexsort((cand, -scores[cand]))][:k]  # ties: lower index first, deterministic
 
     def _items(self, idx: np.ndarray, scores: np.ndarray) -> list[dict]:
         return [{"item": self.item_map.raw(i), "score": float(scores[i])} for i in idx]

@@ -1,0 +1,102 @@
+"""The train / evaluate / recommend commands, in-process through ncf.cli.main."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from ncf.checkpoint import load_model
+from ncf.cli import main
+
+
+def run(capsys, *argv):
+    try:
+        main(list(argv))
+        code = 0
+    except SystemExit as e:
+        code = e.code or 0
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, ml100k_dir):
+    out = tmp_path_factory.mktemp("cli") / "gmf"
+    try:
+        main(["train", "--dataset", "ml-100k", "--model", "gmf", "--epochs", "2", "--batch-size", "1024",
+              "--device", "cpu", "--quiet", "--out", str(out)])
+    except SystemExit as e:
+        assert not e.code
+    return out
+
+
+def test_evaluate_json_both_protocols(trained, capsys):
+    code, out, _ = run(capsys, "evaluate", str(trained), "--json")
+    assert code == 0
+    res = json.loads(out)
+    assert res["protocol"] == "sampled" and set(res["metrics"]) == {"hr@10", "ndcg@10"}
+    summary = json.loads((trained / "summary.json").read_text())
+    assert res["metrics"]["hr@10"] == pytest.approx(summary["test"]["hr@10"])
+    code, out, _ = run(capsys, "evaluate", str(trained), "--protocol", "full", "-k", "5", "-k", "20", "--json")
+    assert code == 0
+    m = json.loads(out)["metrics"]
+    assert set(m) == {"hr@5", "ndcg@5", "recall@5", "hr@20", "ndcg@20", "recall@20", "mrr"}
+    assert m["hr@5"] <= m["hr@20"]
+
+
+def test_recommend_excludes_seen_and_uses_raw_ids(trained, ml100k, capsys):
+    code, out, _ = run(capsys, "recommend", str(trained), "--user", "196", "-k", "10", "--json")
+    assert code == 0
+    rec = json.loads(out)
+    assert rec["user"] == 196 and rec["fallback"] is False and len(rec["items"]) == 10
+    u = ml100k.train.user_map.index(196)
+    seen_raw = set(ml100k.train.item_map.raws(ml100k.train.matrix[u].indices))
+    got = [it["item"] for it in rec["items"]]
+    assert not seen_raw & set(got)
+    assert all(isinstance(i, int) and 1 <= i <= 1682 for i in got)
+    scores = [it["score"] for it in rec["items"]]
+    assert scores == sorted(scores, reverse=True)
+    code, out, _ = run(capsys, "recommend", str(trained), "--user", "196", "-k", "10", "--include-seen", "--json")
+    with_seen = [it["item"] for it in json.loads(out)["items"]]
+    scores_all = load_model(trained).score_all(torch.tensor([u]))[0].numpy()
+    assert with_seen == ml100k.train.item_map.raws(np.argsort(-scores_all, kind="stable")[:10])
+    unseen_scores = scores_all.copy()
+    unseen_scores[ml100k.train.matrix[u].indices] = -np.inf
+    assert got == ml100k.train.item_map.raws(np.argsort(-unseen_scores, kind="stable")[:10])
+
+
+def test_unknown_user_gets_flagged_popular_items(trained, ml100k, capsys):
+    code, out, _ = run(capsys, "recommend", str(trained), "--user", "no-such-user", "-k", "3", "--json")
+    assert code == 0
+    rec = json.loads(out)
+    assert rec["fallback"] is True and len(rec["items"]) == 3
+    counts = ml100k.train.item_counts()
+    top = ml100k.train.item_map.raws(np.lexsort((np.arange(len(counts)), -counts))[:3])  # ties: lower index
+    assert [it["item"] for it in rec["items"]] == top
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["train", "--dataset", "ml-100k", "--epochs", "-1", "--out", "x"], "epochs must be >= 1"),
+    (["train", "--dataset", "ml-100k", "--layers", "64,abc", "--out", "x"], "layers must be comma-separated"),
+    (["train", "--dataset", "no-such-dataset", "--out", "x"], "unknown source"),
+    (["train", "--dataset", "ml-100k", "--model", "nope", "--out", "x"], "unknown model"),
+    (["train", "--dataset", "ml-100k"], "needs --dataset SOURCE and --out DIR"),
+    (["evaluate", "/nonexistent/run"], "no such run directory"),
+    (["recommend", "/nonexistent/run", "--user", "1"], "no such run directory"),
+    (["evaluate", ".", "--protocol", "weird"], "not a run directory"),
+    (["train", "--dataset", "ml-100k", "--epochs", "many", "--out", "x"], "Invalid value for '--epochs'"),
+    (["train", "--dataset", "ml-100k", "--no-such-flag"], "No such option: --no-such-flag"),
+])
+def test_bad_input_gives_one_clear_line(capsys, argv, needle, ml100k_dir):
+    code, out, err = run(capsys, *argv)
+    assert code == 2
+    assert needle in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_bad_k_and_protocol(trained, capsys):
+    code, _, err = run(capsys, "recommend", str(trained), "--user", "1", "-k", "0")
+    assert code == 2 and "-k must be >= 1" in err
+    code, _, err = run(capsys, "evaluate", str(trained), "--protocol", "weird")
+    assert code == 2 and "unknown protocol" in err
