@@ -153,3 +153,14 @@ def test_config_refuses_unknown_and_bad_values():
         TrainConfig(epochs=-1)
     with pytest.raises(ValueError, match="optimizer must be one of"):
         TrainConfig(optimizer="rmsprop")
+
+
+def test_pretrain_trains_gmf_and_mlp_then_fuses(ml100k, tmp_path):
+    out = tmp_path / "p"
+    s = train(DataConfig("ml-100k"), small_cfg(epochs=2, pretrain=True), out, dataset=ml100k, progress=False)
+    for sub in ("pretrain-gmf", "pretrain-mlp"):
+        assert json.loads((out / sub / "summary.json").read_text())["epochs_run"] == 2
+    assert json.loads((out / "config.json").read_text())["model"] == "neumf"
+    assert load_model(out).name == "neumf" and s["test"]["hr@10"] > 0.2
+    with pytest.raises(ValueError, match="applies to neumf only"):
+        train(DataConfig("ml-100k"), small_cfg(model="gmf", pretrain=True), None, dataset=ml100k)
