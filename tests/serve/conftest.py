@@ -10,14 +10,19 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import uuid
 from pathlib import Path
 
 import pytest
 import torch
-from serve_helpers import RedisProcess, drop_prefix, redis_store, write_run
 
-from ncf.models import GMF, MLP, NeuMF
+# the tests import their helpers as a plain module (pytest runs with --import-mode=importlib,
+# which puts no test folder on sys.path)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from serve_helpers import RedisProcess, drop_prefix, redis_store, write_run  # noqa: E402
+
+from ncf.models import GMF, MLP, NeuMF  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
