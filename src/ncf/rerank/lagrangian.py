@@ -451,87 +451,74 @@ class SlateProblem:
 
     def _repair(self, lam: np.ndarray, nu: np.ndarray, ev: Evaluation, extra: int | None = None,
                 rounds: int = 50) -> tuple[Evaluation, int] | None:
-        """Greedy primal repair of slates that violate constraints: one slot swap per user and round,
-        from the user's slate to one of the next items by utility, best (violation fixed) / (relevance
-        lost) first, never breaking a satisfied constraint. None if it cannot reach feasibility."""
+        """Greedy primal repair of slates that violate constraints, by single-slot swaps (at most
+        one per user and round), best (violation fixed) / (relevance lost) first, never breaking a
+        satisfied constraint. Candidate swaps: each slot against the user's next items by utility,
+        and, while coverage is short, each uncovered item into the slate of the user who loses
+        least by dropping an item recommended to others. None if feasibility is not reached."""
         w, b = self.affine(lam, nu)
         k2 = self.k + (extra or max(self.k, 5))
         ext, ext_val = self.slates(w, b, k2)
         ext_ok = torch.isfinite(ext_val)
         items, valid = ev.items.clone(), ev.valid.clone()
         exposure = ev.exposure.copy()
+        C = len(self.linear)
         norms = np.array([self.n_users if lin.per_slate else max(self.n_slots, 1) for lin in self.linear], float)
         signs = np.array([lin.constraint.sign for lin in self.linear], float)
         targets = np.array([lin.constraint.target for lin in self.linear], float)
+        units = np.maximum(np.abs(targets), 1.0)
         ach = np.array(ev.achieved, dtype=np.float64)
         cov_t = None if self.coverage is None else float(self.coverage.target)
         vs = [torch.as_tensor(lin.v) for lin in self.linear]
         touched = np.zeros(self.n_users, bool)
-        tol = 1e-9 * np.maximum(1.0, np.abs(targets))
+        tol = 1e-9 * units
 
         def margins(a, cov):  # >= 0 where satisfied, in units of max(|target|, 1)
-            m = (signs * (a - targets) + tol) / np.maximum(np.abs(targets), 1.0)
+            m = (signs * (a - targets) + tol) / units
             return m if cov_t is None else np.r_[m, (cov - cov_t) / max(cov_t, 1.0)]
 
+        def coeffs(u: torch.Tensor, i: torch.Tensor) -> list[torch.Tensor]:
+            """a_c(u, i) of each linear constraint, any matching shapes of users and items."""
+            p = self.P[u, i].double()
+            return [v[i] * (p if lin.uses_p else 1.0) for lin, v in zip(self.linear, vs, strict=True)]
+
         for _ in range(rounds):
-            marg = margins(ach, float((exposure > 0).sum()))
+            cov_now = float((exposure > 0).sum())
+            marg = margins(ach, cov_now)
             if (marg >= 0).all():
                 break
             self._say(f"repair: {int((marg < 0).sum())} constraint(s) violated")
-            p_s = self.P.gather(1, items.clamp(min=0)).double()
-            p_n = self.P.gather(1, ext.clamp(min=0)).double()
-            ok_n = ext_ok & ~(ext[:, :, None] == items[:, None, :]).any(2)
-            allowed = valid[:, :, None] & ok_n[:, None, :]
-            deltas = []
-            for lin, v in zip(self.linear, vs, strict=True):
-                a_s = v[items.clamp(min=0)] * (p_s if lin.uses_p else 1.0)
-                a_n = v[ext.clamp(min=0)] * (p_n if lin.uses_p else 1.0)
-                deltas.append(a_n[:, None, :] - a_s[:, :, None])
-            if cov_t is not None:
-                ex = torch.as_tensor(exposure)
-                deltas.append((ex[ext.clamp(min=0)] == 0).double()[:, None, :]
-                              - (ex[items.clamp(min=0)] == 1).double()[:, :, None])
-            scale = np.r_[signs / norms / np.maximum(np.abs(targets), 1.0),
-                          [1.0 / max(cov_t, 1.0)] if cov_t is not None else []]
-            viol = marg < 0
-            gain = torch.zeros_like(p_s[:, :, None] - p_n[:, None, :])
-            for c, d in enumerate(deltas):
-                sd = d * scale[c]
-                if viol[c]:
-                    gain += sd / -marg[c]
-                else:
-                    allowed &= sd >= -marg[c]
-            allowed &= gain > 0
-            loss = (p_s[:, :, None] - p_n[:, None, :]).clamp(min=1e-12)
-            ratio = torch.where(allowed, gain / loss, torch.full_like(gain, -math.inf)).flatten(1)
-            best, arg = ratio.max(1)
-            users = torch.nonzero(torch.isfinite(best)).flatten()
-            if not len(users):
+            cands = [self._swaps_next(items, valid, ext, ext_ok, exposure, coeffs, marg, norms, units, cov_t)]
+            if cov_t is not None and cov_now < cov_t:
+                unc = self._swaps_uncovered(items, valid, exposure, coeffs)
+                if unc is not None:  # score: share of the coverage shortfall fixed per relevance lost
+                    unc = (*unc[:5], unc[5] / max(cov_t, 1.0) / -marg[-1])
+                cands.append(unc)
+            cands = [c for c in cands if c is not None and len(c[0])]
+            if not cands:
                 return None
-            users = users[torch.argsort(best[users], descending=True)].numpy()
-            slot_of = (arg // ext.shape[1]).numpy()
-            new_of = (arg % ext.shape[1]).numpy()
-            d_np = [d.flatten(1) for d in deltas]
+            users, slots, new, dl, loss, score = (np.concatenate(x) for x in zip(*cands, strict=True))
+            order = np.argsort(-score, kind="stable")
             changed = False
-            for u in users:
-                f = int(arg[u])
-                j, i_new = int(slot_of[u]), int(ext[u, new_of[u]])
+            moved = np.zeros(self.n_users, bool)
+            for n in order:
+                u, j, i_new = int(users[n]), int(slots[n]), int(new[n])
+                if moved[u]:  # one swap per user and round: the deltas were computed before it
+                    continue
                 j_old = int(items[u, j])
-                dl = np.array([float(d_np[c][u, f]) for c in range(len(self.linear))])
-                a_new = ach + dl / norms
-                cov_new = None
-                if cov_t is not None:
-                    cov_new = float((exposure > 0).sum()) + (exposure[i_new] == 0) - (exposure[j_old] == 1)
-                m_old = margins(ach, float((exposure > 0).sum()))
-                m_new = margins(a_new, cov_new if cov_new is not None else 0.0)
-                v_old = m_old < 0
-                if ((m_new < 0) & ~v_old).any() or (np.minimum(m_new, 0) - np.minimum(m_old, 0)).sum() <= 0:
+                if j_old == i_new or (items[u] == i_new).any():
+                    continue
+                a_new = ach + dl[n] / norms if C else ach
+                cov_old = float((exposure > 0).sum())
+                cov_new = cov_old + (exposure[i_new] == 0) - (exposure[j_old] == 1)
+                m_old, m_new = margins(ach, cov_old), margins(a_new, cov_new)
+                if ((m_new < 0) & (m_old >= 0)).any() or (np.minimum(m_new, 0) - np.minimum(m_old, 0)).sum() <= 0:
                     continue
                 items[u, j] = i_new
                 exposure[j_old] -= 1
                 exposure[i_new] += 1
                 ach = a_new
-                touched[u] = changed = True
+                touched[u] = moved[u] = changed = True
                 if (m_new >= 0).all():
                     break
             if not changed:
@@ -541,6 +528,84 @@ class SlateProblem:
         if not self.feasible(fixed):
             return None
         return fixed, int(touched.sum())
+
+    def _swaps_next(self, items, valid, ext, ext_ok, exposure, coeffs, marg, norms, units, cov_t):
+        """Each user's best swap of a slot for one of their next items by utility:
+        (users, slots, new items, linear deltas [n, C], relevance loss, score)."""
+        C = len(self.linear)
+        uu = torch.arange(self.n_users)[:, None]
+        ok_n = ext_ok & ~(ext[:, :, None] == items[:, None, :]).any(2)
+        allowed = valid[:, :, None] & ok_n[:, None, :]
+        p_s = self.P.gather(1, items.clamp(min=0)).double()
+        p_n = self.P.gather(1, ext.clamp(min=0)).double()
+        deltas = [a_n[:, None, :] - a_s[:, :, None] for a_s, a_n in
+                  zip(coeffs(uu, items.clamp(min=0)), coeffs(uu, ext.clamp(min=0)), strict=True)]
+        scale = [lin.constraint.sign / norms[c] / units[c] for c, lin in enumerate(self.linear)]
+        if cov_t is not None:
+            ex = torch.as_tensor(exposure)
+            deltas.append((ex[ext.clamp(min=0)] == 0).double()[:, None, :]
+                          - (ex[items.clamp(min=0)] == 1).double()[:, :, None])
+            scale.append(1.0 / max(cov_t, 1.0))
+        gain = torch.zeros(allowed.shape, dtype=torch.float64)
+        for c, d in enumerate(deltas):
+            sd = d * scale[c]
+            if marg[c] < 0:
+                gain += sd / -marg[c]
+            else:
+                allowed &= sd >= -marg[c]
+        allowed &= gain > 0
+        loss = p_s[:, :, None] - p_n[:, None, :]
+        ratio = torch.where(allowed, gain / loss.clamp(min=1e-12), torch.full_like(gain, -math.inf)).flatten(1)
+        best, arg = ratio.max(1)
+        users = torch.nonzero(torch.isfinite(best)).flatten()
+        if not len(users):
+            return None
+        k2 = ext.shape[1]
+        slots, col = arg[users] // k2, arg[users] % k2
+        new = ext[users, col]
+        dl = np.stack([d.flatten(1)[users, arg[users]].numpy() for d in deltas[:C]], 1) if C \
+            else np.zeros((len(users), 0))
+        return (users.numpy(), slots.numpy(), new.numpy(), dl, loss.flatten(1)[users, arg[users]].numpy(),
+                best[users].numpy())
+
+    def _swaps_uncovered(self, items, valid, exposure, coeffs):
+        """For each uncovered item, the user who loses least relevance by taking it in place of
+        their weakest item that others are also recommended (one item per user)."""
+        C = len(self.linear)
+        ex = torch.as_tensor(exposure)
+        p_s = self.P.gather(1, items.clamp(min=0)).double()
+        dup = valid & (ex[items.clamp(min=0)] >= 2)
+        weak_val, weak_j = torch.where(dup, p_s, torch.full_like(p_s, math.inf)).min(1)
+        rows = torch.nonzero(torch.isfinite(weak_val)).flatten()
+        unc = torch.as_tensor(np.flatnonzero((exposure == 0) & ~self.forbidden))
+        if not len(rows) or not len(unc):
+            return None
+        best = torch.full((len(unc),), math.inf, dtype=torch.float64)
+        who = torch.zeros(len(unc), dtype=torch.int64)
+        step = max(1, (1 << 22) // max(len(unc), 1))
+        for s in range(0, len(rows), step):
+            r = rows[s: s + step]
+            gap = weak_val[r, None] - self.P[r][:, unc].double()
+            gap = gap.masked_fill(self.mask[r][:, unc], math.inf)
+            m, arg = gap.min(0)
+            better = m < best
+            best = torch.where(better, m, best)
+            who = torch.where(better, r[arg], who)
+        ok = torch.isfinite(best)
+        unc, best, who = unc[ok], best[ok], who[ok]
+        if not len(unc):
+            return None
+        order = torch.argsort(best, stable=True)
+        unc, best, who = unc[order], best[order], who[order]
+        first = np.unique(who.numpy(), return_index=True)[1]
+        keep = torch.as_tensor(np.sort(first))
+        unc, best, who = unc[keep], best[keep], who[keep]
+        slots = weak_j[who]
+        old = items[who, slots]
+        dl = np.stack([(a_n - a_o).numpy() for a_n, a_o in zip(coeffs(who, unc), coeffs(who, old), strict=True)],
+                      1) if C else np.zeros((len(unc), 0))
+        score = 1.0 / best.clamp(min=1e-12)
+        return who.numpy(), slots.numpy(), unc.numpy(), dl, best.numpy(), score.numpy()
 
     def linear_and_coverage(self) -> list[Constraint]:
         return [lin.constraint for lin in self.linear] + ([self.coverage] if self.coverage is not None else [])
