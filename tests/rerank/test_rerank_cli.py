@@ -54,6 +54,8 @@ def test_constraints_met_and_trade_relevance(tiny_run, tiny_attributes, base):
     assert rep["coverage"] >= want_cov and by[f"coverage>={want_cov}"]["achieved"] == rep["coverage"]
     assert by["category:Drama<=0.2"]["achieved"] <= 0.2 + 1e-9
     assert rep["mean_relevance"] < base["mean_relevance"]  # constraints cost relevance
+    assert by[f"revenue>={want_rev:.4f}"]["unconstrained"] == pytest.approx(base["revenue"])
+    assert by[f"coverage>={want_cov}"]["unconstrained"] == base["coverage"]
     assert set(rep["multipliers"]) == set(by)
 
 

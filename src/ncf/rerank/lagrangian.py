@@ -90,6 +90,7 @@ class Solution:
     sweeps: int
     messages: list[str] = field(default_factory=list)
     repaired_users: int = 0  # users whose slates the greedy repair changed (not top-k of utility)
+    unconstrained: list[float] | None = None  # each constraint's value for the plain top-k slates
 
     @property
     def mean_relevance(self) -> float:
@@ -100,8 +101,12 @@ class Solution:
         return all(self.satisfied)
 
     def constraint_report(self) -> list[dict]:
-        return [{"expr": c.expr, "target": c.target, "achieved": a, "satisfied": s}
-                for c, a, s in zip(self.constraints, self.achieved, self.satisfied, strict=True)]
+        """One dict per constraint; ``unconstrained``: its value for the plain top-k slates."""
+        out = [{"expr": c.expr, "target": c.target, "achieved": a, "satisfied": s}
+               for c, a, s in zip(self.constraints, self.achieved, self.satisfied, strict=True)]
+        for d, x in zip(out, self.unconstrained or [None] * len(out), strict=True):
+            d["unconstrained"] = x
+        return out
 
 
 class SlateProblem:
@@ -417,6 +422,7 @@ class SlateProblem:
         lam = np.zeros(n)
         nu = np.zeros(self.n_items)
         ev = self.evaluate(lam, nu)
+        self._initial = list(ev.achieved) + ([float(ev.coverage)] if self.coverage is not None else [])
         sweeps = 0
         single = n + (self.coverage is not None) <= 1
         if self.constraints and not self.feasible(ev):
@@ -620,7 +626,9 @@ class SlateProblem:
             mult[self.coverage.expr] = float(nu.max()) if len(nu) else 0.0
         w, b = self.affine(lam, nu)
         items = torch.where(ev.valid, ev.items, torch.full_like(ev.items, -1)).numpy()
+        init = dict(zip([c.expr for c in order], getattr(self, "_initial", achieved), strict=True))
         return Solution(
+            unconstrained=[init[c.expr] for c in self.constraints],
             items=items, constraints=self.constraints,
             achieved=[by_expr[c.expr][0] for c in self.constraints],
             satisfied=[bool(by_expr[c.expr][1]) for c in self.constraints],
