@@ -10,6 +10,9 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+# before any test imports torch: OpenMP threads sleep instead of spinning while they wait
+# (on shared cores spinning made training 20-60x slower; see src/ncf/__init__.py)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 _default = ROOT.parent / "shared" / "data"
 if "NCF_DATA_DIR" not in os.environ and _default.is_dir():
     os.environ["NCF_DATA_DIR"] = str(_default)

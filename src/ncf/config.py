@@ -10,6 +10,8 @@ LOSSES = ("bce", "bpr")
 OPTIMIZERS = ("adam", "sgd", "adagrad")
 DEVICES = ("auto", "cpu", "cuda")
 MONITORS = ("ndcg@10", "hr@10")
+SCHEDULES = ("constant", "cosine", "linear")
+SPARSE = ("auto", "on", "off")
 
 
 @dataclass
@@ -27,12 +29,17 @@ class TrainConfig:
     batch_size: int = 4096
     lr: float = 0.005
     optimizer: str = "adam"
+    lr_schedule: str = "constant"  # after warm-up: constant, or cosine/linear decay to 0 at `epochs`
+    warmup_epochs: float = 0.0  # linear learning-rate warm-up, in epochs
     loss: str = "bce"
     seed: int = 0
     patience: int = 5  # epochs without improvement on validation before stopping; 0: never
     monitor: str = "ndcg@10"
     device: str = "auto"
     threads: int = 0  # torch intra-op threads; 0: all cores
+    # sparse embedding gradients (SparseAdam for the tables): "auto" where a table holds
+    # more than 4 batches of rows on average (its dense update would cost more than the batch)
+    sparse: str = "auto"
     pretrain: bool = False  # NeuMF: train GMF and MLP first, then fuse (alpha)
     alpha: float = 0.5
     params: dict[str, Any] = field(default_factory=dict)
@@ -57,6 +64,11 @@ class TrainConfig:
             (self.monitor in MONITORS, f"monitor must be one of {', '.join(MONITORS)}, got {self.monitor!r}"),
             (0 <= self.alpha <= 1, f"alpha must be in [0, 1], got {self.alpha}"),
             (self.threads >= 0, f"threads must be >= 0, got {self.threads}"),
+            (self.sparse in SPARSE, f"sparse must be one of {', '.join(SPARSE)}, got {self.sparse!r}"),
+            (self.lr_schedule in SCHEDULES,
+             f"lr_schedule must be one of {', '.join(SCHEDULES)}, got {self.lr_schedule!r}"),
+            (0 <= self.warmup_epochs <= self.epochs,
+             f"warmup_epochs must be in [0, epochs], got {self.warmup_epochs}"),
         ]
         for ok, msg in checks:
             if not ok:

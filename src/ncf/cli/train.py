@@ -65,15 +65,21 @@ def train_cmd(
     sep: str = typer.Option(None, "--sep"),
     on_bad_lines: str = typer.Option("error", "--on-bad-lines"),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+    nproc: int = typer.Option(1, "--nproc", help="Data-parallel processes (DDP, launched through torchrun)."),
 ):
     """Train a model and write a run directory (config, weights, id maps, metrics, plot)."""
     from ncf.train.run import resume_run, train
 
+    if nproc != 1:
+        from ncf.train.distributed import relaunch
+
+        raise typer.Exit(relaunch(nproc))
     if resume is not None:
         if init_items is not None:
             raise ValueError("--init-items applies to a new run, not to --resume")
         summary = resume_run(resume, progress=not quiet)
-        _print_summary(summary)
+        if summary is not None:  # None: a non-zero rank of a distributed run (rank 0 reports)
+            _print_summary(summary)
         return
     if dataset is None or out is None:
         raise ValueError("ncf train needs --dataset SOURCE and --out DIR (or --resume DIR)")
@@ -91,8 +97,9 @@ def train_cmd(
                        user_col=user_col, item_col=item_col, rating_col=rating_col, time_col=time_col,
                        sep=sep, on_bad_lines=on_bad_lines)
     summary = train(dcfg, cfg, out, progress=not quiet, init_items=init_items)
-    _print_summary(summary)
-    typer.echo(f"run written to {out}")
+    if summary is not None:  # None: a non-zero rank of a distributed run (rank 0 reports)
+        _print_summary(summary)
+        typer.echo(f"run written to {out}")
 
 
 def _print_summary(s: dict) -> None:

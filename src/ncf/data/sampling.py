@@ -1,10 +1,16 @@
 """Negative sampling, vectorised, on whatever device the trainer uses.
 
 Distribution: for a training interaction (u, i), each negative is uniform over the items
-u has never interacted with in training. Drawn by rejection: draw uniformly over all
-items, test membership in u's CSR row (a dense bitmap where users x items fits in
-``dense_limit`` bytes, else a binary search over sorted ``u * n_items + i`` keys), redraw
-the rejected ones. Fresh every epoch, seeded by ``(seed, epoch)``.
+u has never interacted with in training. Drawn by rejection: a uniform item, tested
+against u's CSR row (a dense bitmap where users x items fits in ``dense_limit`` bytes,
+else a binary search over sorted ``u * n_items + i`` keys), redrawn while it is a positive.
+
+An epoch is a random permutation of sample positions (``torch.randperm`` seeded by
+``(seed, epoch)``), and the negative at position ``j`` comes from a counter-based hash
+of ``(seed, epoch, j, attempt)``. So a batch is assembled when it is needed (no epoch's
+worth of samples in memory: 4 bytes a sample for the permutation), any slice of the
+epoch can be built alone (the shards of distributed ranks together are exactly one
+process's epoch, whatever the batch size), and CPU and GPU draw the same negatives.
 """
 
 from __future__ import annotations
@@ -16,6 +22,22 @@ import scipy.sparse as sp
 import torch
 
 DENSE_LIMIT = 1 << 30  # bytes for the users x items bool bitmap
+_M32 = 0xFFFFFFFF
+
+
+def hash32(x: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer mixer (xor-shift-multiply, after C. Wellons' "lowbias32") on int64
+    tensors holding values in [0, 2^32); multipliers below 2^31 keep products inside int64."""
+    x = x ^ (x >> 16)
+    x = (x * 0x7FEB352D) & _M32
+    x = x ^ (x >> 15)
+    x = (x * 0x5BD1E995) & _M32
+    return x ^ (x >> 16)
+
+
+def _salt(seed: int, epoch: int, stream: int = 0) -> int:
+    h = torch.tensor([(seed * 1_000_003 + epoch * 7_919 + stream * 104_729 + 12_345) & _M32])
+    return int(hash32(hash32(h) ^ 0x9E3779B9))
 
 
 class Membership:
@@ -40,20 +62,79 @@ class Membership:
     def contains(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         keys = users.to(torch.int64) * self.n_items + items.to(torch.int64)
         if self.dense:
-            return self.table[keys]
+            return self.table.index_select(0, keys)
         if len(self.table) == 0:
             return torch.zeros_like(keys, dtype=torch.bool)
         pos = torch.searchsorted(self.table, keys).clamp_(max=len(self.table) - 1)
-        return self.table[pos] == keys
+        return self.table.index_select(0, pos) == keys
+
+
+class EpochPlan:
+    """One epoch of a :class:`NegativeSampler`: ``len(plan)`` samples in shuffled order;
+    ``plan.batch(lo, hi)`` builds samples ``lo:hi`` (int64 indexes, float labels)."""
+
+    def __init__(self, sampler: NegativeSampler, epoch: int, pairwise: bool):
+        s = sampler
+        self.s, self.pairwise = s, pairwise
+        self.salt = _salt(s.seed, epoch, 1)
+        self.n_pos = 0 if pairwise else s.nnz
+        self.n_negs = s.n_sampleable * (max(1, s.n_neg) if pairwise else s.n_neg)
+        n = self.n_pos + self.n_negs
+        if n >= 1 << 32:
+            raise ValueError(f"an epoch of {n} samples is more than this sampler supports (2^32)")
+        self.perm = torch.randperm(n, generator=s.generator(epoch), device=s.device,
+                                   dtype=torch.int32 if n < 1 << 31 else torch.int64)
+
+    def __len__(self) -> int:
+        return len(self.perm)
+
+    def negatives(self, j: torch.Tensor, users: torch.Tensor, skip: torch.Tensor | None = None) -> torch.Tensor:
+        """The negative items at negative positions ``j`` (int64) for ``users`` (entries
+        where ``skip`` is set get an arbitrary item and are not checked)."""
+        s = self.s
+        x = hash32(hash32(j & _M32) ^ self.salt)
+        items = (x * s.n_items) >> 32  # uniform over items (multiply-shift, no division)
+        hit = s.membership.contains(users, items)
+        if skip is not None:
+            hit = hit > skip  # hit and not skip
+        todo = torch.nonzero(hit).squeeze(-1)
+        while len(todo):  # about (density of the user's row) of them each round
+            xt = hash32(x.index_select(0, todo) ^ 0x5851F42D)
+            it = (xt * s.n_items) >> 32
+            x.index_copy_(0, todo, xt)
+            items.index_copy_(0, todo, it)
+            todo = todo[s.membership.contains(users.index_select(0, todo), it)]
+        return items
+
+    def batch(self, lo: int, hi: int) -> tuple[torch.Tensor, ...]:
+        s = self.s
+        k = self.perm[lo:hi].long()
+        if self.pairwise:
+            row = k % s.n_sampleable
+            if s.rows is not None:
+                row = s.rows.index_select(0, row).long()
+            users = s.users.index_select(0, row).long()
+            return users, s.items.index_select(0, row).long(), self.negatives(k, users)
+        j = k - self.n_pos  # position among the negatives; < 0 for the positives
+        is_pos = j < 0
+        if s.rows is None:  # every interaction sampleable: negative j belongs to interaction j % nnz
+            row = k % max(s.nnz, 1)
+        elif s.n_sampleable == 0:  # every user saw every item: positives only (s.rows is empty)
+            row = k
+        else:
+            row = torch.where(is_pos, k, s.rows.index_select(0, j.clamp(min=0) % max(s.n_sampleable, 1)).long())
+        users, items = s.users.index_select(0, row).long(), s.items.index_select(0, row).long()
+        if self.n_negs:
+            items = torch.where(is_pos, items, self.negatives(j, users, skip=is_pos))
+        return users, items, is_pos.to(torch.float32)
 
 
 class NegativeSampler:
     """Per-epoch training samples from a users x items CSR matrix.
 
-    ``epoch_pointwise(e)`` -> shuffled ``(users, items, labels)``: every interaction
-    (label 1) plus ``n_neg`` negatives each (label 0), so ``nnz * (1 + n_neg)`` rows.
-    ``epoch_pairwise(e)`` -> shuffled ``(users, pos, neg)`` triples, ``nnz * n_neg`` rows.
-    Index tensors are int32 (memory: 12 bytes a pointwise sample) on ``device``.
+    Pointwise epochs hold every interaction (label 1) plus ``n_neg`` negatives each
+    (label 0): ``nnz * (1 + n_neg)`` samples. Pairwise epochs hold ``(user, pos, neg)``
+    triples, ``nnz * n_neg`` of them. Batches are int64 index tensors on ``device``.
     Users who interacted with every item have no negatives; their positives still train
     pointwise and are left out of pairwise triples (``n_saturated_users`` says how many).
     """
@@ -68,12 +149,17 @@ class NegativeSampler:
         m = train.tocsr()
         self.n_users, self.n_items = m.shape
         counts = np.diff(m.indptr)
+        # int32 storage (indexes are widened batch by batch): 12 bytes an interaction
         users = np.repeat(np.arange(self.n_users, dtype=np.int32), counts)
         self.users = torch.from_numpy(users).to(self.device)
         self.items = torch.from_numpy(m.indices.astype(np.int32)).to(self.device)
         saturated = counts >= self.n_items
         self.n_saturated_users = int(saturated.sum())
-        self.sampleable = torch.from_numpy(~saturated[users]).to(self.device)
+        sampleable = np.flatnonzero(~saturated[users])
+        self.n_sampleable = len(sampleable)
+        # the sampleable interactions; None where that is all of them (the usual case)
+        self.rows = None if self.n_sampleable == len(users) else torch.from_numpy(
+            sampleable.astype(np.int32 if len(users) < 1 << 31 else np.int64)).to(self.device)
         self.membership = Membership(m, self.device, dense_limit)
 
     @property
@@ -85,48 +171,37 @@ class NegativeSampler:
         g.manual_seed((self.seed * 1_000_003 + epoch * 7_919 + 12_345) % (2**63 - 1))
         return g
 
-    def negatives(self, users: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        """One uniform non-interacted item for each entry of ``users`` (int32)."""
-        neg = torch.randint(0, self.n_items, users.shape, generator=g, device=self.device,
-                            dtype=torch.int32)
-        todo = torch.nonzero(self.membership.contains(users, neg)).squeeze(-1)
-        while len(todo):
-            redraw = torch.randint(0, self.n_items, todo.shape, generator=g, device=self.device,
-                                   dtype=torch.int32)
-            neg[todo] = redraw
-            todo = todo[self.membership.contains(users[todo], redraw)]
-        return neg
+    def plan(self, epoch: int, pairwise: bool = False) -> EpochPlan:
+        return EpochPlan(self, epoch, pairwise)
 
     def epoch_pointwise(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        g = self.generator(epoch)
-        neg_users = self.users[self.sampleable].repeat(self.n_neg)
-        neg_items = self.negatives(neg_users, g)
-        users = torch.cat([self.users, neg_users])
-        items = torch.cat([self.items, neg_items])
-        labels = torch.zeros(len(users), dtype=torch.float32, device=self.device)
-        labels[: self.nnz] = 1.0
-        perm = torch.randperm(len(users), generator=g, device=self.device)
-        return users[perm], items[perm], labels[perm]
+        """The whole shuffled epoch as ``(users, items, labels)``."""
+        p = self.plan(epoch)
+        return p.batch(0, len(p))
 
     def epoch_pairwise(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        g = self.generator(epoch)
-        users = self.users[self.sampleable].repeat(max(1, self.n_neg))
-        pos = self.items[self.sampleable].repeat(max(1, self.n_neg))
-        neg = self.negatives(users, g)
-        perm = torch.randperm(len(users), generator=g, device=self.device)
-        return users[perm], pos[perm], neg[perm]
+        """The whole shuffled epoch as ``(users, pos, neg)``."""
+        p = self.plan(epoch, pairwise=True)
+        return p.batch(0, len(p))
 
     def batches(self, epoch: int, batch_size: int, pairwise: bool = False,
                 shard: tuple[int, int] = (0, 1)) -> Iterator[tuple[torch.Tensor, ...]]:
-        """Shuffled batches of the epoch; ``shard=(rank, world)`` takes every world-th slice
-        so that the shards of all ranks together are exactly one process's epoch."""
-        tensors = self.epoch_pairwise(epoch) if pairwise else self.epoch_pointwise(epoch)
+        """Shuffled batches of the epoch. ``shard=(rank, world)``: global batch ``k`` covers
+        samples ``[k * B * world, (k + 1) * B * world)`` and rank ``r`` takes its ``r``-th
+        slice of ``B``, so the ranks' shards together are exactly one process's epoch at
+        batch ``B * world``. Every rank gets the same number of batches; at the end of the
+        epoch a rank's batch may be short or empty."""
         rank, world = shard
-        n = len(tensors[0])
-        for start in range(rank * batch_size, n, batch_size * world):
-            yield tuple(t[start: start + batch_size] for t in tensors)
+        if not 0 <= rank < world:
+            raise ValueError(f"shard rank {rank} is outside world size {world}")
+        p = self.plan(epoch, pairwise)
+        n = len(p)
+        for g in range(0, n, batch_size * world):
+            lo = min(g + rank * batch_size, n)
+            yield p.batch(lo, min(lo + batch_size, n))
+
+    def n_samples(self, pairwise: bool = False) -> int:
+        return self.n_sampleable * max(1, self.n_neg) if pairwise else self.nnz + self.n_sampleable * self.n_neg
 
     def n_batches(self, batch_size: int, pairwise: bool = False, world: int = 1) -> int:
-        n = (int(self.sampleable.sum()) * max(1, self.n_neg)) if pairwise else (
-            self.nnz + int(self.sampleable.sum()) * self.n_neg)
-        return -(-n // (batch_size * world))
+        return -(-self.n_samples(pairwise) // (batch_size * world))

@@ -49,17 +49,17 @@ def full_ranks(model, holdout: HoldOut, seen: sp.csr_matrix, batch_users: int = 
     ranks = np.empty(len(holdout), dtype=np.int64)
     for s in range(0, len(holdout), batch_users):
         users = holdout.users[s: s + batch_users]
-        items = holdout.items[s: s + batch_users]
-        scores = model.score_all(torch.as_tensor(users, device=dev)).float()
+        items = torch.tensor(holdout.items[s: s + batch_users], dtype=torch.int64, device=dev)
+        scores = model.score_all(torch.tensor(users, device=dev)).float()  # [b, I]
         rows = torch.arange(len(users), device=dev)
-        pos = scores[rows, torch.as_tensor(items, device=dev)]
-        beats = (scores >= pos[:, None]) | torch.isnan(scores) | torch.isnan(pos)[:, None]
+        pos = scores[rows, items][:, None]
+        beats = (scores >= pos).logical_or_(torch.isnan(scores)).logical_or_(torch.isnan(pos))
         sub = seen[users]
-        mask = torch.zeros_like(beats)
         r = np.repeat(np.arange(len(users)), np.diff(sub.indptr))
-        mask[torch.as_tensor(r, device=dev), torch.as_tensor(sub.indices.astype(np.int64), device=dev)] = True
-        mask[rows, torch.as_tensor(items, device=dev)] = True  # the item itself is no competitor
-        ranks[s: s + batch_users] = (beats & ~mask).sum(dim=1).cpu().numpy()
+        # seen items and the item itself are no competitors
+        beats[torch.from_numpy(r).to(dev), torch.from_numpy(sub.indices.astype(np.int64)).to(dev)] = False
+        beats[rows, items] = False
+        ranks[s: s + batch_users] = beats.sum(dim=1).cpu().numpy()
     return ranks
 
 

@@ -9,12 +9,14 @@ import torch
 from torch import nn
 
 from ncf.models.base import Model
+from ncf.models.kernels import gather
 
 
 class GMF(Model):
     name = "gmf"
     params = {"factors": 8, "l2": 0.0}
     config_fields = ("factors", "l2")
+    supports_sparse = True  # gradients of the embeddings may be sparse (nn.Embedding.sparse)
 
     def __init__(self, n_users: int, n_items: int, factors: int = 8, l2: float = 0.0):
         super().__init__(n_users, n_items)
@@ -31,7 +33,8 @@ class GMF(Model):
         nn.init.zeros_(self.predict.bias)
 
     def h(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:  # [B, factors]
-        return self.user_emb(users) * self.item_emb(items)
+        return (gather(self.user_emb.weight, users, self.user_emb.sparse)
+                * gather(self.item_emb.weight, items, self.item_emb.sparse))
 
     def forward(self, users, items):
         return self.predict(self.h(users, items)).squeeze(-1)
@@ -47,4 +50,6 @@ class GMF(Model):
     def regularization(self, users, items):
         if not self.l2:
             return None
-        return self.l2 * (self.user_emb(users).pow(2).sum() + self.item_emb(items).pow(2).sum()) / len(users)
+        u = gather(self.user_emb.weight, users, self.user_emb.sparse)
+        i = gather(self.item_emb.weight, items, self.item_emb.sparse)
+        return self.l2 * (u.pow(2).sum() + i.pow(2).sum()) / len(users)

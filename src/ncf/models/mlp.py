@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from ncf.models.base import Model
+from ncf.models.kernels import gather, use_tables
 
 
 def parse_layers(layers) -> tuple[int, ...]:
@@ -44,39 +45,64 @@ class Tower(nn.Module):
         self.out_dim = layers[-1]
 
     def forward(self, users, items):  # [B, layers[-1]]
-        x = torch.cat([self.user_emb(users), self.item_emb(items)], dim=-1)
+        sparse = self.user_emb.sparse or self.item_emb.sparse
+        if len(self.linears) and use_tables(len(users), self.user_emb.num_embeddings,
+                                            self.item_emb.num_embeddings, sparse):
+            # first layer applied to the tables, then gathered (same numbers, less work)
+            first, half = self.linears[0], self.user_emb.embedding_dim
+            user_part = self.user_emb.weight @ first.weight[:, :half].T  # [n_users, h1]
+            item_part = torch.addmm(first.bias, self.item_emb.weight, first.weight[:, half:].T)  # [n_items, h1]
+            x = torch.relu(gather(user_part, users) + gather(item_part, items))
+            return self.layers_from(self._drop(x), start=1)
+        x = torch.cat([gather(self.user_emb.weight, users, self.user_emb.sparse),
+                       gather(self.item_emb.weight, items, self.item_emb.sparse)], dim=-1)
         return self.layers_from(x)
 
-    def layers_from(self, x):
-        for lin in self.linears:
-            x = torch.relu(lin(x))
-            if self.dropout and self.training:
-                x = nn.functional.dropout(x, self.dropout)
+    def _drop(self, x):
+        return nn.functional.dropout(x, self.dropout) if self.dropout and self.training else x
+
+    def layers_from(self, x, start: int = 0):
+        for lin in self.linears[start:]:
+            x = self._drop(torch.relu(lin(x)))
         return x
 
     @torch.no_grad()
-    def all_items(self, users: torch.Tensor, chunk: int = 1 << 22) -> torch.Tensor:
-        """[B, n_items, out_dim] hidden vectors, with the first layer split into its user
-        and item halves (W [p; q] = W_u p + W_i q) so that each half is computed once."""
+    def all_items(self, users: torch.Tensor, chunk: int = 1 << 18,
+                  project: torch.Tensor | None = None) -> torch.Tensor:
+        """[B, n_items, out_dim] hidden vectors, or [B, n_items] when ``project`` ([out_dim])
+        is given (the hidden vectors dotted with it, chunk by chunk, never all in memory).
+
+        The first layer is split into its user and item halves (W [p; q] = W_u p + W_i q)
+        so that each half is computed once; the rest runs on chunks of about ``chunk``
+        floats, small enough to stay in cache."""
+        n_items = self.item_emb.num_embeddings
         if not len(self.linears):
-            u = self.user_emb(users)[:, None, :].expand(-1, self.item_emb.num_embeddings, -1)
+            u = self.user_emb(users)[:, None, :].expand(-1, n_items, -1)
             q = self.item_emb.weight[None].expand(len(users), -1, -1)
-            return torch.cat([u, q], dim=-1)
+            x = torch.cat([u, q], dim=-1)
+            return x @ project if project is not None else x
         first = self.linears[0]
         half = self.user_emb.embedding_dim
-        wu, wi = first.weight[:, :half], first.weight[:, half:]
-        item_part = self.item_emb.weight @ wi.T + first.bias  # [I, h1]
-        user_part = self.user_emb(users) @ wu.T  # [B, h1]
-        x = torch.relu(user_part[:, None, :] + item_part[None, :, :])
-        for lin in self.linears[1:]:
-            x = torch.relu(lin(x))
-        return x
+        item_part = torch.addmm(first.bias, self.item_emb.weight, first.weight[:, half:].T)  # [I, h1]
+        user_part = self.user_emb.weight.index_select(0, users.long()) @ first.weight[:, :half].T  # [B, h1]
+        h1 = item_part.shape[1]
+        shape = (len(users), n_items) if project is not None else (len(users), n_items, self.out_dim)
+        out = torch.empty(shape, dtype=item_part.dtype, device=item_part.device)
+        step = max(1, chunk // (n_items * h1))
+        for s in range(0, len(users), step):
+            x = (user_part[s: s + step, None, :] + item_part[None]).relu_().view(-1, h1)
+            for lin in self.linears[1:]:
+                x = torch.addmm(lin.bias, x, lin.weight.T).relu_()
+            x = x @ project if project is not None else x
+            out[s: s + step] = x.view(out[s: s + step].shape)
+        return out
 
 
 class MLP(Model):
     name = "mlp"
     params = {"layers": (64, 32, 16, 8), "dropout": 0.0, "l2": 0.0}
     config_fields = ("layers", "dropout", "l2")
+    supports_sparse = True  # gradients of the embeddings may be sparse (nn.Embedding.sparse)
 
     def __init__(self, n_users, n_items, layers=(64, 32, 16, 8), dropout: float = 0.0, l2: float = 0.0):
         super().__init__(n_users, n_items)
@@ -96,7 +122,7 @@ class MLP(Model):
 
     @torch.no_grad()
     def score_all(self, users):
-        return self.predict(self.tower.all_items(users)).squeeze(-1)
+        return self.tower.all_items(users, project=self.predict.weight[0]) + self.predict.bias
 
     def item_embeddings(self):
         return self.tower.item_emb.weight.detach()
@@ -105,4 +131,6 @@ class MLP(Model):
         if not self.l2:
             return None
         t = self.tower
-        return self.l2 * (t.user_emb(users).pow(2).sum() + t.item_emb(items).pow(2).sum()) / len(users)
+        u = gather(t.user_emb.weight, users, t.user_emb.sparse)
+        i = gather(t.item_emb.weight, items, t.item_emb.sparse)
+        return self.l2 * (u.pow(2).sum() + i.pow(2).sum()) / len(users)

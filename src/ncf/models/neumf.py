@@ -18,6 +18,7 @@ class NeuMF(Model):
     name = "neumf"
     params = {"factors": 8, "layers": (64, 32, 16, 8), "dropout": 0.0, "l2": 0.0}
     config_fields = ("factors", "layers", "dropout", "l2")
+    supports_sparse = True  # gradients of the embeddings may be sparse (nn.Embedding.sparse)
 
     def __init__(self, n_users, n_items, factors: int = 8, layers=(64, 32, 16, 8),
                  dropout: float = 0.0, l2: float = 0.0):
@@ -57,9 +58,10 @@ class NeuMF(Model):
     def score_all(self, users):
         f = self.gmf.user_emb.embedding_dim
         w_g, w_m = self.predict.weight[:, :f], self.predict.weight[:, f:]
-        gmf_part = (self.gmf.user_emb(users) * w_g) @ self.gmf.item_emb.weight.T  # [B, I]
-        mlp_part = (self.mlp.tower.all_items(users) @ w_m.T).squeeze(-1)  # [B, I]
-        return gmf_part + mlp_part + self.predict.bias
+        scores = self.mlp.tower.all_items(users, project=w_m[0])  # [B, I]
+        gmf_user = self.gmf.user_emb.weight.index_select(0, users.long()) * w_g  # [B, f]
+        scores.addmm_(gmf_user, self.gmf.item_emb.weight.T)  # + the GMF part
+        return scores.add_(self.predict.bias)
 
     def item_embeddings(self):
         return torch.cat([self.gmf.item_emb.weight, self.mlp.tower.item_emb.weight], dim=1).detach()

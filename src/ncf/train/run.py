@@ -23,6 +23,7 @@ from ncf.config import TrainConfig
 from ncf.data.datasets import DataConfig, load_dataset
 from ncf.data.split import Dataset
 from ncf.models import MODELS, NeuMF, get_model_class
+from ncf.train import distributed
 from ncf.train.trainer import Trainer, console
 
 
@@ -38,6 +39,8 @@ def build(cfg: TrainConfig, dataset: Dataset):
 
 
 def _write_header(out: Path, data_cfg: DataConfig, cfg: TrainConfig, model, dataset: Dataset) -> None:
+    if not distributed.is_main():  # rank 0 alone writes the run directory
+        return
     out.mkdir(parents=True, exist_ok=True)
     save_run_data(out, dataset.train.user_map, dataset.train.item_map, dataset.train.matrix, dataset.item_info)
     atomic_write_json(out / "config.json", {
@@ -73,7 +76,7 @@ def train(data_cfg: DataConfig, cfg: TrainConfig, out: Path | None, dataset: Dat
         if warm is not None:
             atomic_write_json(Path(out) / "init_items.json", warm)
     summary = _fit(model, dataset, cfg, data_cfg, out, progress, resume=False)
-    if warm is not None:
+    if warm is not None and summary is not None:  # None: a non-zero distributed rank
         summary["init_items"] = warm
         if out is not None:
             atomic_write_json(Path(out) / "summary.json", summary)

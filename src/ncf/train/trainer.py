@@ -10,12 +10,15 @@ from __future__ import annotations
 import json
 import math
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from torch import nn
 
 from ncf.checkpoint import (
     CheckpointError,
@@ -29,7 +32,8 @@ from ncf.data.sampling import NegativeSampler
 from ncf.data.split import Dataset
 from ncf.eval.evaluator import evaluate
 from ncf.models import Model
-from ncf.train.losses import bce_loss, bpr_loss, make_optimizer
+from ncf.train import distributed
+from ncf.train.losses import make_optimizer
 
 console = Console(stderr=True)
 
@@ -66,25 +70,110 @@ def _opt_state_from(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> d
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
+class JointOptimizer:
+    """Several optimizers stepped as one (dense Adam for the layers, SparseAdam for the
+    embedding tables), with one ``state_dict`` in the layout of a single optimizer."""
+
+    def __init__(self, optimizers: list[torch.optim.Optimizer]):
+        self.optimizers = optimizers
+
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:
+        return [g for o in self.optimizers for g in o.param_groups]
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for o in self.optimizers:
+            o.zero_grad(set_to_none=set_to_none)
+
+    def step(self) -> None:
+        for o in self.optimizers:
+            o.step()
+
+    def state_dict(self) -> dict[str, Any]:
+        state, groups, offset = {}, [], 0
+        for o in self.optimizers:
+            sd = o.state_dict()
+            state.update({pid + offset: st for pid, st in sd["state"].items()})
+            groups += [{**g, "params": [pid + offset for pid in g["params"]]} for g in sd["param_groups"]]
+            offset += sum(len(g["params"]) for g in sd["param_groups"])
+        return {"state": state, "param_groups": groups}
+
+    def load_state_dict(self, sd: dict[str, Any]) -> None:
+        groups, offset = list(sd["param_groups"]), 0
+        if len(groups) != len(self.param_groups):
+            raise ValueError(f"saved optimizer has {len(groups)} parameter groups, this one {len(self.param_groups)}")
+        for o in self.optimizers:
+            mine, groups = groups[: len(o.param_groups)], groups[len(o.param_groups):]
+            n = sum(len(g["params"]) for g in mine)
+            o.load_state_dict({
+                "state": {pid - offset: st for pid, st in sd["state"].items() if offset <= pid < offset + n},
+                "param_groups": [{**g, "params": [pid - offset for pid in g["params"]]} for g in mine],
+            })
+            offset += n
+
+
+def use_sparse(model: Model, cfg: TrainConfig, nccl: bool) -> bool:
+    """Whether the embedding tables get sparse gradients (see ``TrainConfig.sparse``)."""
+    ok = getattr(model, "supports_sparse", False)
+    if cfg.sparse == "on" and not ok:
+        raise ValueError(f"--sparse on: model {model.name!r} does not support sparse embedding gradients")
+    if cfg.sparse == "on" and nccl:
+        raise ValueError("--sparse on: NCCL cannot all-reduce sparse gradients; use gloo or --sparse off")
+    if cfg.sparse != "auto":
+        return cfg.sparse == "on"
+    rows = [m.num_embeddings for m in model.modules() if isinstance(m, nn.Embedding)]
+    return ok and not nccl and sum(rows) > 4 * cfg.batch_size * max(len(rows), 1)
+
+
+def make_sparse_optimizer(model: Model, cfg: TrainConfig) -> JointOptimizer:
+    """Embedding tables with sparse gradients: SparseAdam for Adam (lazy: a row's moments move
+    only when the row is in a batch), plain SGD or Adagrad (both take sparse gradients)."""
+    tables = [m for m in model.modules() if isinstance(m, nn.Embedding)]
+    for m in tables:
+        m.sparse = True
+    table_ids = {id(m.weight) for m in tables}
+    dense = [p for p in model.parameters() if id(p) not in table_ids]
+    sparse = [m.weight for m in tables]
+    first = make_optimizer(cfg.optimizer, dense, cfg.lr)
+    second = torch.optim.SparseAdam(sparse, lr=cfg.lr) if cfg.optimizer == "adam" else make_optimizer(
+        cfg.optimizer, sparse, cfg.lr)
+    return JointOptimizer([first, second])
+
+
 class Trainer:
+    """Trains ``model`` on ``dataset`` with ``cfg``; writes ``out_dir`` (when given).
+
+    ``fit(resume=False) -> summary``. Under torchrun (see :mod:`ncf.train.distributed`)
+    every rank trains its slice of each global batch and rank 0 alone evaluates, logs and
+    writes files; non-zero ranks return ``None`` from ``fit``.
+    """
+
     def __init__(self, model: Model, dataset: Dataset, cfg: TrainConfig, out_dir: Path | None,
                  progress: bool = True, log: Console | None = None):
         self.cfg = cfg
         self.dataset = dataset
         self.out = Path(out_dir) if out_dir else None
-        self.device = resolve_device(cfg.device)
+        self.device = distributed.setup(resolve_device(cfg.device))
+        self.rank, self.world = distributed.rank(), distributed.world()
+        self.main = self.rank == 0
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.model = model.to(self.device)
-        self.progress = progress
+        self.progress = progress and self.main
         self.console = log or console
         self.pairwise = cfg.loss == "bpr"
         self.sampler = NegativeSampler(dataset.train.matrix, cfg.neg, cfg.seed, self.device)
-        self.opt = make_optimizer(cfg.optimizer, self.model.parameters(), cfg.lr)
+        self.sparse = use_sparse(self.model, cfg, nccl=self.world > 1 and self.device.type == "cuda")
+        self.opt = (make_sparse_optimizer(self.model, cfg) if self.sparse  # sets nn.Embedding.sparse
+                    else make_optimizer(cfg.optimizer, self.model.parameters(), cfg.lr))
+        self.train_model = distributed.wrap(self.model, self.device)  # after the sparse flags
         self.history: list[dict[str, Any]] = []
         self.best: dict[str, Any] = {"epoch": 0, "score": -math.inf, "valid": None}
         self.start_epoch = 1
         self.elapsed = 0.0
+        # a thread assembling the next batches while this one trains (CPU only: on a GPU
+        # the work is queued asynchronously anyway)
+        self.prefetch = 2 if self.device.type == "cpu" else 0
 
     # -- state -----------------------------------------------------------------------
     def _state_path(self) -> Path:
@@ -125,42 +214,97 @@ class Trainer:
         if metrics.exists():
             lines = [json.loads(ln) for ln in metrics.read_text().splitlines() if ln.strip()]
             self.history = [r for r in lines if r["epoch"] <= epoch]
-            metrics.write_text("".join(json.dumps(r) + "\n" for r in self.history))
+            if self.main:
+                metrics.write_text("".join(json.dumps(r) + "\n" for r in self.history))
 
     # -- training --------------------------------------------------------------------
-    def train_epoch(self, epoch: int, progress: Progress | None, task) -> tuple[float, int]:
-        self.model.train()
-        total, count = torch.zeros((), device=self.device), 0
-        bs = self.cfg.batch_size
-        for step, batch in enumerate(self.sampler.batches(epoch, bs, pairwise=self.pairwise)):
-            if self.pairwise:
-                u, p, n = batch
-                loss = bpr_loss(self.model(u, p), self.model(u, n))
-                reg = self.model.regularization(torch.cat([u, u]), torch.cat([p, n]))
-            else:
-                u, i, y = batch
-                loss = bce_loss(self.model(u, i), y)
-                reg = self.model.regularization(u, i)
-            if reg is not None:
-                loss = loss + reg
-            self.opt.zero_grad(set_to_none=True)
-            loss.backward()
-            self.opt.step()
-            n = len(batch[0])
-            total += loss.detach() * n
-            count += n
-            if progress is not None and step % 20 == 0:  # reading the loss syncs a GPU
-                progress.update(task, completed=step + 1, loss=float(loss.detach()))
-        return float(total) / max(count, 1), count
+    def lr_at(self, epoch: int, step: int, n_steps: int) -> float:
+        """The learning rate of ``step`` (0-based) of ``epoch`` (1-based): ``cfg.lr`` after a
+        linear warm-up of ``cfg.warmup_epochs``, then constant or decayed (``lr_schedule``)
+        towards 0 at the end of ``cfg.epochs``."""
+        cfg = self.cfg
+        t = (epoch - 1) + step / max(n_steps, 1)  # epochs done
+        if cfg.warmup_epochs and t < cfg.warmup_epochs:
+            return cfg.lr * (t + 1 / max(n_steps, 1)) / cfg.warmup_epochs
+        if cfg.lr_schedule == "constant":
+            return cfg.lr
+        frac = min(1.0, (t - cfg.warmup_epochs) / max(cfg.epochs - cfg.warmup_epochs, 1e-9))
+        if cfg.lr_schedule == "cosine":
+            return cfg.lr * 0.5 * (1 + math.cos(math.pi * frac))
+        return cfg.lr * (1 - frac)  # linear
 
-    def fit(self, resume: bool = False) -> dict[str, Any]:
+    def _batches(self, plan, n_steps: int):
+        """``(batch, n_global)`` for each step: this rank's slice of every global batch."""
+        bs, world, n = self.cfg.batch_size, self.world, len(plan)
+
+        def make(step):
+            g = step * bs * world
+            lo = min(g + self.rank * bs, n)
+            return plan.batch(lo, min(lo + bs, n)), min(bs * world, n - g)
+
+        if not self.prefetch:
+            yield from (make(k) for k in range(n_steps))
+            return
+        with ThreadPoolExecutor(1, thread_name_prefix="ncf-batches") as pool:
+            ahead = [pool.submit(make, k) for k in range(min(self.prefetch, n_steps))]
+            for k in range(n_steps):
+                item = ahead.pop(0).result()
+                if k + len(ahead) + 1 < n_steps:
+                    ahead.append(pool.submit(make, k + len(ahead) + 1))
+                yield item
+
+    def _loss_sum(self, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """Sum of the per-sample losses of ``batch`` (plus the L2 penalty, as a sum)."""
+        b = len(batch[0])
+        if self.pairwise:
+            u, p, n = batch
+            users, items = torch.cat([u, u]), torch.cat([p, n])
+            logits = self.train_model(users, items)  # one call: DDP wants one forward a step
+            loss = -F.logsigmoid(logits[:b] - logits[b:]).sum()
+        else:
+            users, items, y = batch
+            logits = self.train_model(users, items)
+            loss = F.binary_cross_entropy_with_logits(logits, y, reduction="sum")
+        if b:
+            reg = self.model.regularization(users, items)
+            if reg is not None:
+                loss = loss + reg * b
+        return loss
+
+    def train_epoch(self, epoch: int, progress: Progress | None = None, task=None,
+                    max_steps: int | None = None) -> tuple[float, int]:
+        """One epoch (its first ``max_steps`` steps only, when given, for benchmarks);
+        returns (mean loss, samples) over all ranks."""
+        self.train_model.train()
+        plan = self.sampler.plan(epoch, self.pairwise)
+        n_steps = -(-len(plan) // (self.cfg.batch_size * self.world))
+        n_steps = min(n_steps, max_steps) if max_steps else n_steps
+        n = min(len(plan), n_steps * self.cfg.batch_size * self.world)
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
+        for step, (batch, n_global) in enumerate(self._batches(plan, n_steps)):
+            lr = self.lr_at(epoch, step, n_steps)
+            for group in self.opt.param_groups:
+                group["lr"] = lr
+            loss_sum = self._loss_sum(batch)
+            self.opt.zero_grad(set_to_none=True)
+            # DDP averages gradients over ranks: weighting each rank's sum by world / n_global
+            # makes that average the gradient of the global batch's mean loss
+            (loss_sum * (self.world / n_global)).backward()
+            self.opt.step()
+            total += loss_sum.detach()
+            if progress is not None and step % 10 == 0:  # reading the loss syncs a GPU
+                progress.update(task, completed=step + 1, loss=float(loss_sum.detach()) / max(len(batch[0]), 1))
+        total = distributed.all_sum(total)
+        return float(total) / max(n, 1), n
+
+    def fit(self, resume: bool = False) -> dict[str, Any] | None:
         cfg = self.cfg
         if resume:
             self.load_state()
         valid = self.dataset.valid
-        if valid is None:
+        if valid is None and self.main:
             self.console.print("[yellow]no validation holdout: the last epoch is kept, no early stopping")
-        n_batches = self.sampler.n_batches(cfg.batch_size, self.pairwise)
+        n_batches = self.sampler.n_batches(cfg.batch_size, self.pairwise, self.world)
         bad_epochs = 0
         for r in self.history:
             bad_epochs = 0 if r["epoch"] == self.best["epoch"] else bad_epochs + 1
@@ -168,13 +312,17 @@ class Trainer:
                    TextColumn("loss {task.fields[loss]:.4f}"), TimeRemainingColumn()]
         with Progress(*columns, console=self.console, disable=not self.progress, transient=True) as prog:
             for epoch in range(self.start_epoch, cfg.epochs + 1):
-                if cfg.patience and bad_epochs >= cfg.patience:
+                # rank 0 holds the validation history: its decision is everybody's
+                if distributed.broadcast_flag(bool(cfg.patience and bad_epochs >= cfg.patience), self.device):
                     break
                 desc = f"{self.model.name} epoch {epoch}/{cfg.epochs}"
                 task = prog.add_task(desc, total=n_batches, loss=float("nan"))
                 t0 = time.perf_counter()
                 loss, n = self.train_epoch(epoch, prog if self.progress else None, task)
                 t_train = time.perf_counter() - t0
+                prog.remove_task(task)
+                if not self.main:
+                    continue
                 record: dict[str, Any] = {"epoch": epoch, "loss": loss, "samples": n, "train_seconds": t_train}
                 if valid is not None:
                     record["valid"] = evaluate(self.model, valid, "sampled")
@@ -183,7 +331,6 @@ class Trainer:
                     score = float(epoch)
                 record["seconds"] = time.perf_counter() - t0
                 self.elapsed += record["seconds"]
-                prog.remove_task(task)
                 improved = score > self.best["score"]
                 if improved:
                     self.best = {"epoch": epoch, "score": score, "valid": record.get("valid")}
@@ -198,7 +345,9 @@ class Trainer:
                     with open(self.out / "metrics.jsonl", "a") as f:
                         f.write(json.dumps(record) + "\n")
                     self.save_state(epoch)
-        return self.finish()
+        summary = self.finish()
+        distributed.barrier()  # the run directory is complete before any rank goes on
+        return summary
 
     def extra_config(self) -> dict[str, Any]:
         return {"train": self.cfg.to_dict()}
@@ -212,7 +361,11 @@ class Trainer:
             + ("  *" if improved else "")
         )
 
-    def finish(self) -> dict[str, Any]:
+    def finish(self) -> dict[str, Any] | None:
+        """Test metrics of the best-validation weights; writes summary.json and the curves
+        (rank 0; other ranks of a distributed run return None)."""
+        if not self.main:
+            return None
         if self.out and (self.out / "model.safetensors").exists():
             from ncf.checkpoint import load_model
 
@@ -223,6 +376,7 @@ class Trainer:
         test_full = evaluate(self.model, ds.test, "full", seen=ds.seen(include_valid=True))
         samples = sum(r["samples"] for r in self.history)
         train_s = sum(r["train_seconds"] for r in self.history)
+        epoch_s = sum(r["seconds"] for r in self.history)
         summary = {
             "model": self.model.name,
             "dataset": ds.name,
@@ -233,7 +387,10 @@ class Trainer:
             "test_full": test_full,
             "train_seconds": self.elapsed,
             "samples_per_second": samples / train_s if train_s else None,
+            # sampling, batching, optimizer steps and per-epoch validation
+            "samples_per_second_end_to_end": samples / epoch_s if epoch_s else None,
             "device": str(self.device),
+            "processes": self.world,
         }
         if self.out:
             atomic_write_json(self.out / "summary.json", summary)

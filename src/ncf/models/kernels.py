@@ -1,0 +1,49 @@
+"""Small differentiable building blocks that make the NCF models fast on CPU and GPU.
+
+``gather(table, idx)`` is ``table[idx]`` whose backward scatters with one ``index_add_``
+into a dense ``[n_rows, d]`` gradient. ``nn.Embedding``'s dense backward sorts the indices
+first; at the batch sizes the trainer uses that sort costs more than the add itself
+(measured in docs/RESULTS.md, "Training speed").
+
+``use_tables(batch, n_users, n_items)`` says when the first layer of an MLP tower should
+be applied to the embedding *tables* instead of to the batch's rows: the first layer of
+``[p_u ; q_i]`` is ``W_u p_u + W_i q_i + b``, so ``(P W_u^T)[u] + (Q W_i^T + b)[i]`` gives
+the same numbers with ``(n_users + n_items) * d * h`` multiply-adds per step instead of
+``batch * 2d * h``: cheaper once the batch outgrows the tables.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class _Gather(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, table: torch.Tensor, idx: torch.Tensor, sparse: bool) -> torch.Tensor:
+        ctx.save_for_backward(idx)
+        ctx.n_rows, ctx.sparse = table.shape[0], sparse
+        return table.index_select(0, idx)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (idx,) = ctx.saved_tensors
+        shape = (ctx.n_rows, *grad.shape[1:])
+        if ctx.sparse:  # uncoalesced rows: the cost follows the batch, not the table
+            return torch.sparse_coo_tensor(idx[None], grad, shape, check_invariants=False), None, None
+        return grad.new_zeros(shape).index_add_(0, idx, grad), None, None
+
+
+def gather(table: torch.Tensor, idx: torch.Tensor, sparse: bool = False) -> torch.Tensor:
+    """``table[idx]``: ``[n, d]`` x ``[B]`` -> ``[B, d]``; differentiable in ``table``, with
+    a sparse gradient (as ``nn.Embedding(sparse=True)``) when ``sparse``."""
+    if idx.dtype != torch.int64:
+        idx = idx.long()  # index_add_ is about twice as fast with int64 indices on CPU
+    if not (torch.is_grad_enabled() and table.requires_grad):
+        return table.index_select(0, idx)
+    return _Gather.apply(table, idx, sparse)
+
+
+def use_tables(batch: int, n_users: int, n_items: int, sparse: bool = False) -> bool:
+    """Whether applying a first layer to the tables costs less than applying it per row
+    (never with sparse gradients: those are for tables much larger than a batch)."""
+    return not sparse and batch >= n_users + n_items

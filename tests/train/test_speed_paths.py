@@ -1,0 +1,220 @@
+"""The fast paths compute what the plain ones do: gather vs nn.Embedding, first layer on the
+tables vs per row, chunked score_all vs score, sparse vs dense gradients, the joint optimizer's
+state, the learning-rate schedule, prefetching, and the distributed loss weighting."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+import torch.nn.functional as F
+
+from ncf.config import TrainConfig
+from ncf.data.sampling import NegativeSampler, hash32
+from ncf.models import kernels
+from ncf.models.gmf import GMF
+from ncf.models.mlp import MLP
+from ncf.models.neumf import NeuMF
+from ncf.train.trainer import JointOptimizer, Trainer, make_sparse_optimizer, use_sparse
+
+
+def _grads(model):
+    return {k: (p.grad.to_dense() if p.grad.is_sparse else p.grad).clone() for k, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_gather_matches_embedding(sparse):
+    torch.manual_seed(0)
+    emb = torch.nn.Embedding(50, 6, sparse=sparse).double()
+    idx = torch.randint(0, 50, (300,))
+    w = torch.randn(300, 6, dtype=torch.float64)
+    (emb(idx) * w).sum().backward()
+    ref = emb.weight.grad.to_dense().clone()
+    emb.weight.grad = None
+    out = kernels.gather(emb.weight, idx.int(), sparse=sparse)
+    assert torch.equal(out, emb(idx))
+    (out * w).sum().backward()
+    assert emb.weight.grad.is_sparse == sparse
+    torch.testing.assert_close(emb.weight.grad.to_dense(), ref)
+    with pytest.raises(IndexError):
+        kernels.gather(emb.weight, torch.tensor([50]))
+
+
+@pytest.mark.parametrize("cls,kw", [(MLP, {"layers": (16, 8, 4)}), (NeuMF, {"factors": 4, "layers": (16, 8, 4)}),
+                                    (GMF, {"factors": 4})])
+def test_table_path_equals_row_path(cls, kw, monkeypatch):
+    """Logits and every gradient agree (float64) whichever way the first layer is applied."""
+    torch.manual_seed(1)
+    model = cls(20, 30, **kw).double()
+    u, i = torch.randint(0, 20, (400,)), torch.randint(0, 30, (400,))
+    y = (torch.rand(400) < 0.3).double()
+    results = []
+    for tables in (True, False):
+        monkeypatch.setattr("ncf.models.mlp.use_tables", lambda *a, t=tables: t)
+        model.zero_grad()
+        logits = model(u, i)
+        F.binary_cross_entropy_with_logits(logits, y).backward()
+        results.append((logits.detach().clone(), _grads(model)))
+    torch.testing.assert_close(results[0][0], results[1][0])
+    for k in results[0][1]:
+        torch.testing.assert_close(results[0][1][k], results[1][1][k], msg=k)
+
+
+def test_use_tables_threshold():
+    assert kernels.use_tables(10_000, 6040, 3706)
+    assert not kernels.use_tables(4096, 6040, 3706)
+    assert not kernels.use_tables(10_000, 6040, 3706, sparse=True)
+
+
+@pytest.mark.parametrize("cls,kw", [(MLP, {"layers": (16, 8, 4)}), (NeuMF, {"factors": 4, "layers": (16, 8, 4)}),
+                                    (MLP, {"layers": (16,)})])
+def test_chunked_score_all_equals_score(cls, kw):
+    torch.manual_seed(2)
+    model = cls(9, 13, **kw).double().eval()
+    users = torch.tensor([0, 3, 8, 3, 5])
+    full = model.score_all(users)
+    pairs = model.score(users.repeat_interleave(13), torch.arange(13).repeat(5)).view(5, 13)
+    torch.testing.assert_close(full, pairs)
+    if cls is MLP and len(kw["layers"]) > 1:  # chunks of one user at a time give the same numbers
+        tiny = model.tower.all_items(users, chunk=1, project=model.predict.weight[0]) + model.predict.bias
+        torch.testing.assert_close(tiny, full)
+
+
+def test_hash_is_uniform_and_deterministic():
+    x = hash32(torch.arange(200_000))
+    assert x.min() >= 0 and x.max() < 2**32
+    assert torch.equal(x, hash32(torch.arange(200_000)))
+    buckets = torch.bincount((x * 97) >> 32, minlength=97).double()
+    expected = 200_000 / 97
+    chi2 = float(((buckets - expected) ** 2 / expected).sum())
+    assert chi2 < 160  # 96 degrees of freedom: p < 1e-4 beyond ~150
+    assert len(torch.unique(x)) > 199_990  # (almost) a bijection on small inputs
+
+
+def test_shards_have_equal_step_counts_and_cover_the_epoch():
+    rng = np.random.default_rng(0)
+    m = sp.csr_matrix((rng.random((30, 40)) < 0.2).astype(np.float32))
+    s = NegativeSampler(m, n_neg=3, seed=0)
+    n = s.n_samples()
+    shards = [list(s.batches(4, 50, shard=(r, 3))) for r in range(3)]
+    assert len({len(sh) for sh in shards}) == 1 == (len(shards[0]) == -(-n // 150))
+    assert sum(len(b[0]) for sh in shards for b in sh) == n
+    assert len(shards[2][-1][0]) < 50  # the tail of the epoch: short or empty batches
+    with pytest.raises(ValueError, match="outside world size"):
+        next(s.batches(0, 10, shard=(3, 3)))
+
+
+def test_epoch_plan_needs_no_epoch_sized_copies():
+    rng = np.random.default_rng(0)
+    m = sp.csr_matrix((rng.random((50, 80)) < 0.1).astype(np.float32))
+    plan = NegativeSampler(m, n_neg=4, seed=0).plan(1)
+    assert plan.perm.dtype == torch.int32 and plan.perm.element_size() * len(plan) == 4 * len(plan)
+    u, i, y = plan.batch(10, 20)
+    assert u.dtype == i.dtype == torch.int64 and y.dtype == torch.float32 and len(u) == 10
+
+
+def test_lr_schedule(toy_dataset):
+    def lrs(**kw):
+        cfg = TrainConfig(model="gmf", epochs=4, lr=0.1, device="cpu", **kw)
+        t = Trainer(GMF(toy_dataset.n_users, toy_dataset.n_items, 4), toy_dataset, cfg, None, progress=False)
+        return [t.lr_at(e, s, 10) for e in range(1, 5) for s in range(10)]
+
+    assert set(lrs()) == {0.1}
+    cos = lrs(lr_schedule="cosine")
+    assert cos[0] == pytest.approx(0.1) and all(a >= b for a, b in zip(cos, cos[1:], strict=False)) and cos[-1] < 0.001
+    warm = lrs(warmup_epochs=1, lr_schedule="linear")
+    assert warm[0] == pytest.approx(0.01) and warm[9] == pytest.approx(0.1) and max(warm) <= 0.1 + 1e-12
+    with pytest.raises(ValueError, match="lr_schedule must be one of"):
+        TrainConfig(lr_schedule="step")
+    with pytest.raises(ValueError, match="warmup_epochs must be in"):
+        TrainConfig(epochs=2, warmup_epochs=3)
+
+
+def test_sparse_choice_and_errors(toy_dataset):
+    big, small = GMF(100_000, 50_000, 4), GMF(100, 50, 4)
+    assert use_sparse(big, TrainConfig(batch_size=1024), nccl=False)
+    assert not use_sparse(small, TrainConfig(batch_size=1024), nccl=False)
+    assert not use_sparse(big, TrainConfig(batch_size=1024), nccl=True)
+    assert use_sparse(small, TrainConfig(sparse="on"), nccl=False)
+    with pytest.raises(ValueError, match="NCCL cannot all-reduce sparse"):
+        use_sparse(small, TrainConfig(sparse="on"), nccl=True)
+    with pytest.raises(ValueError, match="sparse must be one of"):
+        TrainConfig(sparse="yes")
+
+
+def test_joint_optimizer_state_round_trip():
+    torch.manual_seed(3)
+    cfg = TrainConfig(lr=0.05)
+
+    def make():
+        torch.manual_seed(3)
+        model = NeuMF(12, 9, factors=4, layers=(8, 4))
+        return model, make_sparse_optimizer(model, cfg)
+
+    def steps(model, opt, k, seed):
+        g = torch.Generator().manual_seed(seed)
+        for _ in range(k):
+            u, i = torch.randint(0, 12, (16,), generator=g), torch.randint(0, 9, (16,), generator=g)
+            y = (torch.rand(16, generator=g) < 0.5).float()
+            opt.zero_grad()
+            F.binary_cross_entropy_with_logits(model(u, i), y).backward()
+            opt.step()
+
+    a, opt_a = make()
+    assert isinstance(opt_a, JointOptimizer) and a.gmf.user_emb.sparse
+    steps(a, opt_a, 3, 0)
+    sd = copy.deepcopy(opt_a.state_dict())  # as from a file: no tensors shared with opt_a
+    b, opt_b = make()
+    b.load_state_dict(a.state_dict())
+    opt_b.load_state_dict(sd)
+    steps(a, opt_a, 3, 1)
+    steps(b, opt_b, 3, 1)
+    for (k, p), q in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        torch.testing.assert_close(p, q, msg=k)
+    with pytest.raises(ValueError, match="parameter groups"):
+        opt_b.load_state_dict({"state": {}, "param_groups": sd["param_groups"][:1]})
+
+
+@pytest.mark.parametrize("sparse", ["off", "on"])
+def test_sparse_and_dense_training_both_learn(toy_dataset, sparse):
+    cfg = TrainConfig(model="neumf", factors=4, layers=(8, 4), epochs=8, batch_size=64, lr=0.05,
+                      device="cpu", patience=0, sparse=sparse)
+    torch.manual_seed(0)
+    t = Trainer(NeuMF(toy_dataset.n_users, toy_dataset.n_items, 4, (8, 4)), toy_dataset, cfg, None, progress=False)
+    assert t.sparse == (sparse == "on")
+    s = t.fit()
+    assert t.history[-1]["loss"] < 0.9 * t.history[0]["loss"]
+    assert s["valid"]["hr@10"] > 0.9  # the held-out item among 1 + 10 candidates
+
+
+def test_prefetch_changes_nothing(toy_dataset):
+    weights = []
+    for prefetch in (0, 2):
+        cfg = TrainConfig(model="neumf", factors=4, layers=(8, 4), epochs=2, batch_size=32, lr=0.01,
+                          device="cpu", patience=0)
+        torch.manual_seed(0)
+        t = Trainer(NeuMF(toy_dataset.n_users, toy_dataset.n_items, 4, (8, 4)), toy_dataset, cfg, None,
+                    progress=False)
+        t.prefetch = prefetch
+        t.fit()
+        weights.append(t.model.state_dict())
+    for k in weights[0]:
+        assert torch.equal(weights[0][k], weights[1][k]), k
+
+
+def test_loss_weighting_of_a_short_final_batch(toy_dataset):
+    """Each rank's loss sum is scaled by world / n_global, so averaging over ranks gives the
+    mean over the global batch even when the shards are unequal (or empty)."""
+    cfg = TrainConfig(model="gmf", factors=4, device="cpu")
+    t = Trainer(GMF(toy_dataset.n_users, toy_dataset.n_items, 4), toy_dataset, cfg, None, progress=False)
+    u, i = torch.randint(0, toy_dataset.n_users, (10,)), torch.randint(0, toy_dataset.n_items, (10,))
+    y = (torch.rand(10) < 0.5).float()
+    mean = F.binary_cross_entropy_with_logits(t.model(u, i), y)
+    shards = [(u[:7], i[:7], y[:7]), (u[7:], i[7:], y[7:]), (u[:0], i[:0], y[:0])]
+    world = len(shards)
+    averaged = sum(t._loss_sum(b) * (world / 10) for b in shards) / world
+    torch.testing.assert_close(averaged, mean)
+    assert t._loss_sum(shards[2]).item() == 0.0
