@@ -99,7 +99,7 @@ def test_seeded_fit_is_reproducible(toy_dataset):
 
 
 def test_scores_are_cosines_and_agree(toy_dataset):
-    m = fit(toy_dataset, epochs=5)
+    m = fit(toy_dataset, epochs=5, recent=0)  # the profile: every training item
     users = torch.tensor([0, 7, 33])
     full = m.score_all(users)
     assert full.shape == (3, toy_dataset.n_items)
@@ -182,8 +182,11 @@ def test_warm_start_gmf_maps_by_raw_id(tmp_path):
     assert torch.equal(w[1], before[1]) and torch.equal(w[3], before[3])  # random init kept
     assert rep["initialised"] == 2 and rep["random"] == 2
     assert rep["not_in_source"] == 1 and rep["no_vector_in_source"] == 1 and rep["tables"] == ["item_emb"]
-    # rescaled to the size of the random init
-    assert torch.allclose(w[[0, 2]].norm(dim=1).mean(), before.norm(dim=1).mean(), rtol=1e-4)
+    assert torch.equal(w[0], torch.as_tensor(vecs[3])) and rep["scale"] == {"item_emb": 1.0}  # as they are
+    torch.manual_seed(0)
+    small = GMF(3, 4, factors=8)
+    init_item_embeddings(small, target_items, src, rescale=True)  # to the size of the random init
+    assert torch.allclose(small.item_emb.weight[[0, 2]].norm(dim=1).mean(), before.norm(dim=1).mean(), rtol=1e-4)
 
 
 def test_warm_start_neumf_fills_the_tables_of_matching_width(tmp_path):

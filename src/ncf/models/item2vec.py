@@ -11,8 +11,9 @@ its basket-mates, all of them when ``window`` covers the basket.
 Scoring (the Scorer contract): a user's profile is the mean of the unit vectors of their
 ``recent`` latest training items (all items where ``recent`` is 0 or there are no
 timestamps), normalised, so ``score(u, i)`` is the cosine between item ``i`` and that
-profile, in [-1, 1]. Items without a vector (fewer than ``min_count`` training
-interactions) score ``NO_VECTOR`` (-2), below every cosine.
+profile, in [-1, 1] (its ranking is that of the mean cosine to those items). Items without
+a vector (fewer than ``min_count`` training interactions) score ``NO_VECTOR`` (-2), below
+every cosine.
 
 State (frozen parameters, ``requires_grad=False``, as for the fitted baselines: the
 safetensors checkpoint, ``.to(device)`` and the device lookup through ``parameters()``
@@ -118,15 +119,15 @@ class Item2Vec(Model):
         "ns_exponent": 0.75,
         "sample": 1e-3,
         "alpha": 0.025,
-        "epochs": 10,
-        "recent": 0,  # items in the user profile; 0: all
+        "epochs": 5,
+        "recent": 3,  # latest items in the user profile; 0: all (always all without timestamps)
         "workers": 1,  # > 1 is faster but not reproducible
     }
     config_fields = ()
 
     def __init__(self, n_users: int, n_items: int, vector_size: int = 64, window: int = 0, min_count: int = 1,
                  negative: int = 5, ns_exponent: float = 0.75, sample: float = 1e-3, alpha: float = 0.025,
-                 epochs: int = 10, recent: int = 0, workers: int = 1):
+                 epochs: int = 5, recent: int = 3, workers: int = 1):
         super().__init__(n_users, n_items)
         checks = [
             (vector_size >= 1, f"vector_size must be >= 1, got {vector_size}"),

@@ -7,9 +7,11 @@ the vectors' width, that is an error naming both sizes. Items of the new dataset
 source run has no vector for (unknown there, or below its ``min_count``: zero rows) keep
 their random initialisation and are counted.
 
-Scale: the vectors are rescaled so that their mean row norm equals the mean row norm of
-the table's random initialisation. The random init is tiny (std 0.01) and item2vec rows
-have norms of several units; copying them unscaled makes the initial logits huge.
+Scale: the vectors are copied as they are. On ml-100k (32 dimensions) item2vec rows have norms
+of about 2 (0.8 to 3.9), close to the 2.7 that GMF's item rows reach by training, against 0.06
+for the random init (std 0.01). Rescaling them to the random init's norm was tried on ml-100k
+and made the warm start indistinguishable from a random one (see docs/RESULTS.md);
+``rescale=True`` keeps that option.
 """
 
 from __future__ import annotations
@@ -52,8 +54,10 @@ def source_vectors(source: Path) -> tuple[np.ndarray, IdMap, str]:
 
 
 @torch.no_grad()
-def init_item_embeddings(model, item_map: IdMap, source: Path) -> dict[str, Any]:
-    """Fill ``model``'s item tables from run ``source``; returns a report of what was copied."""
+def init_item_embeddings(model, item_map: IdMap, source: Path, rescale: bool = False) -> dict[str, Any]:
+    """Fill ``model``'s item tables from run ``source``; returns a report of what was copied.
+
+    ``rescale=True`` scales them to the mean row norm of the random init (see the module doc)."""
     tables = item_tables(model)
     vectors, src_items, src_model = source_vectors(source)
     d = vectors.shape[1]
@@ -81,7 +85,7 @@ def init_item_embeddings(model, item_map: IdMap, source: Path) -> dict[str, Any]
                               "no_vector_in_source": int(len(item_map) - n_hit - (src_index < 0).sum())}
     for name, table in chosen.items():
         w = table.weight
-        scale = float(w.norm(dim=1).mean()) / float(np.linalg.norm(v, axis=1).mean())
+        scale = float(w.norm(dim=1).mean()) / float(np.linalg.norm(v, axis=1).mean()) if rescale else 1.0
         w[torch.as_tensor(targets, device=w.device)] = torch.as_tensor(v * scale, dtype=w.dtype, device=w.device)
         report.setdefault("scale", {})[name] = scale
     return report
