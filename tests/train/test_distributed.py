@@ -1,7 +1,7 @@
 """Data-parallel training with 2 gloo processes on this CPU (torchrun, DDP).
 
 - both ranks end with identical parameters, equal (float tolerance) to one process at twice
-  the batch (SGD, mean loss);
+  the batch (SGD, mean loss), with dense and with sparse (row) gradients of the tables;
 - ``ncf train --nproc 2`` on ML-100K reaches the single-process HR@10 within noise and
   writes one run directory;
 - ``--resume`` of a 2-process run gives the uninterrupted run's result.
@@ -36,9 +36,11 @@ def _torchrun(nproc: int, *args: str) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", *args]
 
 
-def test_ranks_agree_and_equal_one_process_at_double_batch(tmp_path):
-    _run(_torchrun(2, str(HERE / "ddp_worker.py"), str(tmp_path / "two"), "batch_size=24", "epochs=2"))
-    _run([sys.executable, str(HERE / "ddp_worker.py"), str(tmp_path / "one"), "batch_size=48", "epochs=2"])
+@pytest.mark.parametrize("sparse", ["off", "on"])  # dense all-reduce; sparse (gloo) of the tables' rows
+def test_ranks_agree_and_equal_one_process_at_double_batch(tmp_path, sparse):
+    opt = f'sparse="{sparse}"'
+    _run(_torchrun(2, str(HERE / "ddp_worker.py"), str(tmp_path / "two"), "batch_size=24", "epochs=2", opt))
+    _run([sys.executable, str(HERE / "ddp_worker.py"), str(tmp_path / "one"), "batch_size=48", "epochs=2", opt])
     r0, r1 = (load_file(str(tmp_path / "two" / f"rank{r}.safetensors")) for r in (0, 1))
     one = load_file(str(tmp_path / "one" / "rank0.safetensors"))
     assert r0.keys() == r1.keys() == one.keys()

@@ -18,7 +18,8 @@ from ncf.models import kernels
 from ncf.models.gmf import GMF
 from ncf.models.mlp import MLP
 from ncf.models.neumf import NeuMF
-from ncf.train.trainer import JointOptimizer, Trainer, make_sparse_optimizer, use_sparse
+from ncf.train.sparse import JointOptimizer, RowAdam, make_sparse_optimizer, use_sparse
+from ncf.train.trainer import Trainer
 
 
 def _grads(model):
@@ -133,10 +134,41 @@ def test_lr_schedule(toy_dataset):
         TrainConfig(epochs=2, warmup_epochs=3)
 
 
+@pytest.mark.parametrize("n_rows", [10, 100_000])  # bitmap and sort
+def test_distinct_rows(n_rows):
+    idx = torch.randint(0, 10, (500,)) * (n_rows // 10)
+    rows, inverse = kernels.distinct(idx, n_rows)
+    ref_rows, ref_inverse = torch.unique(idx, return_inverse=True)
+    assert torch.equal(rows, ref_rows) and torch.equal(inverse, ref_inverse)
+
+
+def test_row_adam_is_adam_on_the_rows_it_sees():
+    """Rows present in every step follow torch's Adam exactly; absent rows do not move."""
+    torch.manual_seed(4)
+    w0 = torch.randn(6, 3)
+    dense, lazy = w0.clone().requires_grad_(), w0.clone().requires_grad_()
+    adam, row = torch.optim.Adam([dense], lr=0.1), RowAdam([lazy], lr=0.1)
+    idx = torch.tensor([0, 2, 2, 5])
+    for _ in range(4):
+        target = torch.randn(4, 3)
+        for w, opt, sparse in ((dense, adam, False), (lazy, row, True)):
+            opt.zero_grad()
+            ((kernels.gather(w, idx, sparse=sparse) - target) ** 2).sum().backward()
+            opt.step()
+    torch.testing.assert_close(lazy[[0, 2, 5]], dense[[0, 2, 5]])
+    assert torch.equal(lazy[[1, 3, 4]], w0[[1, 3, 4]])
+    with pytest.raises(ValueError, match="sparse gradients"):
+        w = torch.zeros(2, 2, requires_grad=True)
+        w.sum().backward()
+        RowAdam([w]).step()
+
+
 def test_sparse_choice_and_errors(toy_dataset):
     big, small = GMF(100_000, 50_000, 4), GMF(100, 50, 4)
     assert use_sparse(big, TrainConfig(batch_size=1024), nccl=False)
     assert not use_sparse(small, TrainConfig(batch_size=1024), nccl=False)
+    assert not use_sparse(GMF(6040, 3706, 4), TrainConfig(batch_size=256), nccl=False)  # ML-1M: dense Adam
+    assert not use_sparse(big, TrainConfig(batch_size=200_000), nccl=False)
     assert not use_sparse(big, TrainConfig(batch_size=1024), nccl=True)
     assert use_sparse(small, TrainConfig(sparse="on"), nccl=False)
     with pytest.raises(ValueError, match="NCCL cannot all-reduce sparse"):
@@ -218,3 +250,23 @@ def test_loss_weighting_of_a_short_final_batch(toy_dataset):
     averaged = sum(t._loss_sum(b) * (world / 10) for b in shards) / world
     torch.testing.assert_close(averaged, mean)
     assert t._loss_sum(shards[2]).item() == 0.0
+
+
+def test_resume_with_dropout_draws_the_same_masks(toy_dataset, tmp_path):
+    from safetensors.torch import load_file
+
+    def run(out, epochs, resume=False):
+        cfg = TrainConfig(model="neumf", factors=4, layers=(8, 4), dropout=0.3, epochs=epochs, batch_size=64,
+                          lr=0.02, device="cpu", patience=0)
+        torch.manual_seed(0)
+        t = Trainer(NeuMF(toy_dataset.n_users, toy_dataset.n_items, 4, (8, 4), dropout=0.3), toy_dataset, cfg,
+                    out, progress=False)
+        t.fit(resume=resume)
+        return load_file(str(out / "state.safetensors"))
+
+    straight = run(tmp_path / "a", 4)
+    run(tmp_path / "b", 2)
+    resumed = run(tmp_path / "b", 4, resume=True)
+    for k in straight:
+        if k.startswith("model."):
+            assert torch.equal(straight[k], resumed[k]), k

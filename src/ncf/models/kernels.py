@@ -28,9 +28,25 @@ class _Gather(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):
         (idx,) = ctx.saved_tensors
         shape = (ctx.n_rows, *grad.shape[1:])
-        if ctx.sparse:  # uncoalesced rows: the cost follows the batch, not the table
-            return torch.sparse_coo_tensor(idx[None], grad, shape, check_invariants=False), None, None
+        if ctx.sparse:  # one row per distinct index (coalesced): the cost follows the batch, not the table
+            rows, inverse = distinct(idx, ctx.n_rows)
+            vals = grad.new_zeros((len(rows), *grad.shape[1:])).index_add_(0, inverse, grad)
+            sparse = torch.sparse_coo_tensor(rows[None], vals, shape, is_coalesced=True, check_invariants=False)
+            return sparse, None, None
         return grad.new_zeros(shape).index_add_(0, idx, grad), None, None
+
+
+def distinct(idx: torch.Tensor, n_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``torch.unique(idx, return_inverse=True)`` for indexes below ``n_rows``: through a
+    bitmap of the rows (linear time) while the table is not much larger than the batch."""
+    if n_rows > 64 * len(idx):
+        return torch.unique(idx, return_inverse=True)
+    mark = torch.zeros(n_rows, dtype=torch.bool, device=idx.device)
+    mark[idx] = True
+    rows = mark.nonzero().squeeze(-1)
+    pos = torch.empty(n_rows, dtype=torch.int64, device=idx.device)
+    pos[rows] = torch.arange(len(rows), device=idx.device)
+    return rows, pos[idx]
 
 
 def gather(table: torch.Tensor, idx: torch.Tensor, sparse: bool = False) -> torch.Tensor:

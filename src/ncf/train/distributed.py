@@ -47,10 +47,16 @@ def is_main() -> bool:
     return rank() == 0
 
 
+def launched() -> bool:
+    """Whether torchrun (or another launcher setting its variables) started this process."""
+    return env_world() > 1 or all(k in os.environ for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR"))
+
+
 def setup(device: torch.device, timeout_s: float = 1800) -> torch.device:
-    """Join the process group torchrun described (no-op for a single process). Returns the
-    device this rank trains on (``cuda:LOCAL_RANK`` on GPU)."""
-    if env_world() <= 1 or (dist.is_available() and dist.is_initialized()):
+    """Join the process group torchrun described (a one-process torchrun run too, so that
+    ``--nproc-per-node 1`` exercises DDP; nothing outside torchrun). Returns the device this
+    rank trains on (``cuda:LOCAL_RANK`` on GPU)."""
+    if not launched() or (dist.is_available() and dist.is_initialized()):
         return device
     missing = [k for k in ("RANK", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
     if missing:
@@ -78,7 +84,7 @@ def cleanup() -> None:
 
 def wrap(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     """``model`` in DistributedDataParallel when a process group is up, else itself."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    if not (dist.is_available() and dist.is_initialized()):
         return model
     from torch.nn.parallel import DistributedDataParallel
 

@@ -18,7 +18,6 @@ import torch
 import torch.nn.functional as F
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from torch import nn
 
 from ncf.checkpoint import (
     CheckpointError,
@@ -34,6 +33,7 @@ from ncf.eval.evaluator import evaluate
 from ncf.models import Model
 from ncf.train import distributed
 from ncf.train.losses import make_optimizer
+from ncf.train.sparse import JointOptimizer, make_sparse_optimizer, use_sparse  # noqa: F401 (re-exported)
 
 console = Console(stderr=True)
 
@@ -68,76 +68,6 @@ def _opt_state_from(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> d
         pid, k = key.split(".", 1)
         state.setdefault(int(pid), {})[k] = v
     return {"state": state, "param_groups": meta["param_groups"]}
-
-
-class JointOptimizer:
-    """Several optimizers stepped as one (dense Adam for the layers, SparseAdam for the
-    embedding tables), with one ``state_dict`` in the layout of a single optimizer."""
-
-    def __init__(self, optimizers: list[torch.optim.Optimizer]):
-        self.optimizers = optimizers
-
-    @property
-    def param_groups(self) -> list[dict[str, Any]]:
-        return [g for o in self.optimizers for g in o.param_groups]
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        for o in self.optimizers:
-            o.zero_grad(set_to_none=set_to_none)
-
-    def step(self) -> None:
-        for o in self.optimizers:
-            o.step()
-
-    def state_dict(self) -> dict[str, Any]:
-        state, groups, offset = {}, [], 0
-        for o in self.optimizers:
-            sd = o.state_dict()
-            state.update({pid + offset: st for pid, st in sd["state"].items()})
-            groups += [{**g, "params": [pid + offset for pid in g["params"]]} for g in sd["param_groups"]]
-            offset += sum(len(g["params"]) for g in sd["param_groups"])
-        return {"state": state, "param_groups": groups}
-
-    def load_state_dict(self, sd: dict[str, Any]) -> None:
-        groups, offset = list(sd["param_groups"]), 0
-        if len(groups) != len(self.param_groups):
-            raise ValueError(f"saved optimizer has {len(groups)} parameter groups, this one {len(self.param_groups)}")
-        for o in self.optimizers:
-            mine, groups = groups[: len(o.param_groups)], groups[len(o.param_groups):]
-            n = sum(len(g["params"]) for g in mine)
-            o.load_state_dict({
-                "state": {pid - offset: st for pid, st in sd["state"].items() if offset <= pid < offset + n},
-                "param_groups": [{**g, "params": [pid - offset for pid in g["params"]]} for g in mine],
-            })
-            offset += n
-
-
-def use_sparse(model: Model, cfg: TrainConfig, nccl: bool) -> bool:
-    """Whether the embedding tables get sparse gradients (see ``TrainConfig.sparse``)."""
-    ok = getattr(model, "supports_sparse", False)
-    if cfg.sparse == "on" and not ok:
-        raise ValueError(f"--sparse on: model {model.name!r} does not support sparse embedding gradients")
-    if cfg.sparse == "on" and nccl:
-        raise ValueError("--sparse on: NCCL cannot all-reduce sparse gradients; use gloo or --sparse off")
-    if cfg.sparse != "auto":
-        return cfg.sparse == "on"
-    rows = [m.num_embeddings for m in model.modules() if isinstance(m, nn.Embedding)]
-    return ok and not nccl and sum(rows) > 4 * cfg.batch_size * max(len(rows), 1)
-
-
-def make_sparse_optimizer(model: Model, cfg: TrainConfig) -> JointOptimizer:
-    """Embedding tables with sparse gradients: SparseAdam for Adam (lazy: a row's moments move
-    only when the row is in a batch), plain SGD or Adagrad (both take sparse gradients)."""
-    tables = [m for m in model.modules() if isinstance(m, nn.Embedding)]
-    for m in tables:
-        m.sparse = True
-    table_ids = {id(m.weight) for m in tables}
-    dense = [p for p in model.parameters() if id(p) not in table_ids]
-    sparse = [m.weight for m in tables]
-    first = make_optimizer(cfg.optimizer, dense, cfg.lr)
-    second = torch.optim.SparseAdam(sparse, lr=cfg.lr) if cfg.optimizer == "adam" else make_optimizer(
-        cfg.optimizer, sparse, cfg.lr)
-    return JointOptimizer([first, second])
 
 
 class Trainer:
@@ -276,6 +206,9 @@ class Trainer:
         """One epoch (its first ``max_steps`` steps only, when given, for benchmarks);
         returns (mean loss, samples) over all ranks."""
         self.train_model.train()
+        # dropout draws from torch's global generator: seeded per (seed, epoch, rank) so that a
+        # resumed run draws the same masks as an uninterrupted one
+        torch.manual_seed((self.cfg.seed * 1_000_003 + epoch * 7_919 + self.rank * 104_729) % (2**63 - 1))
         plan = self.sampler.plan(epoch, self.pairwise)
         n_steps = -(-len(plan) // (self.cfg.batch_size * self.world))
         n_steps = min(n_steps, max_steps) if max_steps else n_steps
