@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,8 +29,9 @@ class TrainConfig:
     neg: int = 4
     # large batches keep the per-step overhead small (see docs/RESULTS.md, "Training speed");
     # batch and learning rate chosen on ncf-ml-1m's validation holdout
-    batch_size: int = 65536
-    lr: float = 0.02
+    # 0 = auto (see `resolved`): 65,536 and 0.02 on ML-1M-sized data, smaller on small data
+    batch_size: int = 0
+    lr: float = 0.0
     optimizer: str = "adam"
     lr_schedule: str = "constant"  # after warm-up: constant, or cosine/linear decay to 0 at `epochs`
     warmup_epochs: float = 0.0  # linear learning-rate warm-up, in epochs
@@ -54,8 +56,8 @@ class TrainConfig:
             (self.factors >= 1, f"factors must be >= 1, got {self.factors}"),
             (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
             (self.neg >= 1, f"neg must be >= 1, got {self.neg}"),
-            (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
-            (self.lr > 0, f"lr must be > 0, got {self.lr}"),
+            (self.batch_size >= 0, f"batch_size must be >= 1 (or 0 for auto), got {self.batch_size}"),
+            (self.lr >= 0, f"lr must be > 0 (or 0 for auto), got {self.lr}"),
             (0 <= self.dropout < 1, f"dropout must be in [0, 1), got {self.dropout}"),
             (self.l2 >= 0, f"l2 must be >= 0, got {self.l2}"),
             (self.patience >= 0, f"patience must be >= 0, got {self.patience}"),
@@ -75,6 +77,18 @@ class TrainConfig:
         for ok, msg in checks:
             if not ok:
                 raise ValueError(msg)
+
+    def resolved(self, n_interactions: int) -> TrainConfig:
+        """This config with "auto" (0) batch size and learning rate filled in for a training set
+        of ``n_interactions``: the batch is the largest power of two up to 65,536 that still
+        leaves about 75 steps an epoch (at least 1,024); the learning rate is 0.02 at 65,536
+        (chosen on ncf-ml-1m's validation holdout), scaled with the square root of the batch."""
+        if self.batch_size and self.lr:
+            return self
+        samples = max(1, n_interactions * (1 + self.neg))
+        bs = self.batch_size or int(min(65536, max(1024, 2 ** math.floor(math.log2(max(samples / 75, 1))))))
+        lr = self.lr or 0.02 * math.sqrt(bs / 65536)
+        return dataclasses.replace(self, batch_size=bs, lr=lr)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

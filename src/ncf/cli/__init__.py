@@ -54,5 +54,4 @@ def main(argv: list[str] | None = None) -> None:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         typer.echo(f"error: {msg}", err=True)
         sys.exit(2)
-    if isinstance(result, int) and result:
-        sys.exit(result)
+    sys.exit(result if isinstance(result, int) else 0)

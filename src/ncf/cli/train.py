@@ -37,8 +37,8 @@ def train_cmd(
     layers: str = typer.Option("64,32,16,8", "--layers", help="MLP tower, first = concatenated embedding size."),
     epochs: int = typer.Option(TrainConfig.epochs, "--epochs"),
     neg: int = typer.Option(TrainConfig.neg, "--neg", help="Negatives per positive, per epoch."),
-    batch_size: int = typer.Option(TrainConfig.batch_size, "--batch-size"),
-    lr: float = typer.Option(TrainConfig.lr, "--lr"),
+    batch_size: int = typer.Option(TrainConfig.batch_size, "--batch-size", help="0: auto from the data size."),
+    lr: float = typer.Option(TrainConfig.lr, "--lr", help="0: auto (scaled with the batch)."),
     optimizer: str = typer.Option(TrainConfig.optimizer, "--optimizer", help="adam | sgd | adagrad"),
     loss: str = typer.Option(None, "--loss", help="bce (log loss) | bpr (pairwise); default: the model's own "
                              "(bpr for --model bpr, else bce)"),

@@ -57,6 +57,7 @@ def train(data_cfg: DataConfig, cfg: TrainConfig, out: Path | None, dataset: Dat
     ``init_items``: a run directory (item2vec) whose item vectors initialise GMF / NeuMF item
     embeddings, matched by raw id (:mod:`ncf.train.warmstart`); reported in ``init_items.json``."""
     dataset = dataset or load_dataset(data_cfg)
+    cfg = cfg.resolved(dataset.train.nnz)
     if cfg.pretrain:
         if cfg.model != "neumf":
             raise ValueError("--pretrain applies to neumf only")

@@ -7,6 +7,7 @@ is evaluated once, for the best validation epoch.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import time
@@ -80,6 +81,7 @@ class Trainer:
 
     def __init__(self, model: Model, dataset: Dataset, cfg: TrainConfig, out_dir: Path | None,
                  progress: bool = True, log: Console | None = None):
+        cfg = cfg.resolved(dataset.train.nnz)  # "auto" batch size / learning rate
         self.cfg = cfg
         self.dataset = dataset
         self.out = Path(out_dir) if out_dir else None
@@ -97,6 +99,11 @@ class Trainer:
         self.opt = (make_sparse_optimizer(self.model, cfg) if self.sparse  # sets nn.Embedding.sparse
                     else make_optimizer(cfg.optimizer, self.model.parameters(), cfg.lr))
         self.train_model = distributed.wrap(self.model, self.device)  # after the sparse flags
+        # data parallelism over CPU cores inside this process: each step's batch is split in
+        # `workers` parts, each through its own replica (sharing the weights, own gradients)
+        # on its own thread with single-threaded ops; gradients summed in a fixed order
+        self.workers = self._n_workers()
+        self.replicas = [self.model] + [self._replica() for _ in range(self.workers - 1)]
         self.history: list[dict[str, Any]] = []
         self.best: dict[str, Any] = {"epoch": 0, "score": -math.inf, "valid": None}
         self.start_epoch = 1
@@ -148,6 +155,22 @@ class Trainer:
                 metrics.write_text("".join(json.dumps(r) + "\n" for r in self.history))
 
     # -- training --------------------------------------------------------------------
+    def _n_workers(self) -> int:
+        """Threads that each train a part of every batch: the intra-op thread count on CPU,
+        for models that declare it safe (no buffers, no randomness in forward: no dropout),
+        with parts of at least 8192 samples; 1 (plain) otherwise and under DDP."""
+        ok = (self.device.type == "cpu" and self.train_model is self.model and self.cfg.dropout == 0
+              and getattr(self.model, "thread_parallel", False) and not any(True for _ in self.model.buffers()))
+        return max(1, min(torch.get_num_threads(), self.cfg.batch_size // 8192)) if ok else 1
+
+    def _replica(self) -> Model:
+        """A copy of the model whose parameters share the model's storage (so optimizer steps
+        reach it) but accumulate their own gradients."""
+        rep = copy.deepcopy(self.model)
+        for mine, theirs in zip(rep.parameters(), self.model.parameters(), strict=True):
+            mine.data = theirs.data
+        return rep
+
     def lr_at(self, epoch: int, step: int, n_steps: int) -> float:
         """The learning rate of ``step`` (0-based) of ``epoch`` (1-based): ``cfg.lr`` after a
         linear warm-up of ``cfg.warmup_epochs``, then constant or decayed (``lr_schedule``)
@@ -183,20 +206,23 @@ class Trainer:
                     ahead.append(pool.submit(make, k + len(ahead) + 1))
                 yield item
 
-    def _loss_sum(self, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        """Sum of the per-sample losses of ``batch`` (plus the L2 penalty, as a sum)."""
+    def _loss_sum(self, batch: tuple[torch.Tensor, ...], replica: int = 0) -> torch.Tensor:
+        """Sum of the per-sample losses of ``batch`` (plus the L2 penalty, as a sum), through
+        the model (or its ``replica``-th thread replica)."""
+        net = self.train_model if replica == 0 else self.replicas[replica]
+        module = self.model if replica == 0 else self.replicas[replica]
         b = len(batch[0])
         if self.pairwise:
             u, p, n = batch
             users, items = torch.cat([u, u]), torch.cat([p, n])
-            logits = self.train_model(users, items)  # one call: DDP wants one forward a step
+            logits = net(users, items)  # one call: DDP wants one forward a step
             loss = -F.logsigmoid(logits[:b] - logits[b:]).sum()
         else:
             users, items, y = batch
-            logits = self.train_model(users, items)
+            logits = net(users, items)
             loss = F.binary_cross_entropy_with_logits(logits, y, reduction="sum")
         if b:
-            reg = self.model.regularization(users, items)
+            reg = module.regularization(users, items)
             if reg is not None:
                 loss = loss + reg * b
         return loss
@@ -205,6 +231,8 @@ class Trainer:
                     max_steps: int | None = None) -> tuple[float, int]:
         """One epoch (its first ``max_steps`` steps only, when given, for benchmarks);
         returns (mean loss, samples) over all ranks."""
+        for m in self.replicas:
+            m.train()
         self.train_model.train()
         # dropout draws from torch's global generator: seeded per (seed, epoch, rank) so that a
         # resumed run draws the same masks as an uninterrupted one
@@ -213,11 +241,22 @@ class Trainer:
         n_steps = -(-len(plan) // (self.cfg.batch_size * self.world))
         n_steps = min(n_steps, max_steps) if max_steps else n_steps
         n = min(len(plan), n_steps * self.cfg.batch_size * self.world)
+        if self.workers > 1:
+            total = self._epoch_threads(plan, epoch, n_steps, progress, task)
+        else:
+            total = self._epoch_plain(plan, epoch, n_steps, progress, task)
+        total = distributed.all_sum(total)
+        return float(total) / max(n, 1), n
+
+    def _set_lr(self, epoch: int, step: int, n_steps: int) -> None:
+        lr = self.lr_at(epoch, step, n_steps)
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+
+    def _epoch_plain(self, plan, epoch, n_steps, progress, task) -> torch.Tensor:
         total = torch.zeros((), dtype=torch.float64, device=self.device)
         for step, (batch, n_global) in enumerate(self._batches(plan, n_steps)):
-            lr = self.lr_at(epoch, step, n_steps)
-            for group in self.opt.param_groups:
-                group["lr"] = lr
+            self._set_lr(epoch, step, n_steps)
             loss_sum = self._loss_sum(batch)
             self.opt.zero_grad(set_to_none=True)
             # DDP averages gradients over ranks: weighting each rank's sum by world / n_global
@@ -227,8 +266,50 @@ class Trainer:
             total += loss_sum.detach()
             if progress is not None and step % 10 == 0:  # reading the loss syncs a GPU
                 progress.update(task, completed=step + 1, loss=float(loss_sum.detach()) / max(len(batch[0]), 1))
-        total = distributed.all_sum(total)
-        return float(total) / max(n, 1), n
+        return total
+
+    def _epoch_threads(self, plan, epoch, n_steps, progress, task) -> torch.Tensor:
+        """Each step: part k of the batch (built in its thread) through replica k; gradients
+        of the sum over parts / batch size, summed into the model's in replica order."""
+        bs, n, w = self.cfg.batch_size, len(plan), self.workers
+        params = [list(m.parameters()) for m in self.replicas]
+        total = torch.zeros((), dtype=torch.float64)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # one core per worker thread
+
+        def part(k: int, lo: int, hi: int, n_global: int) -> torch.Tensor:
+            batch = plan.batch(lo + (hi - lo) * k // w, lo + (hi - lo) * (k + 1) // w)
+            loss_sum = self._loss_sum(batch, k)
+            (loss_sum / n_global).backward()
+            return loss_sum.detach()
+
+        try:
+            with ThreadPoolExecutor(w - 1, thread_name_prefix="ncf-part") as pool:
+                for step in range(n_steps):
+                    lo, hi = step * bs, min((step + 1) * bs, n)
+                    self._set_lr(epoch, step, n_steps)
+                    for m in self.replicas:
+                        m.zero_grad(set_to_none=True)
+                    futures = [pool.submit(part, k, lo, hi, hi - lo) for k in range(1, w)]
+                    losses = [part(0, lo, hi, hi - lo)] + [f.result() for f in futures]
+                    for rep in params[1:]:
+                        for p, q in zip(params[0], rep, strict=True):
+                            if q.grad is None:
+                                continue
+                            if p.grad is None:
+                                p.grad = q.grad
+                            elif p.grad.is_sparse or q.grad.is_sparse:
+                                p.grad = p.grad + q.grad
+                            else:
+                                p.grad.add_(q.grad)
+                    self.opt.step()
+                    loss_sum = sum(losses)
+                    total += loss_sum
+                    if progress is not None and step % 10 == 0:
+                        progress.update(task, completed=step + 1, loss=float(loss_sum) / max(hi - lo, 1))
+        finally:
+            torch.set_num_threads(threads)
+        return total
 
     def fit(self, resume: bool = False) -> dict[str, Any] | None:
         cfg = self.cfg
