@@ -43,7 +43,7 @@ def synthetic(seed: int = 0, n_users: int = 80, n_items: int = 60) -> Dataset:
 def main(out: Path, overrides: dict) -> None:
     ds = synthetic()
     cfg = TrainConfig(**{"model": "neumf", "factors": 4, "layers": (16, 8), "epochs": 2, "batch_size": 64,
-                         "optimizer": "sgd", "lr": 0.5, "device": "cpu", "patience": 0, "threads": 1,
+                         "optimizer": "sgd", "lr": 0.5, "device": "cpu", "patience": 0, "threads": 1, "dropout": 0.0,
                          **overrides})
     cls = get_model_class(cfg.model)
     torch.manual_seed(cfg.seed)

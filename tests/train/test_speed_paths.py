@@ -270,3 +270,48 @@ def test_resume_with_dropout_draws_the_same_masks(toy_dataset, tmp_path):
     for k in straight:
         if k.startswith("model."):
             assert torch.equal(straight[k], resumed[k]), k
+
+
+def test_worker_threads_match_the_plain_path(toy_dataset):
+    """Parts of each batch through replicas on 2 threads: the same training as one thread
+    (float tolerance), reproducible, and the replicas share the model's weights."""
+    def run(workers, dropout=0.0):
+        cfg = TrainConfig(model="neumf", factors=4, layers=(8, 4), epochs=2, batch_size=200, lr=0.01,
+                          device="cpu", patience=0, workers=workers, dropout=dropout)
+        torch.manual_seed(0)
+        t = Trainer(NeuMF(toy_dataset.n_users, toy_dataset.n_items, 4, (8, 4), dropout=dropout), toy_dataset, cfg,
+                    None, progress=False)
+        assert t.workers == workers and len(t.replicas) == workers
+        t.fit()
+        if workers > 1:
+            assert t.replicas[1].gmf.user_emb.weight.data_ptr() == t.model.gmf.user_emb.weight.data_ptr()
+        return t.model.state_dict(), [r["loss"] for r in t.history]
+
+    one, two, again = run(1), run(2), run(2)
+    for k in one[0]:
+        torch.testing.assert_close(two[0][k], one[0][k], rtol=1e-4, atol=1e-6, msg=k)
+        assert torch.equal(two[0][k], again[0][k]), k
+    assert two[1] == pytest.approx(one[1], rel=1e-5)
+    dropped, dropped_again = run(2, 0.2), run(2, 0.2)  # dropout: a generator per thread, reproducible
+    for k in dropped[0]:
+        assert torch.equal(dropped[0][k], dropped_again[0][k]), k
+    assert dropped[1] != two[1]
+    with pytest.raises(ValueError, match="workers must be >= 0"):
+        TrainConfig(workers=-1)
+
+
+def test_relu_dropout():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(400, 64, dtype=torch.float64, requires_grad=True)
+    y = kernels.relu_dropout(x, 0.25, g)
+    kept = y != 0
+    frac = 1 - kept.sum().item() / (x > 0).sum().item()
+    assert abs(frac - 0.25) < 0.02  # about p of the active units dropped
+    torch.testing.assert_close(y[kept], x[kept].clamp_min(0) / 0.75)
+    y.backward(torch.ones_like(y))
+    torch.testing.assert_close(x.grad, kept.double() / 0.75)
+    again = kernels.relu_dropout(x, 0.25, torch.Generator().manual_seed(0))
+    assert torch.equal(again, y)
+    assert torch.equal(kernels.relu_dropout(x, 0.0), torch.relu(x))
+    with pytest.raises(ValueError, match="dropout must be in"):
+        kernels.relu_dropout(x, 1.0)

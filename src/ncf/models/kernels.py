@@ -59,6 +59,38 @@ def gather(table: torch.Tensor, idx: torch.Tensor, sparse: bool = False) -> torc
     return _Gather.apply(table, idx, sparse)
 
 
+class _ReluDropout(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, drop_256: int, generator) -> torch.Tensor:
+        n = x.numel()
+        words = torch.randint(-(2**31), 2**31, ((n + 3) // 4,), dtype=torch.int32, device=x.device,
+                              generator=generator)
+        drop = words.view(torch.uint8)[:n].view(x.shape) < drop_256  # one random byte a unit
+        scale = 256 / (256 - drop_256)
+        y = x.clamp_min(0).mul_(scale).masked_fill_(drop, 0)
+        ctx.save_for_backward(y)
+        ctx.scale = scale
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (y,) = ctx.saved_tensors  # y > 0 exactly where x > 0 and the unit was kept
+        return torch.ops.aten.threshold_backward(grad, y, 0).mul_(ctx.scale), None, None
+
+
+def relu_dropout(x: torch.Tensor, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """``dropout(relu(x), p)`` in one pass with one random byte per unit (p rounded to a
+    multiple of 1/256) and a saved output instead of a float mask: about a third of the cost
+    of ``F.dropout(F.relu(x))`` on CPU. ``generator``: where the bytes come from (None: torch's
+    global generator)."""
+    drop_256 = round(p * 256)
+    if not 0 <= drop_256 < 256:
+        raise ValueError(f"dropout must be in [0, 1), got {p}")
+    if drop_256 == 0:
+        return torch.relu(x)
+    return _ReluDropout.apply(x, drop_256, generator)
+
+
 def use_tables(batch: int, n_users: int, n_items: int, sparse: bool = False) -> bool:
     """Whether applying a first layer to the tables costs less than applying it per row
     (never with sparse gradients: those are for tables much larger than a batch)."""

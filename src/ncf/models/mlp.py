@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ncf.models.base import Model
-from ncf.models.kernels import gather, use_tables
+from ncf.models.kernels import gather, relu_dropout, use_tables
 
 
 def parse_layers(layers) -> tuple[int, ...]:
@@ -42,6 +42,7 @@ class Tower(nn.Module):
             nn.init.xavier_uniform_(lin.weight)
             nn.init.zeros_(lin.bias)
         self.dropout = dropout
+        self.dropout_generator: torch.Generator | None = None  # set per thread by the Trainer
         self.out_dim = layers[-1]
 
     def forward(self, users, items):  # [B, layers[-1]]
@@ -52,18 +53,19 @@ class Tower(nn.Module):
             first, half = self.linears[0], self.user_emb.embedding_dim
             user_part = self.user_emb.weight @ first.weight[:, :half].T  # [n_users, h1]
             item_part = torch.addmm(first.bias, self.item_emb.weight, first.weight[:, half:].T)  # [n_items, h1]
-            x = torch.relu(gather(user_part, users) + gather(item_part, items))
-            return self.layers_from(self._drop(x), start=1)
+            return self.layers_from(self._relu(gather(user_part, users) + gather(item_part, items)), start=1)
         x = torch.cat([gather(self.user_emb.weight, users, self.user_emb.sparse),
                        gather(self.item_emb.weight, items, self.item_emb.sparse)], dim=-1)
         return self.layers_from(x)
 
-    def _drop(self, x):
-        return nn.functional.dropout(x, self.dropout) if self.dropout and self.training else x
+    def _relu(self, x):  # ReLU, then dropout while training
+        if self.dropout and self.training:
+            return relu_dropout(x, self.dropout, self.dropout_generator)
+        return torch.relu(x)
 
     def layers_from(self, x, start: int = 0):
         for lin in self.linears[start:]:
-            x = self._drop(torch.relu(lin(x)))
+            x = self._relu(lin(x))
         return x
 
     @torch.no_grad()
@@ -103,6 +105,7 @@ class MLP(Model):
     params = {"layers": (64, 32, 16, 8), "dropout": 0.0, "l2": 0.0}
     config_fields = ("layers", "dropout", "l2")
     supports_sparse = True  # gradients of the embeddings may be sparse (nn.Embedding.sparse)
+    thread_parallel = True  # no buffers; dropout only through Tower.dropout_generator: replicas per thread are safe
 
     def __init__(self, n_users, n_items, layers=(64, 32, 16, 8), dropout: float = 0.0, l2: float = 0.0):
         super().__init__(n_users, n_items)

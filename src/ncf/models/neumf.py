@@ -19,6 +19,7 @@ class NeuMF(Model):
     params = {"factors": 8, "layers": (64, 32, 16, 8), "dropout": 0.0, "l2": 0.0}
     config_fields = ("factors", "layers", "dropout", "l2")
     supports_sparse = True  # gradients of the embeddings may be sparse (nn.Embedding.sparse)
+    thread_parallel = True  # no buffers; dropout only through Tower.dropout_generator: replicas per thread are safe
 
     def __init__(self, n_users, n_items, factors: int = 8, layers=(64, 32, 16, 8),
                  dropout: float = 0.0, l2: float = 0.0):

@@ -156,12 +156,15 @@ class Trainer:
 
     # -- training --------------------------------------------------------------------
     def _n_workers(self) -> int:
-        """Threads that each train a part of every batch: the intra-op thread count on CPU,
-        for models that declare it safe (no buffers, no randomness in forward: no dropout),
-        with parts of at least 8192 samples; 1 (plain) otherwise and under DDP."""
-        ok = (self.device.type == "cpu" and self.train_model is self.model and self.cfg.dropout == 0
+        """Threads that each train a part of every batch (``cfg.workers``; auto: the intra-op
+        thread count, with parts of at least 8192 samples) on CPU, for models that declare it
+        safe (no buffers; dropout from a ``dropout_generator`` the trainer gives each replica);
+        1 (plain) otherwise and under DDP."""
+        ok = (self.device.type == "cpu" and self.train_model is self.model
               and getattr(self.model, "thread_parallel", False) and not any(True for _ in self.model.buffers()))
-        return max(1, min(torch.get_num_threads(), self.cfg.batch_size // 8192)) if ok else 1
+        if not ok or self.cfg.workers == 1:
+            return 1
+        return self.cfg.workers or max(1, min(torch.get_num_threads(), self.cfg.batch_size // 8192))
 
     def _replica(self) -> Model:
         """A copy of the model whose parameters share the model's storage (so optimizer steps
@@ -234,9 +237,16 @@ class Trainer:
         for m in self.replicas:
             m.train()
         self.train_model.train()
-        # dropout draws from torch's global generator: seeded per (seed, epoch, rank) so that a
-        # resumed run draws the same masks as an uninterrupted one
-        torch.manual_seed((self.cfg.seed * 1_000_003 + epoch * 7_919 + self.rank * 104_729) % (2**63 - 1))
+        # dropout draws from torch's global generator, or from a generator per thread replica:
+        # seeded per (seed, epoch, rank, replica) so that a resumed run draws the same masks
+        base = self.cfg.seed * 1_000_003 + epoch * 7_919 + self.rank * 104_729
+        torch.manual_seed(base % (2**63 - 1))
+        for k, rep in enumerate(self.replicas):  # models that take a generator: one per thread
+            g = torch.Generator(device=self.device)
+            g.manual_seed((base + 15_485_863 * (k + 1)) % (2**63 - 1))
+            for m in rep.modules():
+                if hasattr(m, "dropout_generator"):
+                    m.dropout_generator = g
         plan = self.sampler.plan(epoch, self.pairwise)
         n_steps = -(-len(plan) // (self.cfg.batch_size * self.world))
         n_steps = min(n_steps, max_steps) if max_steps else n_steps
