@@ -52,6 +52,8 @@ def main() -> None:
     p.add_argument("--only", default=None, help="comma-separated names, e.g. gmf-8,neumf-8")
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=int, default=0, help="0: ncf's auto default")
+    p.add_argument("--lr", type=float, default=0.0, help="0: ncf's auto default")
     p.add_argument("--json", default=None, help="also write the results table as JSON here")
     args = p.parse_args()
 
@@ -75,22 +77,22 @@ def main() -> None:
         wanted = {n: wanted[n] for n in names}
     rows = []
     for name, spec in wanted.items():
-        cfg = TrainConfig(epochs=args.epochs, device=args.device, **spec)
+        cfg = TrainConfig(epochs=args.epochs, device=args.device, batch_size=args.batch_size, lr=args.lr, **spec)
         out = Path(args.out) / f"{args.dataset}-{name}"
-        print(f"== {name}: ncf train --dataset {args.dataset} {cli_flags(spec, args.epochs)} --out {out}",
+        print(f"== {name}: ncf train --dataset {args.dataset} {cli_flags(spec, args)} --out {out}",
               file=sys.stderr, flush=True)
         t0 = time.perf_counter()
         s = train(DataConfig(source=args.dataset), cfg, out, dataset=dataset)
         wall = time.perf_counter() - t0
         rows.append({"name": name, "best_epoch": s["best_epoch"], "valid": s["valid"], "test": s["test"],
                      "wall_seconds": wall, "device": s["device"], "command": f"ncf train --dataset {args.dataset} "
-                     f"{cli_flags(spec, args.epochs)} --out {out}"})
+                     f"{cli_flags(spec, args)} --out {out}"})
         print(table(rows, args.dataset), flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
 
 
-def cli_flags(spec: dict, epochs: int) -> str:
+def cli_flags(spec: dict, args) -> str:
     parts = [f"--model {spec['model']}"]
     if "factors" in spec:
         parts.append(f"--factors {spec['factors']}")
@@ -98,7 +100,11 @@ def cli_flags(spec: dict, epochs: int) -> str:
         parts.append("--layers " + ",".join(map(str, spec["layers"])))
     if spec.get("pretrain"):
         parts.append("--pretrain")
-    parts.append(f"--epochs {epochs}")
+    parts.append(f"--epochs {args.epochs}")
+    if args.batch_size:
+        parts.append(f"--batch-size {args.batch_size}")
+    if args.lr:
+        parts.append(f"--lr {args.lr}")
     return " ".join(parts)
 
 
