@@ -78,7 +78,7 @@ def child(n: int, fraction: float, device: str, threads: int, sparse: str) -> di
     torch.manual_seed(0)
     trainer = Trainer(NeuMF(m.shape[0], m.shape[1]), ds, cfg, None, progress=False)
     n_samples = trainer.sampler.n_samples()
-    steps = max(1, round(trainer.sampler.n_batches(cfg.batch_size) * fraction))
+    steps = max(1, round(trainer.sampler.n_batches(trainer.cfg.batch_size) * fraction))  # batch: auto
     t0 = time.perf_counter()
     _, done = trainer.train_epoch(1, max_steps=steps)
     if trainer.device.type == "cuda":
@@ -86,7 +86,8 @@ def child(n: int, fraction: float, device: str, threads: int, sparse: str) -> di
     elapsed = time.perf_counter() - t0  # includes the epoch's permutation (its plan)
     return {
         "interactions": int(m.nnz), "users": m.shape[0], "items": m.shape[1], "samples_per_epoch": n_samples,
-        "sparse_gradients": trainer.sparse, "fraction": done / n_samples, "steps": steps,
+        "sparse_gradients": trainer.sparse, "batch_size": trainer.cfg.batch_size, "workers": trainer.workers,
+        "fraction": done / n_samples, "steps": steps,
         "seconds_per_epoch": elapsed * n_samples / done, "samples_per_s": done / elapsed,
         "generate_seconds": t_gen, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if trainer.device.type == "cuda" else None,

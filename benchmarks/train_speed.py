@@ -128,6 +128,7 @@ def main(argv: list[str] | None = None) -> dict:
     t0 = time.perf_counter()
     ds = load_dataset(DataConfig(source=args.dataset))
     t_load = time.perf_counter() - t0
+    cfg = cfg.resolved(ds.train.nnz)  # "auto" batch size and learning rate, as `ncf train` does
     console.print(f"{ds.name}: {ds.n_users} users, {ds.n_items} items, {ds.train.nnz} training interactions "
                   f"(loaded in {t_load:.1f}s); device {_device_name(device)}; {torch.get_num_threads()} threads; "
                   f"load average {load0:.1f}")
