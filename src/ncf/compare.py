@@ -133,7 +133,8 @@ def _run_trial(data_cfg: DataConfig, cfg: TrainConfig, dataset: Dataset, out: Pa
             old_train = _jsonable(TrainConfig.from_dict(old.get("train") or {}).to_dict())
         except (TypeError, ValueError):
             old_train = None
-        if old_train == _jsonable(cfg.to_dict()) and old.get("data") == data_cfg.to_dict():
+        # runs store their resolved config (auto batch size / lr filled in): compare like with like
+        if old_train == _jsonable(cfg.resolved(dataset.train.nnz).to_dict()) and old.get("data") == data_cfg.to_dict():
             return json.loads(summary_file.read_text())
     if out.exists():
         shutil.rmtree(out)
