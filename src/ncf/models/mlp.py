@@ -69,7 +69,7 @@ class Tower(nn.Module):
         return x
 
     @torch.no_grad()
-    def all_items(self, users: torch.Tensor, chunk: int = 1 << 18,
+    def all_items(self, users: torch.Tensor, chunk: int = 1 << 20,
                   project: torch.Tensor | None = None) -> torch.Tensor:
         """[B, n_items, out_dim] hidden vectors, or [B, n_items] when ``project`` ([out_dim])
         is given (the hidden vectors dotted with it, chunk by chunk, never all in memory).
