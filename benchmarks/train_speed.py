@@ -42,6 +42,9 @@ from ncf.train.run import train
 from ncf.train.trainer import resolve_device
 
 console = Console(stderr=True)
+_shared = Path(__file__).resolve().parents[2] / "shared" / "data"  # as tests/conftest.py: ../shared/data
+if "NCF_DATA_DIR" not in os.environ and _shared.is_dir():
+    os.environ["NCF_DATA_DIR"] = str(_shared)
 
 
 class PlainNeuMF(nn.Module):
