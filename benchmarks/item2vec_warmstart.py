@@ -34,6 +34,7 @@ def main() -> None:
     ap.add_argument("--layers", default="64,32,16,8")
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a loaded machine)")
     ap.add_argument("--i2v-param", action="append", default=[], help="item2vec KEY=VALUE (repeatable)")
     ap.add_argument("--i2v-run", default=None, help="reuse this item2vec run instead of training one")
     ap.add_argument("--inits", default="random,item2vec",
@@ -63,7 +64,7 @@ def main() -> None:
                 else:
                     console.print(f"[bold]{model} {init} seed {seed}")
                     cfg = TrainConfig(model=model, factors=args.factors, layers=args.layers, epochs=args.epochs,
-                                      seed=seed, device="cpu")
+                                      seed=seed, device="cpu", threads=args.threads)
                     warmstart.init_item_embeddings = functools.partial(real_init, rescale=init == "item2vec-rescaled")
                     s = train(dcfg, cfg, run, dataset=ds, init_items=None if init == "random" else i2v)
                 curve = [json.loads(ln)["valid"]["hr@10"] for ln in (run / "metrics.jsonl").read_text().splitlines()]

@@ -85,13 +85,13 @@ def plot_items(directory: Path, out: Path | None = None, max_items: int = 0, see
             ax.scatter(xy[sel, 0], xy[sel, 1], s=size[sel], alpha=0.6, linewidths=0,
                        color=colour.get(g, (0.6, 0.6, 0.6)), label=f"{g} ({int(sel.sum())})")
     titles = (info or {}).get("titles")
-    if titles and labels:  # the most popular titles, skipping any too close to one already shown
+    if titles and labels:  # the most popular titles, skipping any that would overlap one already shown
         span = np.ptp(xy, axis=0).max()
         shown: list[np.ndarray] = []
         for j in np.argsort(-pts["popularity"], kind="stable"):
             if len(shown) == labels:
                 break
-            if any(np.abs(xy[j] - p).max() < 0.04 * span for p in shown):
+            if any(abs(xy[j, 0] - p[0]) < 0.2 * span and abs(xy[j, 1] - p[1]) < 0.03 * span for p in shown):
                 continue
             shown.append(xy[j])
             ax.annotate(titles[pts["items"][j]] or "", xy[j], fontsize=7, alpha=0.85,
