@@ -80,3 +80,21 @@ def toy_dataset():
         HoldOut(vu, vi, sample_candidates(seen, vu, vi, 10, rng)),
         full.nnz,
     )
+
+
+def _own_group_auc(scores: np.ndarray, ds, users) -> float:
+    """For ``toy_dataset``: the share of (own-group item, other-group item) pairs a user's
+    scores order correctly, averaged over ``users`` (rows of ``scores``)."""
+    group_of_item = np.array(ds.train.item_map.raw_ids) // 20
+    aucs = []
+    for row, u in zip(scores, users, strict=True):
+        g = int(ds.train.user_map.raw(u)) % 2
+        own, other = row[group_of_item == g], row[group_of_item != g]
+        aucs.append((own[:, None] > other[None, :]).mean())
+    return float(np.mean(aucs))
+
+
+@pytest.fixture
+def own_group_auc():
+    """The planted-structure check of ``toy_dataset`` as a function (see ``_own_group_auc``)."""
+    return _own_group_auc

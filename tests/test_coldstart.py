@@ -44,16 +44,6 @@ def _cfg(users, items, **kw):
     return TrainConfig(**{**base, **kw})
 
 
-def _own_group_auc(scores, ds, users):
-    group_of_item = np.array(ds.train.item_map.raw_ids) // 20
-    aucs = []
-    for row, u in zip(scores, users, strict=True):
-        g = int(ds.train.user_map.raw(u)) % 2
-        own, other = row[group_of_item == g], row[group_of_item != g]
-        aucs.append((own[:, None] > other[None, :]).mean())
-    return float(np.mean(aucs))
-
-
 # --- the split --------------------------------------------------------------------------
 
 
@@ -115,16 +105,16 @@ def cold_run(toy_dataset, tmp_path):
     return tmp_path / "wd", warm, cold, (users, items)
 
 
-def test_cold_users_are_recommended_their_groups_items(cold_run, toy_dataset):
+def test_cold_users_are_recommended_their_groups_items(cold_run, toy_dataset, own_group_auc):
     from ncf.checkpoint import load_model
 
     out, warm, cold, _ = cold_run
     model = load_model(out)
     scorer = coldstart.FeatureScorer(model)
     users = np.unique(cold.users)
-    assert _own_group_auc(scorer.score_all(torch.as_tensor(users)).numpy(), toy_dataset, users) > 0.9
+    assert own_group_auc(scorer.score_all(torch.as_tensor(users)).numpy(), toy_dataset, users) > 0.9
     pop = coldstart.MostPopular(warm.train.matrix)
-    assert _own_group_auc(pop.score_all(torch.as_tensor(users)).numpy(), toy_dataset, users) < 0.75
+    assert own_group_auc(pop.score_all(torch.as_tensor(users)).numpy(), toy_dataset, users) < 0.75
     res = coldstart.evaluate_cold([scorer, pop], cold, toy_dataset.seen())
     assert set(res) == {"widedeep (features)", "pop"}
     wd, p = res["widedeep (features)"], res["pop"]

@@ -149,17 +149,7 @@ def _group_files(tmp_path, n_users=60, n_items=40):
     return users, items
 
 
-def _own_group_auc(scores: np.ndarray, ds, users) -> float:
-    group_of_item = np.array(ds.train.item_map.raw_ids) // 20
-    aucs = []
-    for row, u in zip(scores, users, strict=True):
-        g = int(ds.train.user_map.raw(u)) % 2
-        own, other = row[group_of_item == g], row[group_of_item != g]
-        aucs.append((own[:, None] > other[None, :]).mean())
-    return float(np.mean(aucs))
-
-
-def test_learns_planted_groups_and_from_dataset_reports(toy_dataset, tmp_path):
+def test_learns_planted_groups_and_from_dataset_reports(toy_dataset, tmp_path, own_group_auc):
     users, items = _group_files(tmp_path)
     cfg = TrainConfig(model="widedeep", factors=4, layers=(8, 4), epochs=15, batch_size=64, lr=0.01,
                       patience=0, device="cpu", threads=1,
@@ -169,4 +159,4 @@ def test_learns_planted_groups_and_from_dataset_reports(toy_dataset, tmp_path):
     assert toy_dataset.report["features"]["users"]["fields"]["group"]["unknown"] == 0
     Trainer(m, toy_dataset, cfg, None, progress=False).fit()
     all_users = np.arange(toy_dataset.n_users)
-    assert _own_group_auc(m.score_all(torch.as_tensor(all_users)).numpy(), toy_dataset, all_users) > 0.9
+    assert own_group_auc(m.score_all(torch.as_tensor(all_users)).numpy(), toy_dataset, all_users) > 0.9
