@@ -51,6 +51,9 @@ class TrainConfig:
     sparse: str = "auto"
     pretrain: bool = False  # NeuMF: train GMF and MLP first, then fuse (alpha)
     alpha: float = 0.5
+    # NeuMF --pretrain: how the fused model is fine-tuned (the paper: plain SGD); lr 0 = `lr`
+    finetune_optimizer: str = "sgd"
+    finetune_lr: float = 0.0
     params: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
@@ -72,6 +75,9 @@ class TrainConfig:
              f"device must be one of {', '.join(DEVICES)}, got {self.device!r}"),
             (self.monitor in MONITORS, f"monitor must be one of {', '.join(MONITORS)}, got {self.monitor!r}"),
             (0 <= self.alpha <= 1, f"alpha must be in [0, 1], got {self.alpha}"),
+            (self.finetune_optimizer in OPTIMIZERS,
+             f"finetune_optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.finetune_optimizer!r}"),
+            (self.finetune_lr >= 0, f"finetune_lr must be > 0 (or 0 for lr), got {self.finetune_lr}"),
             (self.threads >= 0, f"threads must be >= 0, got {self.threads}"),
             (self.workers >= 0, f"workers must be >= 0, got {self.workers}"),
             (self.sparse in SPARSE, f"sparse must be one of {', '.join(SPARSE)}, got {self.sparse!r}"),

@@ -164,3 +164,23 @@ def test_pretrain_trains_gmf_and_mlp_then_fuses(ml100k, tmp_path):
     assert load_model(out).name == "neumf" and s["test"]["hr@10"] > 0.2
     with pytest.raises(ValueError, match="applies to neumf only"):
         train(DataConfig("ml-100k"), small_cfg(model="gmf", pretrain=True), None, dataset=ml100k)
+
+
+def test_pretrain_keeps_the_fused_model_when_fine_tuning_only_hurts(ml100k, tmp_path):
+    """The fused model is validated as epoch 0; a fine-tuning that wrecks it (SGD at lr 1e4)
+    must leave the un-fine-tuned mixture as the result, with its own test metrics."""
+    from ncf.models import NeuMF
+
+    out = tmp_path / "p"
+    s = train(DataConfig("ml-100k"), small_cfg(epochs=2, pretrain=True, finetune_optimizer="sgd",
+                                               finetune_lr=1e4), out, dataset=ml100k, progress=False)
+    history = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in history] == [1, 2]
+    assert all(r["valid"]["ndcg@10"] < s["valid"]["ndcg@10"] for r in history)
+    assert s["best_epoch"] == 0
+    fused = NeuMF.from_pretrained(load_model(out / "pretrain-gmf"), load_model(out / "pretrain-mlp"), 0.5)
+    assert evaluate(fused, ml100k.test, "sampled") == pytest.approx(s["test"])
+    assert evaluate(fused, ml100k.valid, "sampled") == pytest.approx(s["valid"])
+    assert json.loads((out / "config.json").read_text())["train"]["finetune_lr"] == 1e4
+    with pytest.raises(ValueError, match="finetune_optimizer"):
+        small_cfg(pretrain=True, finetune_optimizer="lbfgs")

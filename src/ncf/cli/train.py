@@ -50,6 +50,10 @@ def train_cmd(
     threads: int = typer.Option(0, "--threads", help="CPU threads (0: all cores)."),
     pretrain: bool = typer.Option(False, "--pretrain", help="NeuMF: pre-train GMF and MLP, then fuse."),
     alpha: float = typer.Option(0.5, "--alpha", help="Weight of GMF when fusing pre-trained models."),
+    finetune_optimizer: str = typer.Option(TrainConfig.finetune_optimizer, "--finetune-optimizer",
+                                           help="--pretrain: optimizer of the fused model's fine-tuning."),
+    finetune_lr: float = typer.Option(TrainConfig.finetune_lr, "--finetune-lr",
+                                      help="--pretrain: learning rate of the fine-tuning (0: --lr)."),
     param: list[str] = typer.Option(None, "--param", help="Model-specific KEY=VALUE (repeatable)."),
     user_features: Path = typer.Option(None, "--user-features", help="widedeep: user feature CSV (id, features)."),
     item_features: Path = typer.Option(None, "--item-features", help="widedeep: item feature CSV (id, features)."),
@@ -90,7 +94,7 @@ def train_cmd(
     cfg = TrainConfig(model=model, factors=factors, layers=layers, epochs=epochs, neg=neg,
                       batch_size=batch_size, lr=lr, optimizer=optimizer, loss=loss, l2=l2,
                       dropout=dropout, patience=patience, seed=seed, device=device, threads=threads,
-                      pretrain=pretrain, alpha=alpha,
+                      pretrain=pretrain, alpha=alpha, finetune_optimizer=finetune_optimizer, finetune_lr=finetune_lr,
                       params={**_parse_params(param), **{k: str(v) for k, v in (
                           ("user_features", user_features), ("item_features", item_features)) if v}})
     dcfg = data_config(dataset, data_dir, valid=not no_valid, seed=seed, min_rating=min_rating,

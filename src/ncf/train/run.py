@@ -109,7 +109,8 @@ def _extra(cfg: TrainConfig, data_cfg: DataConfig, dataset: Dataset) -> dict[str
 
 def _train_pretrained(data_cfg, cfg, out, dataset, progress, resume):
     """The paper's pre-training: GMF and MLP trained alone (sub-runs ``pretrain-gmf`` and
-    ``pretrain-mlp``), fused with ``alpha``, then NeuMF fine-tuned with SGD."""
+    ``pretrain-mlp``), fused with ``alpha``, then NeuMF fine-tuned (``finetune_optimizer``, SGD as in the paper,
+    at ``finetune_lr``); the fused model before fine-tuning competes on validation as epoch 0."""
     subs = {}
     for name in ("gmf", "mlp"):
         sub_cfg = TrainConfig.from_dict({**cfg.to_dict(), "model": name, "pretrain": False})
@@ -123,11 +124,18 @@ def _train_pretrained(data_cfg, cfg, out, dataset, progress, resume):
             train(data_cfg, sub_cfg, sub_out, dataset, progress)
         subs[name] = load_model(sub_out) if sub_out else None
     model = NeuMF.from_pretrained(subs["gmf"], subs["mlp"], cfg.alpha)
-    fine = TrainConfig.from_dict({**cfg.to_dict(), "optimizer": "sgd"})
+    fine = TrainConfig.from_dict({**cfg.to_dict(), "optimizer": cfg.finetune_optimizer,
+                                  "lr": cfg.finetune_lr or cfg.lr})
     if out is not None and not resume:
         _write_header(Path(out), data_cfg, cfg, model, dataset)
     resumable = resume and out is not None and (Path(out) / "state.safetensors").exists()
-    return _fit(model, dataset, fine, data_cfg, out, progress, resume=resumable)
+    trainer = Trainer(model, dataset, fine, out, progress=progress)
+    trainer.extra_config = lambda: _extra(cfg, data_cfg, dataset)
+    if not resumable:
+        # the fused model before any fine-tuning is "epoch 0": validation keeps it where
+        # fine-tuning does not improve on it
+        trainer.evaluate_start()
+    return trainer.fit(resume=resumable)
 
 
 def resume_run(out: Path, progress: bool = True) -> dict[str, Any]:

@@ -373,6 +373,18 @@ class Trainer:
         distributed.barrier()  # the run directory is complete before any rank goes on
         return summary
 
+    def evaluate_start(self) -> None:
+        """Make the model as it is now (before any training step) the best so far, "epoch 0",
+        when it has a validation score: for a model that starts trained (NeuMF fused from
+        pre-trained GMF and MLP), so that training only replaces it by something better."""
+        if not self.main or self.dataset.valid is None:
+            return
+        v = evaluate(self.model, self.dataset.valid, "sampled")
+        self.best = {"epoch": 0, "score": v[self.cfg.monitor], "valid": v}
+        if self.out:
+            save_model(self.out, self.model, self.extra_config())
+        self.console.print(f"epoch   0  (before training)  valid hr@10 {v['hr@10']:.4f} ndcg@10 {v['ndcg@10']:.4f}  *")
+
     def extra_config(self) -> dict[str, Any]:
         return {"train": self.cfg.to_dict()}
 
