@@ -137,16 +137,14 @@ def main() -> None:
     stage2 = []
     for alpha, pair in itertools.product(args.alpha, args.finetune.split(",")):
         opt, lr = pair.split(":")
-        out = root / f"neumf-{alpha}-{opt}-{lr}--{outs[gmf['name']].name}--{outs[mlp['name']].name}"
-        if not (out / "tune_command.json").exists():
-            if out.exists():
-                shutil.rmtree(out)
-            out.mkdir()
-            for sub, chosen in (("gmf", gmf), ("mlp", mlp)):  # reused by --pretrain, not retrained
-                shutil.copytree(outs[chosen["name"]], out / f"pretrain-{sub}")
+        g, m = outs[gmf["name"]], outs[mlp["name"]]
+        out = root / f"neumf-{alpha}-{opt}-{lr}--{g.name}--{m.name}"
+        if out.exists() and not (out / "tune_command.json").exists():
+            shutil.rmtree(out)  # an interrupted attempt
         stage2.append((f"neumf alpha={alpha} {opt} lr={lr}",
-                       ["--model", "neumf", "--pretrain", "--factors", str(args.factors), "--layers", args.layers,
-                        *bs, "--alpha", str(alpha), "--finetune-optimizer", opt, "--finetune-lr", lr], out))
+                       ["--model", "neumf", "--pretrained-gmf", str(g), "--pretrained-mlp", str(m),
+                        "--factors", str(args.factors), "--layers", args.layers, *bs, "--alpha", str(alpha),
+                        "--finetune-optimizer", opt, "--finetune-lr", lr], out))
     print(f"stage 2: {len(stage2)} fine-tunings of {gmf['name']} + {mlp['name']}", file=sys.stderr, flush=True)
     rows2 = run_all(args, stage2)
     report["stage2"] = rows2

@@ -100,3 +100,22 @@ def test_bad_k_and_protocol(trained, capsys):
     assert code == 2 and "-k must be >= 1" in err
     code, _, err = run(capsys, "evaluate", str(trained), "--protocol", "weird")
     assert code == 2 and "unknown protocol" in err
+
+
+def test_train_fuses_pretrained_runs_from_the_command_line(trained, tmp_path, capsys):
+    """--pretrained-gmf/--pretrained-mlp imply --pretrain; a GMF given as the MLP is one clear line."""
+    mlp = tmp_path / "mlp"
+    base = ["train", "--dataset", "ml-100k", "--epochs", "1", "--batch-size", "1024", "--device", "cpu", "--quiet"]
+    code, _, err = run(capsys, *base, "--model", "mlp", "--dropout", "0.3", "--out", str(mlp))
+    assert code == 0, err
+    code, _, err = run(capsys, *base, "--model", "neumf", "--pretrained-gmf", str(trained), "--pretrained-mlp",
+                       str(mlp), "--finetune-optimizer", "adam", "--finetune-lr", "0.0001",
+                       "--out", str(tmp_path / "n"))
+    assert code == 0, err
+    cfg = json.loads((tmp_path / "n" / "config.json").read_text())["train"]
+    assert cfg["pretrain"] is True and cfg["pretrained_mlp"] == str(mlp.resolve())
+    assert cfg["finetune_optimizer"] == "adam" and cfg["finetune_lr"] == 0.0001
+    assert (tmp_path / "n" / "pretrain-gmf" / "summary.json").read_text() == (trained / "summary.json").read_text()
+    code, _, err = run(capsys, *base, "--model", "neumf", "--pretrained-mlp", str(trained),
+                       "--out", str(tmp_path / "x"))
+    assert code != 0 and "needs a mlp run" in err and "Traceback" not in err

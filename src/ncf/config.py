@@ -54,6 +54,10 @@ class TrainConfig:
     # NeuMF --pretrain: how the fused model is fine-tuned (the paper: plain SGD); lr 0 = `lr`
     finetune_optimizer: str = "sgd"
     finetune_lr: float = 0.0
+    # NeuMF --pretrain: fuse these finished GMF / MLP run directories instead of training them
+    # (each trained with its own flags on the same training data); "" = train it here
+    pretrained_gmf: str = ""
+    pretrained_mlp: str = ""
     params: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
@@ -78,6 +82,8 @@ class TrainConfig:
             (self.finetune_optimizer in OPTIMIZERS,
              f"finetune_optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.finetune_optimizer!r}"),
             (self.finetune_lr >= 0, f"finetune_lr must be > 0 (or 0 for lr), got {self.finetune_lr}"),
+            (self.pretrain or not (self.pretrained_gmf or self.pretrained_mlp),
+             "pretrained_gmf / pretrained_mlp apply with pretrain (NeuMF fused from GMF and MLP)"),
             (self.threads >= 0, f"threads must be >= 0, got {self.threads}"),
             (self.workers >= 0, f"workers must be >= 0, got {self.workers}"),
             (self.sparse in SPARSE, f"sparse must be one of {', '.join(SPARSE)}, got {self.sparse!r}"),

@@ -184,3 +184,46 @@ def test_pretrain_keeps_the_fused_model_when_fine_tuning_only_hurts(ml100k, tmp_
     assert json.loads((out / "config.json").read_text())["train"]["finetune_lr"] == 1e4
     with pytest.raises(ValueError, match="finetune_optimizer"):
         small_cfg(pretrain=True, finetune_optimizer="lbfgs")
+
+
+def test_pretrain_fuses_given_runs_trained_with_their_own_flags(ml100k, tmp_path):
+    """--pretrained-gmf / --pretrained-mlp: finished runs (each with its own flags) are fused,
+    copied into the run directory, and not retrained."""
+    from ncf.models import NeuMF
+
+    gmf_run, mlp_run = tmp_path / "gmf", tmp_path / "mlp"
+    train(DataConfig("ml-100k"), small_cfg(model="gmf", epochs=2, l2=1e-3), gmf_run, dataset=ml100k, progress=False)
+    train(DataConfig("ml-100k"), small_cfg(model="mlp", epochs=2, dropout=0.3, lr=0.003), mlp_run, dataset=ml100k,
+          progress=False)
+    out = tmp_path / "fused"
+    s = train(DataConfig("ml-100k"), small_cfg(epochs=1, pretrain=True, pretrained_gmf=str(gmf_run),
+                                               pretrained_mlp=str(mlp_run)), out, dataset=ml100k, progress=False)
+    for sub, given in (("pretrain-gmf", gmf_run), ("pretrain-mlp", mlp_run)):
+        assert (out / sub / "summary.json").read_text() == (given / "summary.json").read_text()
+        assert (out / sub / "model.safetensors").read_bytes() == (given / "model.safetensors").read_bytes()
+    assert load_model(out / "pretrain-mlp").hparams()["dropout"] == 0.3
+    fused = NeuMF.from_pretrained(load_model(gmf_run), load_model(mlp_run), 0.5)
+    start = evaluate(fused, ml100k.valid, "sampled")
+    assert s["valid"]["ndcg@10"] >= start["ndcg@10"]  # epoch 0 is the fused model itself
+    if s["best_epoch"] == 0:
+        assert s["valid"] == pytest.approx(start)
+
+
+def test_pretrained_runs_are_checked(ml100k, tmp_path):
+    gmf_run, other = tmp_path / "gmf", tmp_path / "noval"
+    train(DataConfig("ml-100k"), small_cfg(model="gmf", epochs=1), gmf_run, dataset=ml100k, progress=False)
+    fused = dict(epochs=1, pretrain=True)
+    with pytest.raises(CheckpointError, match="needs a mlp run, this one is 'gmf'"):
+        train(DataConfig("ml-100k"), small_cfg(**fused, pretrained_mlp=str(gmf_run)), tmp_path / "a",
+              dataset=ml100k, progress=False)
+    with pytest.raises(CheckpointError, match="no summary.json"):
+        train(DataConfig("ml-100k"), small_cfg(**fused, pretrained_gmf=str(tmp_path)), tmp_path / "b",
+              dataset=ml100k, progress=False)
+    # trained without the validation holdout: it has seen the validation items
+    noval = DataConfig("ml-100k", valid=False)
+    train(noval, small_cfg(model="gmf", epochs=1), other, progress=False)
+    with pytest.raises(CheckpointError, match="other interactions than this run's training set"):
+        train(DataConfig("ml-100k"), small_cfg(**fused, pretrained_gmf=str(other)), tmp_path / "c",
+              dataset=ml100k, progress=False)
+    with pytest.raises(ValueError, match="apply with pretrain"):
+        small_cfg(pretrained_gmf=str(gmf_run))

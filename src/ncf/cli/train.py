@@ -54,6 +54,10 @@ def train_cmd(
                                            help="--pretrain: optimizer of the fused model's fine-tuning."),
     finetune_lr: float = typer.Option(TrainConfig.finetune_lr, "--finetune-lr",
                                       help="--pretrain: learning rate of the fine-tuning (0: --lr)."),
+    pretrained_gmf: Path = typer.Option(None, "--pretrained-gmf", help="--pretrain: fuse this finished GMF run "
+                                        "instead of training one (same dataset and split)."),
+    pretrained_mlp: Path = typer.Option(None, "--pretrained-mlp", help="--pretrain: fuse this finished MLP run "
+                                        "instead of training one."),
     param: list[str] = typer.Option(None, "--param", help="Model-specific KEY=VALUE (repeatable)."),
     user_features: Path = typer.Option(None, "--user-features", help="widedeep: user feature CSV (id, features)."),
     item_features: Path = typer.Option(None, "--item-features", help="widedeep: item feature CSV (id, features)."),
@@ -94,7 +98,10 @@ def train_cmd(
     cfg = TrainConfig(model=model, factors=factors, layers=layers, epochs=epochs, neg=neg,
                       batch_size=batch_size, lr=lr, optimizer=optimizer, loss=loss, l2=l2,
                       dropout=dropout, patience=patience, seed=seed, device=device, threads=threads,
-                      pretrain=pretrain, alpha=alpha, finetune_optimizer=finetune_optimizer, finetune_lr=finetune_lr,
+                      pretrain=pretrain or bool(pretrained_gmf or pretrained_mlp), alpha=alpha,
+                      finetune_optimizer=finetune_optimizer, finetune_lr=finetune_lr,
+                      pretrained_gmf=str(pretrained_gmf.resolve()) if pretrained_gmf else "",
+                      pretrained_mlp=str(pretrained_mlp.resolve()) if pretrained_mlp else "",
                       params={**_parse_params(param), **{k: str(v) for k, v in (
                           ("user_features", user_features), ("item_features", item_features)) if v}})
     dcfg = data_config(dataset, data_dir, valid=not no_valid, seed=seed, min_rating=min_rating,

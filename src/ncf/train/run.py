@@ -5,6 +5,7 @@ This is what ``ncf train`` calls; ``ncf compare`` and the benchmarks call it too
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -113,9 +114,18 @@ def _train_pretrained(data_cfg, cfg, out, dataset, progress, resume):
     at ``finetune_lr``); the fused model before fine-tuning competes on validation as epoch 0."""
     subs = {}
     for name in ("gmf", "mlp"):
-        sub_cfg = TrainConfig.from_dict({**cfg.to_dict(), "model": name, "pretrain": False})
+        sub_cfg = TrainConfig.from_dict({**cfg.to_dict(), "model": name, "pretrain": False,
+                                         "pretrained_gmf": "", "pretrained_mlp": ""})
         sub_out = Path(out) / f"pretrain-{name}" if out else None
-        if sub_out is not None and (sub_out / "summary.json").exists():
+        given = getattr(cfg, f"pretrained_{name}")
+        if given and not (sub_out is not None and (sub_out / "summary.json").exists()):
+            _check_pretrained(Path(given), name, dataset)
+            if sub_out is None:
+                subs[name] = load_model(given)
+                continue
+            shutil.copytree(given, sub_out, dirs_exist_ok=True)  # the run directory stays self-contained
+            console.print(f"pre-trained {name}: {given}, copied to {sub_out}")
+        elif sub_out is not None and (sub_out / "summary.json").exists():
             console.print(f"pre-trained {name} found in {sub_out}")
         elif sub_out is not None and resume and (sub_out / "state.safetensors").exists():
             resume_run(sub_out, progress=progress)
@@ -136,6 +146,26 @@ def _train_pretrained(data_cfg, cfg, out, dataset, progress, resume):
         # fine-tuning does not improve on it
         trainer.evaluate_start()
     return trainer.fit(resume=resumable)
+
+
+def _check_pretrained(run: Path, name: str, dataset: Dataset) -> None:
+    """``run`` is a finished ``name`` run on exactly this dataset's training data (the same ids
+    and the same training interactions: a model that saw the validation items would make the
+    validation choices worthless)."""
+    from ncf.checkpoint import load_config, load_run_maps, load_train_matrix
+
+    if not (run / "summary.json").exists():
+        raise CheckpointError(f"{run}: not a finished run directory (no summary.json) for --pretrained-{name}")
+    model = load_config(run).get("model")
+    if model != name:
+        raise CheckpointError(f"{run}: --pretrained-{name} needs a {name} run, this one is {model!r}")
+    users, items = load_run_maps(run)
+    if users != dataset.train.user_map or items != dataset.train.item_map:
+        raise CheckpointError(f"{run}: its user/item ids differ from this dataset's ({len(users)} users / "
+                              f"{len(items)} items against {dataset.n_users} / {dataset.n_items})")
+    if (load_train_matrix(run) != dataset.train.matrix).nnz:
+        raise CheckpointError(f"{run}: trained on other interactions than this run's training set "
+                              "(another split, seed or --no-valid?)")
 
 
 def resume_run(out: Path, progress: bool = True) -> dict[str, Any]:
