@@ -79,6 +79,11 @@ def setup(device: torch.device, timeout_s: float = 1800) -> torch.device:
 
 def cleanup() -> None:
     if dist.is_available() and dist.is_initialized():
+        if dist.get_world_size() > 1:
+            try:  # leave together: a rank tearing its group down while another still uses it can abort
+                dist.barrier()
+            except Exception:  # noqa: BLE001 - another rank already failed: torchrun stops this one anyway
+                pass
         dist.destroy_process_group()
 
 
