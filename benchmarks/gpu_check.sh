@@ -14,13 +14,8 @@
 # Everything goes to $OUT (logs, JSON, PNG). Needs only what the machine has (torch, numpy,
 # scipy, pandas, typer, rich, safetensors, matplotlib): the package runs from src/.
 set -u
-OUT=${OUT:-/tmp/gpu_check}
-DEVICE=${DEVICE:-cuda}
+source benchmarks/gpu_env.sh /tmp/gpu_check
 EPOCHS=${EPOCHS:-20}
-mkdir -p "$OUT"
-export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-export NCF_DATA_DIR=${NCF_DATA_DIR:-$PWD/.devdata}
-PY=${PY:-python3}
 if [ -n "${QUICK:-}" ]; then EPOCHS=2; SHORT=1; CPU_EPOCHS=1; REF=50; else SHORT=5; CPU_EPOCHS=20; REF=400; fi
 if command -v taskset >/dev/null; then PIN1=(taskset -c 0); PIN2=(taskset -c 0,1); else PIN1=(); PIN2=(); fi
 run() {  # run NAME TIMEOUT CMD...: log to $OUT/NAME.log, never stop the script
@@ -32,13 +27,6 @@ run() {  # run NAME TIMEOUT CMD...: log to $OUT/NAME.log, never stop the script
   tail -n 22 "$OUT/$name.log" | grep -v '^=== '
 }
 
-{
-  date -u; uname -m; nproc; lscpu | grep -m1 'Model name'
-  command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
-  $PY -c "import sys, torch; print(sys.version.split()[0], 'torch', torch.__version__,
-    torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no cuda',
-    'nccl', torch.cuda.nccl.version() if torch.cuda.is_available() else '-')"
-} 2>&1 | tee "$OUT/env.txt"
 
 run speed_gpu 240 $PY benchmarks/train_speed.py --device "$DEVICE" --epochs "$EPOCHS" --ref-steps "$REF" \
   --json "$OUT/speed_gpu.json" --plot "$OUT/speed_gpu.png"

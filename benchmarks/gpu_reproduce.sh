@@ -14,13 +14,8 @@
 #    wall times are those of a shared GPU).
 # Logs and JSON go to $OUT; run directories to /tmp (too large to bring back).
 set -u
-OUT=${OUT:-/tmp/gpu_repro}
-DEVICE=${DEVICE:-cuda}
+source benchmarks/gpu_env.sh /tmp/gpu_repro
 JOBS=${JOBS:-4}
-mkdir -p "$OUT"
-export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-export NCF_DATA_DIR=${NCF_DATA_DIR:-$PWD/.gpu-data}
-PY=${PY:-python3}
 if [ -n "${QUICK:-}" ]; then
   DATA=ml-100k; EPOCHS=2; REF=50
   TUNE=(--factors 8 --layers 16,8 --gmf-lr 0.003 --gmf-l2 0,1e-4 --mlp-lr 0.003 --mlp-dropout 0.1
@@ -31,12 +26,6 @@ else
   TUNE=(--batch-size 8192 --gmf-lr 0.002 --gmf-l2 0,0.001 --mlp-lr 0.002 --mlp-dropout 0.1,0.3
         --finetune sgd:0.01,sgd:0.1,adam:0.0001)
 fi
-{
-  date -u; nproc; lscpu | grep -m1 'Model name'
-  command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total --format=csv
-  $PY -c "import torch; print('torch', torch.__version__,
-    torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no cuda')"
-} 2>&1 | tee "$OUT/env.txt"
 
 echo "=== speed"
 timeout 90 $PY benchmarks/train_speed.py --dataset "$DATA" --device "$DEVICE" --epochs "$EPOCHS" \
