@@ -118,21 +118,22 @@ def _train_pretrained(data_cfg, cfg, out, dataset, progress, resume):
                                          "pretrained_gmf": "", "pretrained_mlp": ""})
         sub_out = Path(out) / f"pretrain-{name}" if out else None
         given = getattr(cfg, f"pretrained_{name}")
-        if given and not (sub_out is not None and (sub_out / "summary.json").exists()):
+        source = sub_out  # the run directory the model is loaded from
+        if sub_out is not None and (sub_out / "summary.json").exists():
+            console.print(f"pre-trained {name} found in {sub_out}")
+        elif given:
             _check_pretrained(Path(given), name, dataset)
             if sub_out is None:
-                subs[name] = load_model(given)
-                continue
-            shutil.copytree(given, sub_out, dirs_exist_ok=True)  # the run directory stays self-contained
-            console.print(f"pre-trained {name}: {given}, copied to {sub_out}")
-        elif sub_out is not None and (sub_out / "summary.json").exists():
-            console.print(f"pre-trained {name} found in {sub_out}")
+                source = Path(given)
+            else:
+                shutil.copytree(given, sub_out, dirs_exist_ok=True)  # the run directory stays self-contained
+                console.print(f"pre-trained {name}: {given}, copied to {sub_out}")
         elif sub_out is not None and resume and (sub_out / "state.safetensors").exists():
             resume_run(sub_out, progress=progress)
         else:
             console.print(f"[bold]pre-training {name}")
             train(data_cfg, sub_cfg, sub_out, dataset, progress)
-        subs[name] = load_model(sub_out) if sub_out else None
+        subs[name] = load_model(source) if source else None
     model = NeuMF.from_pretrained(subs["gmf"], subs["mlp"], cfg.alpha)
     fine = TrainConfig.from_dict({**cfg.to_dict(), "optimizer": cfg.finetune_optimizer,
                                   "lr": cfg.finetune_lr or cfg.lr})
