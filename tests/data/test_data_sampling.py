@@ -138,6 +138,24 @@ def test_membership_dense_and_sorted_agree():
     assert not Membership(empty, dense_limit=0).contains(torch.tensor([0]), torch.tensor([1])).any()
 
 
+def test_membership_filter_is_exact_and_selective():
+    """Behind the sorted keys, the bit filter never hides a positive, and sends only a small
+    share of the absent pairs (its false positives) on to the binary search."""
+    rng = np.random.default_rng(1)
+    m = sp.random(3000, 800, density=0.01, format="csr", random_state=rng, dtype=np.float32)
+    member = Membership(m, dense_limit=0)
+    assert 8 * m.nnz <= 2 ** member.filter_bits < 16 * m.nnz
+    u, i = rng.integers(0, 3000, 200_000), rng.integers(0, 800, 200_000)
+    truth = torch.from_numpy(np.asarray(m[u, i]).ravel() > 0)
+    users, items = torch.from_numpy(u), torch.from_numpy(i)
+    assert torch.equal(member.contains(users, items), truth)
+    pos = member._filter_pos(users * 800 + items)
+    flagged = ((member.filter[pos >> 3].long() >> (pos & 7)) & 1).bool()
+    assert flagged[truth].all()  # no false negatives
+    false_positive_rate = flagged[~truth].float().mean().item()
+    assert 0.02 < false_positive_rate < 0.15  # one hash, 8-16 bits a key: 6-12% expected
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError, match="n_neg must be >= 0"):
         NegativeSampler(sp.csr_matrix(np.eye(3, dtype=np.float32)), n_neg=-1)

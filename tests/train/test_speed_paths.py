@@ -275,9 +275,9 @@ def test_resume_with_dropout_draws_the_same_masks(toy_dataset, tmp_path):
 def test_worker_threads_match_the_plain_path(toy_dataset):
     """Parts of each batch through replicas on 2 threads: the same training as one thread
     (float tolerance), reproducible, and the replicas share the model's weights."""
-    def run(workers, dropout=0.0):
+    def run(workers, dropout=0.0, sparse="auto"):
         cfg = TrainConfig(model="neumf", factors=4, layers=(8, 4), epochs=2, batch_size=200, lr=0.01,
-                          device="cpu", patience=0, workers=workers, dropout=dropout)
+                          device="cpu", patience=0, workers=workers, dropout=dropout, sparse=sparse)
         torch.manual_seed(0)
         t = Trainer(NeuMF(toy_dataset.n_users, toy_dataset.n_items, 4, (8, 4), dropout=dropout), toy_dataset, cfg,
                     None, progress=False)
@@ -292,6 +292,11 @@ def test_worker_threads_match_the_plain_path(toy_dataset):
         torch.testing.assert_close(two[0][k], one[0][k], rtol=1e-4, atol=1e-6, msg=k)
         assert torch.equal(two[0][k], again[0][k]), k
     assert two[1] == pytest.approx(one[1], rel=1e-5)
+    # sparse row gradients: the replicas' rows are concatenated, the optimizer sums duplicates
+    one_sparse, two_sparse = run(1, sparse="on"), run(2, sparse="on")
+    for k in one_sparse[0]:
+        torch.testing.assert_close(two_sparse[0][k], one_sparse[0][k], rtol=1e-4, atol=1e-6, msg=k)
+    assert two_sparse[1] == pytest.approx(one_sparse[1], rel=1e-5)
     dropped, dropped_again = run(2, 0.2), run(2, 0.2)  # dropout: a generator per thread, reproducible
     for k in dropped[0]:
         assert torch.equal(dropped[0][k], dropped_again[0][k]), k

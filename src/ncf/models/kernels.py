@@ -28,10 +28,8 @@ class _Gather(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):
         (idx,) = ctx.saved_tensors
         shape = (ctx.n_rows, *grad.shape[1:])
-        if ctx.sparse:  # one row per distinct index (coalesced): the cost follows the batch, not the table
-            rows, inverse = distinct(idx, ctx.n_rows)
-            vals = grad.new_zeros((len(rows), *grad.shape[1:])).index_add_(0, inverse, grad)
-            sparse = torch.sparse_coo_tensor(rows[None], vals, shape, is_coalesced=True, check_invariants=False)
+        if ctx.sparse:  # one row a sample, uncoalesced: the optimizer sums duplicate rows once a step
+            sparse = torch.sparse_coo_tensor(idx[None], grad, shape, is_coalesced=False, check_invariants=False)
             return sparse, None, None
         return grad.new_zeros(shape).index_add_(0, idx, grad), None, None
 

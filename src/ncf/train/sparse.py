@@ -17,6 +17,7 @@ from torch import nn
 
 from ncf.config import TrainConfig
 from ncf.models import Model
+from ncf.models.kernels import distinct
 from ncf.train.losses import make_optimizer
 
 SPARSE_MIN_ROWS = 100_000  # users + items below which "auto" never picks sparse updates
@@ -38,8 +39,7 @@ class RowAdam(torch.optim.Optimizer):
                     continue
                 if not p.grad.is_sparse:
                     raise ValueError("RowAdam takes sparse gradients (embedding tables with sparse=True)")
-                g = p.grad.coalesce()
-                rows, vals = g.indices()[0], g.values()
+                rows, vals = coalesced_rows(p.grad)
                 st = self.state[p]
                 if not st:
                     st["step"] = torch.zeros((), dtype=torch.float64)
@@ -52,8 +52,19 @@ class RowAdam(torch.optim.Optimizer):
                 st["exp_avg"].index_copy_(0, rows, m)
                 st["exp_avg_sq"].index_copy_(0, rows, v)
                 denom = v.div_(1 - b2 ** t).sqrt_().add_(group["eps"])
-                p.index_add_(0, rows, m.div_(denom), alpha=-group["lr"] / (1 - b1 ** t))
+                # (index_add_ with alpha takes a path several times slower on CPU: scale first)
+                p.index_add_(0, rows, m.div_(denom).mul_(-group["lr"] / (1 - b1 ** t)))
         return None
+
+
+def coalesced_rows(grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(rows, values)`` of a sparse row gradient with one entry per distinct row (duplicates
+    summed through :func:`ncf.models.kernels.distinct`: linear time, no sort)."""
+    if grad.is_coalesced():
+        return grad.indices()[0], grad.values()
+    idx, vals = grad._indices()[0], grad._values()
+    rows, inverse = distinct(idx, grad.shape[0])
+    return rows, vals.new_zeros((len(rows), *vals.shape[1:])).index_add_(0, inverse, vals)
 
 
 class JointOptimizer:

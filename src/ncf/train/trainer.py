@@ -279,47 +279,71 @@ class Trainer:
         return total
 
     def _epoch_threads(self, plan, epoch, n_steps, progress, task) -> torch.Tensor:
-        """Each step: part k of the batch (built in its thread) through replica k; gradients
-        of the sum over parts / batch size, summed into the model's in replica order."""
+        """Each step: part k of the batch through replica k on its own thread; gradients of
+        the sum over parts / batch size, summed into the model's in replica order. The next
+        step's parts are built (sampling does not depend on the weights) on a thread of their
+        own while this step's gradients are summed and the optimizer steps."""
         bs, n, w = self.cfg.batch_size, len(plan), self.workers
         params = [list(m.parameters()) for m in self.replicas]
         total = torch.zeros((), dtype=torch.float64)
         threads = torch.get_num_threads()
         torch.set_num_threads(1)  # one core per worker thread
 
-        def part(k: int, lo: int, hi: int, n_global: int) -> torch.Tensor:
-            batch = plan.batch(lo + (hi - lo) * k // w, lo + (hi - lo) * (k + 1) // w)
+        def build(step: int) -> list[tuple[torch.Tensor, ...]]:
+            lo, hi = step * bs, min((step + 1) * bs, n)
+            return [plan.batch(lo + (hi - lo) * k // w, lo + (hi - lo) * (k + 1) // w) for k in range(w)]
+
+        def part(k: int, batch: tuple[torch.Tensor, ...], n_global: int) -> torch.Tensor:
             loss_sum = self._loss_sum(batch, k)
             (loss_sum / n_global).backward()
             return loss_sum.detach()
 
         try:
-            with ThreadPoolExecutor(w - 1, thread_name_prefix="ncf-part") as pool:
+            with ThreadPoolExecutor(w - 1, thread_name_prefix="ncf-part") as pool, \
+                    ThreadPoolExecutor(1, thread_name_prefix="ncf-batches") as builder:
+                ahead = builder.submit(build, 0)
                 for step in range(n_steps):
-                    lo, hi = step * bs, min((step + 1) * bs, n)
+                    parts = ahead.result()
+                    n_global = sum(len(b[0]) for b in parts)
                     self._set_lr(epoch, step, n_steps)
                     for m in self.replicas:
                         m.zero_grad(set_to_none=True)
-                    futures = [pool.submit(part, k, lo, hi, hi - lo) for k in range(1, w)]
-                    losses = [part(0, lo, hi, hi - lo)] + [f.result() for f in futures]
-                    for rep in params[1:]:
-                        for p, q in zip(params[0], rep, strict=True):
-                            if q.grad is None:
-                                continue
-                            if p.grad is None:
-                                p.grad = q.grad
-                            elif p.grad.is_sparse or q.grad.is_sparse:
-                                p.grad = p.grad + q.grad
-                            else:
-                                p.grad.add_(q.grad)
+                    futures = [pool.submit(part, k, parts[k], n_global) for k in range(1, w)]
+                    losses = [part(0, parts[0], n_global)] + [f.result() for f in futures]
+                    if step + 1 < n_steps:
+                        ahead = builder.submit(build, step + 1)
+                    self._sum_replica_grads(params)
+                    torch.set_num_threads(threads)  # the optimizer's ops may use every core
                     self.opt.step()
+                    torch.set_num_threads(1)
                     loss_sum = sum(losses)
                     total += loss_sum
                     if progress is not None and step % 10 == 0:
-                        progress.update(task, completed=step + 1, loss=float(loss_sum) / max(hi - lo, 1))
+                        progress.update(task, completed=step + 1, loss=float(loss_sum) / max(n_global, 1))
         finally:
             torch.set_num_threads(threads)
         return total
+
+    @staticmethod
+    def _sum_replica_grads(params: list[list[torch.nn.Parameter]]) -> None:
+        """Add the gradients of replicas 1.. into the model's (replica 0), in replica order.
+        Sparse row gradients are concatenated (uncoalesced): the optimizer sums duplicate
+        rows once for the whole batch."""
+        for rep in params[1:]:
+            for p, q in zip(params[0], rep, strict=True):
+                if q.grad is None:
+                    continue
+                if p.grad is None:
+                    p.grad = q.grad
+                elif p.grad.is_sparse and q.grad.is_sparse:
+                    p.grad = torch.sparse_coo_tensor(
+                        torch.cat([p.grad._indices(), q.grad._indices()], 1),
+                        torch.cat([p.grad._values(), q.grad._values()]), p.grad.shape,
+                        is_coalesced=False, check_invariants=False)
+                elif p.grad.is_sparse or q.grad.is_sparse:
+                    p.grad = p.grad + q.grad
+                else:
+                    p.grad.add_(q.grad)
 
     def fit(self, resume: bool = False) -> dict[str, Any] | None:
         cfg = self.cfg
