@@ -8,8 +8,10 @@ each, every size in its own process so that its peak memory (RSS) is its own.
 Users: one per 50 interactions on average (log-normal activity); items: one per 500
 interactions (at least 1,000), drawn with probability proportional to rank^-0.9. Each size
 trains ``--fraction`` of one epoch (4 negatives per interaction) and reports seconds per
-epoch (extrapolated from that fraction when it is below 1), samples/s, peak RSS, and the
-ratios between consecutive sizes; ``--plot`` draws them.
+epoch (the steps extrapolated from that fraction when it is below 1; the epoch's permutation
+is made whole either way), samples/s, peak RSS, and the ratios between consecutive sizes;
+``--plot`` draws them. Where an epoch's time goes is printed too: the permutation, the
+milliseconds of a step and of the optimizer update inside it.
 """
 
 from __future__ import annotations
@@ -79,6 +81,18 @@ def child(n: int, fraction: float, device: str, threads: int, sparse: str) -> di
     trainer = Trainer(NeuMF(m.shape[0], m.shape[1]), ds, cfg, None, progress=False)
     n_samples = trainer.sampler.n_samples()
     steps = max(1, round(trainer.sampler.n_batches(trainer.cfg.batch_size) * fraction))  # batch: auto
+    spent = {"plan": 0.0, "optimizer": 0.0}  # where the epoch's time goes (CPU: no device sync needed)
+
+    def timed(name, fn):
+        def run(*args, **kwargs):
+            t = time.perf_counter()
+            out = fn(*args, **kwargs)
+            spent[name] += time.perf_counter() - t
+            return out
+        return run
+
+    trainer.sampler.plan = timed("plan", trainer.sampler.plan)
+    trainer.opt.step = timed("optimizer", trainer.opt.step)
     t0 = time.perf_counter()
     _, done = trainer.train_epoch(1, max_steps=steps)
     if trainer.device.type == "cuda":
@@ -88,7 +102,11 @@ def child(n: int, fraction: float, device: str, threads: int, sparse: str) -> di
         "interactions": int(m.nnz), "users": m.shape[0], "items": m.shape[1], "samples_per_epoch": n_samples,
         "sparse_gradients": trainer.sparse, "batch_size": trainer.cfg.batch_size, "workers": trainer.workers,
         "fraction": done / n_samples, "steps": steps,
-        "seconds_per_epoch": elapsed * n_samples / done, "samples_per_s": done / elapsed,
+        # the permutation is made once for the whole epoch; the steps scale with the fraction trained
+        "seconds_per_epoch": spent["plan"] + (elapsed - spent["plan"]) * n_samples / done,
+        "samples_per_s": n_samples / (spent["plan"] + (elapsed - spent["plan"]) * n_samples / done),
+        "plan_seconds": spent["plan"], "step_ms": (elapsed - spent["plan"]) / steps * 1e3,
+        "optimizer_step_ms": spent["optimizer"] / steps * 1e3 if trainer.device.type == "cpu" else None,
         "generate_seconds": t_gen, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if trainer.device.type == "cuda" else None,
     }
@@ -127,8 +145,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
             raise SystemExit(f"size {n} failed (exit {res.returncode}):\n{res.stderr[-3000:]}")
         results.append(json.loads(res.stdout.strip().splitlines()[-1]))
         r = results[-1]
+        opt = f", optimizer {r['optimizer_step_ms']:.1f} ms of it" if r["optimizer_step_ms"] is not None else ""
         console.print(f"  {r['seconds_per_epoch']:.1f} s/epoch, {r['samples_per_s'] / 1e6:.2f}M samples/s, "
-                      f"peak RSS {r['peak_rss_mb']:,.0f} MiB")
+                      f"peak RSS {r['peak_rss_mb']:,.0f} MiB; permutation {r['plan_seconds']:.2f} s, "
+                      f"a step of {r['batch_size']:,} {r['step_ms']:.1f} ms{opt}")
     t = Table(title=f"one NeuMF epoch on synthetic power-law data ({args.device}; load average "
                     f"{load0:.1f} -> {os.getloadavg()[0]:.1f}; fraction of each epoch trained {args.fraction})")
     for c in ("interactions", "users", "items", "sparse grads", "s/epoch", "samples/s", "peak RSS MiB",
