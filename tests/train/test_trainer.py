@@ -186,6 +186,22 @@ def test_pretrain_keeps_the_fused_model_when_fine_tuning_only_hurts(ml100k, tmp_
         small_cfg(pretrain=True, finetune_optimizer="lbfgs")
 
 
+def test_without_a_run_directory_test_is_for_the_best_epoch_too(ml100k, tmp_path):
+    """Library use with ``out=None``: the best-validation weights are kept in memory, so the
+    summary's test figures are those of the best epoch (as with a run directory), and
+    pre-training trains GMF and MLP in memory."""
+    cfg = small_cfg(epochs=30, patience=2, lr=0.05)
+    on_disk = train(DataConfig("ml-100k"), cfg, tmp_path / "r", dataset=ml100k, progress=False)
+    in_memory = train(DataConfig("ml-100k"), cfg, None, dataset=ml100k, progress=False)
+    assert in_memory["best_epoch"] == on_disk["best_epoch"] < in_memory["epochs_run"]
+    assert in_memory["test"] == pytest.approx(on_disk["test"]) and in_memory["valid"] == on_disk["valid"]
+    hurt = small_cfg(epochs=2, pretrain=True, finetune_optimizer="sgd", finetune_lr=1e4)
+    fused_on_disk = train(DataConfig("ml-100k"), hurt, tmp_path / "p", dataset=ml100k, progress=False)
+    fused_in_memory = train(DataConfig("ml-100k"), hurt, None, dataset=ml100k, progress=False)
+    assert fused_in_memory["best_epoch"] == fused_on_disk["best_epoch"] == 0
+    assert fused_in_memory["test"] == pytest.approx(fused_on_disk["test"])
+
+
 def test_pretrain_fuses_given_runs_trained_with_their_own_flags(ml100k, tmp_path):
     """--pretrained-gmf / --pretrained-mlp: finished runs (each with its own flags) are fused,
     copied into the run directory, and not retrained."""

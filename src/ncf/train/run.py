@@ -118,8 +118,12 @@ def _train_pretrained(data_cfg, cfg, out, dataset, progress, resume):
                                          "pretrained_gmf": "", "pretrained_mlp": ""})
         sub_out = Path(out) / f"pretrain-{name}" if out else None
         given = getattr(cfg, f"pretrained_{name}")
-        source = sub_out  # the run directory the model is loaded from
-        if sub_out is not None and (sub_out / "summary.json").exists():
+        source = sub_out  # the run directory the model is loaded from (None: trained in memory)
+        if sub_out is None and not given:
+            console.print(f"[bold]pre-training {name} (in memory)")
+            subs[name] = build(sub_cfg, dataset)
+            _fit(subs[name], dataset, sub_cfg, data_cfg, None, progress, resume=False)  # best epoch's weights
+        elif sub_out is not None and (sub_out / "summary.json").exists():
             console.print(f"pre-trained {name} found in {sub_out}")
         elif given:
             _check_pretrained(Path(given), name, dataset)
@@ -133,7 +137,8 @@ def _train_pretrained(data_cfg, cfg, out, dataset, progress, resume):
         else:
             console.print(f"[bold]pre-training {name}")
             train(data_cfg, sub_cfg, sub_out, dataset, progress)
-        subs[name] = load_model(source) if source else None
+        if source is not None:
+            subs[name] = load_model(source)
     model = NeuMF.from_pretrained(subs["gmf"], subs["mlp"], cfg.alpha)
     fine = TrainConfig.from_dict({**cfg.to_dict(), "optimizer": cfg.finetune_optimizer,
                                   "lr": cfg.finetune_lr or cfg.lr})

@@ -108,6 +108,7 @@ class Trainer:
         self.best: dict[str, Any] = {"epoch": 0, "score": -math.inf, "valid": None}
         self.start_epoch = 1
         self.elapsed = 0.0
+        self.best_weights: dict[str, torch.Tensor] | None = None  # without a run directory
         # a thread assembling the next batches while this one trains (CPU only: on a GPU
         # the work is queued asynchronously anyway)
         self.prefetch = 2 if self.device.type == "cpu" else 0
@@ -383,8 +384,7 @@ class Trainer:
                 if improved:
                     self.best = {"epoch": epoch, "score": score, "valid": record.get("valid")}
                     bad_epochs = 0
-                    if self.out:
-                        save_model(self.out, self.model, self.extra_config())
+                    self._keep_best()
                 else:
                     bad_epochs += 1
                 self.history.append(record)
@@ -405,9 +405,16 @@ class Trainer:
             return
         v = evaluate(self.model, self.dataset.valid, "sampled")
         self.best = {"epoch": 0, "score": v[self.cfg.monitor], "valid": v}
+        self._keep_best()
+        self.console.print(f"epoch   0  (before training)  valid hr@10 {v['hr@10']:.4f} ndcg@10 {v['ndcg@10']:.4f}  *")
+
+    def _keep_best(self) -> None:
+        """The current weights are the best so far: saved in the run directory, or (without one)
+        copied in memory, for ``finish`` to evaluate."""
         if self.out:
             save_model(self.out, self.model, self.extra_config())
-        self.console.print(f"epoch   0  (before training)  valid hr@10 {v['hr@10']:.4f} ndcg@10 {v['ndcg@10']:.4f}  *")
+        else:
+            self.best_weights = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
 
     def extra_config(self) -> dict[str, Any]:
         return {"train": self.cfg.to_dict()}
@@ -431,6 +438,8 @@ class Trainer:
 
             best = load_model(self.out, device=self.device)
             self.model.load_state_dict(best.state_dict())
+        elif self.best_weights is not None:
+            self.model.load_state_dict(self.best_weights)
         ds = self.dataset
         test = evaluate(self.model, ds.test, "sampled")
         test_full = evaluate(self.model, ds.test, "full", seen=ds.seen(include_valid=True))
