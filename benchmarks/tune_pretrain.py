@@ -4,7 +4,7 @@ The paper's NeuMF with pre-training has three stages: GMF and MLP trained alone,
 ``alpha``, then the fused model fine-tuned (plain SGD in the paper). Each stage has its own
 hyperparameters, and each is chosen here by validation NDCG@10 of the best epoch:
 
-1. a grid of GMF runs and a grid of MLP runs (learning rate, L2, dropout),
+1. a grid of GMF runs and a grid of MLP runs (learning rate, L2, dropout, negatives),
 2. the best GMF and the best MLP fused, and a grid of fine-tunings (optimizer, learning rate);
    the fused model before fine-tuning competes as epoch 0, so fine-tuning is kept only where
    validation says it helps.
@@ -39,6 +39,16 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def floats(s: str) -> list[float]:
     return [float(x) for x in s.split(",")]
+
+
+def ints(s: str) -> list[int]:
+    return [int(x) for x in s.split(",")]
+
+
+def neg_flags(neg: int) -> tuple[list[str], str, str]:
+    """(flags, name part, directory suffix) for a negatives count; the default 4 adds nothing,
+    so that runs made before this option existed are reused."""
+    return ([], "", "") if neg == 4 else (["--neg", str(neg)], f" neg={neg}", f"-neg{neg}")
 
 
 def run_one(args, name: str, flags: list[str], out: Path) -> dict:
@@ -95,9 +105,11 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=4096, help="of every stage")
     p.add_argument("--gmf-lr", type=floats, default=[0.001, 0.003])
     p.add_argument("--gmf-l2", type=floats, default=[0.0, 1e-4, 1e-3, 1e-2])
+    p.add_argument("--gmf-neg", type=ints, default=[4], help="negatives per interaction for GMF")
     p.add_argument("--mlp-lr", type=floats, default=[0.001, 0.003])
     p.add_argument("--mlp-dropout", type=floats, default=[0.0, 0.1, 0.3])
     p.add_argument("--mlp-l2", type=floats, default=[0.0])
+    p.add_argument("--mlp-neg", type=ints, default=[4], help="negatives per interaction for the MLP")
     p.add_argument("--alpha", type=floats, default=[0.5])
     p.add_argument("--finetune", default="sgd:0.001,sgd:0.01,sgd:0.1,sgd:1,adam:0.0001,adam:0.001",
                    help="OPTIMIZER:LR pairs for the fused model")
@@ -117,13 +129,16 @@ def main() -> None:
 
     # stage 1: the two models alone
     stage1 = []
-    for lr, l2 in itertools.product(args.gmf_lr, args.gmf_l2):
-        stage1.append((f"gmf lr={lr} l2={l2}", ["--model", "gmf", "--factors", str(args.factors), *bs,
-                                                 "--lr", str(lr), "--l2", str(l2)], root / f"gmf-{lr}-{l2}"))
-    for lr, d, l2 in itertools.product(args.mlp_lr, args.mlp_dropout, args.mlp_l2):
-        stage1.append((f"mlp lr={lr} dropout={d} l2={l2}",
+    for lr, l2, neg in itertools.product(args.gmf_lr, args.gmf_l2, args.gmf_neg):
+        flags, name, suffix = neg_flags(neg)
+        stage1.append((f"gmf lr={lr} l2={l2}{name}", ["--model", "gmf", "--factors", str(args.factors), *bs,
+                                                      "--lr", str(lr), "--l2", str(l2), *flags],
+                       root / f"gmf-{lr}-{l2}{suffix}"))
+    for lr, d, l2, neg in itertools.product(args.mlp_lr, args.mlp_dropout, args.mlp_l2, args.mlp_neg):
+        flags, name, suffix = neg_flags(neg)
+        stage1.append((f"mlp lr={lr} dropout={d} l2={l2}{name}",
                        ["--model", "mlp", "--layers", args.layers, *bs, "--lr", str(lr), "--dropout", str(d),
-                        "--l2", str(l2)], root / f"mlp-{lr}-{d}-{l2}"))
+                        "--l2", str(l2), *flags], root / f"mlp-{lr}-{d}-{l2}{suffix}"))
     print(f"stage 1: {len(stage1)} runs, {args.jobs} at a time", file=sys.stderr, flush=True)
     rows1 = run_all(args, stage1)
     report["stage1"] = rows1
