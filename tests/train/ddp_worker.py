@@ -49,10 +49,18 @@ def main(out: Path, overrides: dict) -> None:
     torch.manual_seed(cfg.seed)
     model = cls.from_params(ds.n_users, ds.n_items, **cfg.model_params(cls))
     trainer = Trainer(model, ds, cfg, None, progress=False)
+    last = {}
+    finish = trainer.finish
+
+    def keep_last_then_finish():  # rank 0's finish restores its best epoch: compare the last one
+        last.update({k: v.detach().clone().contiguous() for k, v in model.state_dict().items()})
+        return finish()
+
+    trainer.finish = keep_last_then_finish
     summary = trainer.fit()
     out.mkdir(parents=True, exist_ok=True)
     r = distributed.rank()
-    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(out / f"rank{r}.safetensors"))
+    save_file(last, str(out / f"rank{r}.safetensors"))
     if summary is not None:
         (out / "summary.json").write_text(json.dumps({**summary, "world": trainer.world}))
     distributed.cleanup()
