@@ -75,8 +75,9 @@ class Trainer:
     """Trains ``model`` on ``dataset`` with ``cfg``; writes ``out_dir`` (when given).
 
     ``fit(resume=False) -> summary``; afterwards the model holds the best-validation epoch's
-    weights (the ones test is reported for), with or without a run directory. Under torchrun (see :mod:`ncf.train.distributed`)
-    every rank trains its slice of each global batch and rank 0 alone evaluates, logs and
+    weights (the ones test is reported for), with or without a run directory. Under torchrun
+    (see :mod:`ncf.train.distributed`) every rank trains its slice of each global batch and
+    rank 0 alone evaluates, logs and
     writes files; non-zero ranks return ``None`` from ``fit``.
     """
 
