@@ -77,8 +77,7 @@ class Trainer:
     ``fit(resume=False) -> summary``; afterwards the model holds the best-validation epoch's
     weights (the ones test is reported for), with or without a run directory. Under torchrun
     (see :mod:`ncf.train.distributed`) every rank trains its slice of each global batch and
-    rank 0 alone evaluates, logs and
-    writes files; non-zero ranks return ``None`` from ``fit``.
+    rank 0 alone evaluates, logs and writes files; non-zero ranks return ``None`` from ``fit``.
     """
 
     def __init__(self, model: Model, dataset: Dataset, cfg: TrainConfig, out_dir: Path | None,
