@@ -59,7 +59,8 @@ class RowAdam(torch.optim.Optimizer):
 
 def coalesced_rows(grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(rows, values)`` of a sparse row gradient with one entry per distinct row (duplicates
-    summed through :func:`ncf.models.kernels.distinct`: linear time, no sort)."""
+    summed after :func:`ncf.models.kernels.distinct`: a bitmap pass or a sort of the batch,
+    whichever costs less for the table's size)."""
     if grad.is_coalesced():
         return grad.indices()[0], grad.values()
     idx, vals = grad._indices()[0], grad._values()
