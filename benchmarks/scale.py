@@ -98,13 +98,13 @@ def child(n: int, fraction: float, device: str, threads: int, sparse: str) -> di
     if trainer.device.type == "cuda":
         torch.cuda.synchronize()
     elapsed = time.perf_counter() - t0  # includes the epoch's permutation (its plan)
+    # the permutation is made once for the whole epoch; the steps scale with the fraction trained
+    epoch_s = spent["plan"] + (elapsed - spent["plan"]) * n_samples / done
     return {
         "interactions": int(m.nnz), "users": m.shape[0], "items": m.shape[1], "samples_per_epoch": n_samples,
         "sparse_gradients": trainer.sparse, "batch_size": trainer.cfg.batch_size, "workers": trainer.workers,
         "fraction": done / n_samples, "steps": steps,
-        # the permutation is made once for the whole epoch; the steps scale with the fraction trained
-        "seconds_per_epoch": spent["plan"] + (elapsed - spent["plan"]) * n_samples / done,
-        "samples_per_s": n_samples / (spent["plan"] + (elapsed - spent["plan"]) * n_samples / done),
+        "seconds_per_epoch": epoch_s, "samples_per_s": n_samples / epoch_s,
         "plan_seconds": spent["plan"], "step_ms": (elapsed - spent["plan"]) / steps * 1e3,
         "optimizer_step_ms": spent["optimizer"] / steps * 1e3 if trainer.device.type == "cpu" else None,
         "generate_seconds": t_gen, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,

@@ -82,14 +82,18 @@ class Membership:
     def _filter_pos(self, keys: torch.Tensor) -> torch.Tensor:
         return _key_hash(keys) >> (32 - self.filter_bits)
 
+    def flagged(self, keys: torch.Tensor) -> torch.Tensor:
+        """Bool per int64 key: its filter bit is set (every present key, and the filter's
+        false positives); sorted-key mode only."""
+        pos = self._filter_pos(keys)
+        return ((self.filter.index_select(0, pos >> 3).to(torch.int64) >> (pos & 7)) & 1).bool()
+
     def contains(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         keys = users.to(torch.int64) * self.n_items + items.to(torch.int64)
         if self.dense:
             return self.table.index_select(0, keys)
-        pos = self._filter_pos(keys)
-        maybe = (self.filter.index_select(0, pos >> 3).to(torch.int64) >> (pos & 7)) & 1
         out = torch.zeros_like(keys, dtype=torch.bool)
-        cand = maybe.nonzero().squeeze(-1)
+        cand = self.flagged(keys).nonzero().squeeze(-1)
         if len(cand):
             k = keys.index_select(0, cand)
             at = torch.searchsorted(self.table, k).clamp_(max=len(self.table) - 1)
