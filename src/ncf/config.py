@@ -46,8 +46,9 @@ class TrainConfig:
     # CPU: threads that each train a part of every batch through their own model replica,
     # with single-threaded ops (0: auto, as many as `threads` where the model allows; 1: off)
     workers: int = 0
-    # sparse embedding gradients and row-wise (lazy) Adam for the tables: "auto" where users
-    # plus items outnumber a batch and 100,000 (a dense update would cost more than the batch)
+    # sparse embedding gradients and row-wise (lazy) Adam for the tables: "auto" on CPU where
+    # users plus items outnumber a batch and 100,000 (a dense update would cost more than the
+    # batch); dense on a GPU
     sparse: str = "auto"
     pretrain: bool = False  # NeuMF: train GMF and MLP first, then fuse (alpha)
     alpha: float = 0.5

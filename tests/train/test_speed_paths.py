@@ -142,12 +142,13 @@ def test_distinct_rows(n_rows):
     assert torch.equal(rows, ref_rows) and torch.equal(inverse, ref_inverse)
 
 
-def test_row_adam_is_adam_on_the_rows_it_sees():
+@pytest.mark.parametrize("fused", [False, True])
+def test_row_adam_is_adam_on_the_rows_it_sees(fused):
     """Rows present in every step follow torch's Adam exactly; absent rows do not move."""
     torch.manual_seed(4)
     w0 = torch.randn(6, 3)
     dense, lazy = w0.clone().requires_grad_(), w0.clone().requires_grad_()
-    adam, row = torch.optim.Adam([dense], lr=0.1), RowAdam([lazy], lr=0.1)
+    adam, row = torch.optim.Adam([dense], lr=0.1), RowAdam([lazy], lr=0.1, fused=fused)
     idx = torch.tensor([0, 2, 2, 5])
     for _ in range(4):
         target = torch.randn(4, 3)
@@ -163,6 +164,68 @@ def test_row_adam_is_adam_on_the_rows_it_sees():
         RowAdam([w]).step()
 
 
+def _row_adam_run(fused: bool, threads: int, dtype=torch.float32, steps: int = 5):
+    """Tables of 1,000 x 16 and 37 x 3 (rows repeated within a batch, some never drawn), a few
+    steps of RowAdam on uncoalesced per-sample gradients; the final weights and moments."""
+    g = torch.Generator().manual_seed(7)
+    tables = [torch.randn(1000, 16, generator=g, dtype=dtype), torch.randn(37, 3, generator=g, dtype=dtype)]
+    params = [torch.nn.Parameter(t) for t in tables]
+    opt = RowAdam(params, lr=0.05, fused=fused)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for _ in range(steps):
+            for p in params:
+                idx = (torch.rand(300, generator=g) ** 3 * (p.shape[0] * 0.9)).long()  # skewed, duplicates
+                vals = torch.randn(300, p.shape[1], generator=g, dtype=dtype)
+                p.grad = torch.sparse_coo_tensor(idx[None], vals, p.shape, is_coalesced=False, check_invariants=True)
+            opt.step()
+    finally:
+        torch.set_num_threads(before)
+    return [t for p in params for t in (p.detach(), opt.state[p]["exp_avg"], opt.state[p]["exp_avg_sq"])]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_row_adam_fused_kernel_matches_the_ops(dtype):
+    """The compiled kernel (one pass, rows split between threads) gives the PyTorch-ops update,
+    whatever the number of threads; across thread counts bit for bit (each row's gradient is
+    summed in sample order by one thread)."""
+    ops = _row_adam_run(fused=False, threads=1, dtype=dtype)
+    fused = {k: _row_adam_run(fused=True, threads=k, dtype=dtype) for k in (1, 2, 3)}
+    for a, b in zip(ops, fused[1], strict=True):
+        torch.testing.assert_close(b, a)
+    for k in (2, 3):
+        assert all(torch.equal(a, b) for a, b in zip(fused[1], fused[k], strict=True)), k
+    untouched = ops[0][950:]  # never drawn (idx < 900): exactly as initialised
+    assert torch.equal(fused[2][0][950:], untouched) and not torch.equal(fused[2][0][:900], ops[0][:900] * 0)
+
+
+def test_row_adam_fused_refuses_rows_outside_the_table():
+    p = torch.nn.Parameter(torch.zeros(10, 4))
+    opt = RowAdam([p], lr=0.1, fused=True)
+    p.grad = torch.sparse_coo_tensor(torch.tensor([[3, 10]]), torch.ones(2, 4), (10, 4), check_invariants=False)
+    with pytest.raises(IndexError, match="row 10 of a table of 10 rows"):
+        opt.step()
+    assert torch.equal(p.detach(), torch.zeros(10, 4)) and not opt.state  # nothing moved
+    p.grad = torch.sparse_coo_tensor(torch.tensor([[3, 3]]), torch.ones(2, 4), (10, 4), check_invariants=True)
+    opt.step()  # and the optimizer still works
+    assert (p.detach()[3] < 0).all() and float(opt.state[p]["step"]) == 1
+
+
+def test_row_adam_without_numba_falls_back_to_the_ops(monkeypatch):
+    from ncf.train import sparse
+
+    monkeypatch.setattr(sparse, "_KERNELS", [])
+    monkeypatch.setitem(__import__("sys").modules, "ncf.train.rowkernels", None)  # import fails
+    p = torch.nn.Parameter(torch.zeros(10, 4))
+    p.grad = torch.sparse_coo_tensor(torch.tensor([[3, 3]]), torch.ones(2, 4), (10, 4), check_invariants=True)
+    with pytest.warns(RuntimeWarning, match="falls back to PyTorch ops"):
+        RowAdam([p], lr=0.1).step()
+    assert (p.detach()[3] < 0).all()
+    with pytest.raises(ImportError, match="needs numba"):
+        RowAdam([p], fused=True)
+
+
 def test_sparse_choice_and_errors(toy_dataset):
     big, small = GMF(100_000, 50_000, 4), GMF(100, 50, 4)
     assert use_sparse(big, TrainConfig(batch_size=1024), nccl=False)
@@ -170,6 +233,8 @@ def test_sparse_choice_and_errors(toy_dataset):
     assert not use_sparse(GMF(6040, 3706, 4), TrainConfig(batch_size=256), nccl=False)  # ML-1M: dense Adam
     assert not use_sparse(big, TrainConfig(batch_size=200_000), nccl=False)
     assert not use_sparse(big, TrainConfig(batch_size=1024), nccl=True)
+    assert not use_sparse(big, TrainConfig(batch_size=1024), nccl=False, cuda=True)  # a GPU: dense is faster
+    assert use_sparse(big, TrainConfig(batch_size=1024, sparse="on"), nccl=False, cuda=True)
     assert use_sparse(small, TrainConfig(sparse="on"), nccl=False)
     with pytest.raises(ValueError, match="NCCL cannot all-reduce sparse"):
         use_sparse(small, TrainConfig(sparse="on"), nccl=True)

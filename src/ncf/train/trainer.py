@@ -96,7 +96,8 @@ class Trainer:
         self.console = log or console
         self.pairwise = cfg.loss == "bpr"
         self.sampler = NegativeSampler(dataset.train.matrix, cfg.neg, cfg.seed, self.device)
-        self.sparse = use_sparse(self.model, cfg, nccl=self.world > 1 and self.device.type == "cuda")
+        cuda = self.device.type == "cuda"
+        self.sparse = use_sparse(self.model, cfg, nccl=self.world > 1 and cuda, cuda=cuda)
         self.opt = (make_sparse_optimizer(self.model, cfg) if self.sparse  # sets nn.Embedding.sparse
                     else make_optimizer(cfg.optimizer, self.model.parameters(), cfg.lr))
         self.train_model = distributed.wrap(self.model, self.device)  # after the sparse flags
