@@ -10,8 +10,11 @@ interactions (at least 1,000), drawn with probability proportional to rank^-0.9.
 trains ``--fraction`` of one epoch (4 negatives per interaction) and reports seconds per
 epoch (the steps extrapolated from that fraction when it is below 1; the epoch's permutation
 is made whole either way), samples/s, peak RSS, and the ratios between consecutive sizes;
-``--plot`` draws them. Where an epoch's time goes is printed too: the permutation, the
-milliseconds of a step and of the optimizer update inside it.
+``--plot`` draws them. Where the sizes took different paths under ``--sparse auto`` (the
+smallest one's tables fit in a batch: dense path), those sizes are also trained on the sparse
+path, and the ratios of the same computation are printed beside. Where an epoch's time goes
+is printed too: the permutation, the milliseconds of a step and of the optimizer update inside
+it.
 """
 
 from __future__ import annotations
@@ -132,37 +135,59 @@ def main(argv: list[str] | None = None) -> list[dict]:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = Console() if sys.stdout.isatty() else Console(width=170)  # a log keeps the whole table
     sizes = [int(float(s)) for s in args.sizes.split(",")]
-    results = []
     load0 = os.getloadavg()[0]
-    for n in sizes:
-        console.print(f"[bold]{n:,} interactions[/] (own process) ...")
+
+    def run(n: int, sparse: str) -> dict:
+        console.print(f"[bold]{n:,} interactions[/] (own process{', sparse path' if sparse == 'on' else ''}) ...")
         cmd = [sys.executable, __file__, "--child", str(n), "--fraction", str(args.fraction),
-               "--device", args.device, "--threads", str(args.threads), "--sparse", args.sparse]
+               "--device", args.device, "--threads", str(args.threads), "--sparse", sparse]
         res = subprocess.run(cmd, capture_output=True, text=True)
         if res.returncode != 0:
             raise SystemExit(f"size {n} failed (exit {res.returncode}):\n{res.stderr[-3000:]}")
-        results.append(json.loads(res.stdout.strip().splitlines()[-1]))
-        r = results[-1]
+        r = json.loads(res.stdout.strip().splitlines()[-1])
         opt = f", optimizer {r['optimizer_step_ms']:.1f} ms of it" if r["optimizer_step_ms"] is not None else ""
         console.print(f"  {r['seconds_per_epoch']:.1f} s/epoch, {r['samples_per_s'] / 1e6:.2f}M samples/s, "
                       f"peak RSS {r['peak_rss_mb']:,.0f} MiB; permutation {r['plan_seconds']:.2f} s, "
                       f"a step of {r['batch_size']:,} {r['step_ms']:.1f} ms{opt}")
+        return r
+
+    results = [run(n, args.sparse) for n in sizes]
+    # "auto" takes the dense path (first MLP layer on the tables, dense Adam) where the tables
+    # are smaller than a batch: a cheaper computation, not the same one. Where the sizes took
+    # different paths, the dense ones are trained again on the sparse path, for ratios of like
+    # with like.
+    if args.sparse == "auto" and len({r["sparse_gradients"] for r in results}) > 1:
+        for r in results:
+            if not r["sparse_gradients"]:
+                r["sparse_path_run"] = run(r["interactions"], "on")
+            r["sparse_path_seconds"] = (r["sparse_path_run"] if "sparse_path_run" in r else r)["seconds_per_epoch"]
+    same = "sparse_path_seconds" in results[0]
     t = Table(title=f"one NeuMF epoch on synthetic power-law data ({args.device}; load average "
                     f"{load0:.1f} -> {os.getloadavg()[0]:.1f}; fraction of each epoch trained {args.fraction})")
-    for c in ("interactions", "users", "items", "sparse grads", "s/epoch", "samples/s", "peak RSS MiB",
-              "x interactions", "x s/epoch", "x memory"):
+    columns = ["interactions", "users", "items", "sparse grads", "s/epoch", "samples/s", "peak RSS MiB",
+               "x interactions", "x s/epoch", "x memory"] + (["s/epoch sparse path", "x (sparse path)"] if same else [])
+    for c in columns:
         t.add_column(c, justify="right")
+    ratios = []
     for k, r in enumerate(results):
         prev = results[k - 1] if k else None
-        ratio = (lambda a, b: f"{a / b:.2f}") if prev else (lambda a, b: "")
-        t.add_row(f"{r['interactions']:,}", f"{r['users']:,}", f"{r['items']:,}", str(r["sparse_gradients"]),
-                  f"{r['seconds_per_epoch']:.1f}", f"{r['samples_per_s'] / 1e6:.2f}M", f"{r['peak_rss_mb']:,.0f}",
-                  ratio(r["interactions"], prev["interactions"]) if prev else "",
-                  ratio(r["seconds_per_epoch"], prev["seconds_per_epoch"]) if prev else "",
-                  ratio(r["peak_rss_mb"], prev["peak_rss_mb"]) if prev else "")
+        x = {key: r[key] / prev[key] for key in ("interactions", "seconds_per_epoch", "peak_rss_mb")} if prev else {}
+        if prev and same:
+            x["sparse_path"] = r["sparse_path_seconds"] / prev["sparse_path_seconds"]
+        ratios.append(x)
+        cells = [f"{r['interactions']:,}", f"{r['users']:,}", f"{r['items']:,}", str(r["sparse_gradients"]),
+                 f"{r['seconds_per_epoch']:.1f}", f"{r['samples_per_s'] / 1e6:.2f}M", f"{r['peak_rss_mb']:,.0f}"]
+        cells += [f"{x[key]:.2f}" if x else "" for key in ("interactions", "seconds_per_epoch", "peak_rss_mb")]
+        if same:
+            cells += [f"{r['sparse_path_seconds']:.1f}", f"{x['sparse_path']:.2f}" if x else ""]
+        t.add_row(*cells)
     console.print(t)
+    for r, x in zip(results[1:], ratios[1:], strict=True):
+        like = f"; same (sparse) path {x['sparse_path']:.2f}x" if same else ""
+        console.print(f"{r['interactions']:,}: {x['interactions']:.2f}x the interactions -> "
+                      f"{x['seconds_per_epoch']:.2f}x the seconds an epoch{like}, {x['peak_rss_mb']:.2f}x the memory")
     console.print(f"command: python benchmarks/scale.py {' '.join(sys.argv[1:])}  ({time.strftime('%Y-%m-%d %H:%M')})")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
@@ -179,7 +204,12 @@ def _plot(results: list[dict], path: Path) -> None:
 
     x = [r["interactions"] for r in results]
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
-    axes[0].loglog(x, [r["seconds_per_epoch"] for r in results], marker="o")
+    axes[0].loglog(x, [r["seconds_per_epoch"] for r in results], marker="o", label="auto")
+    if "sparse_path_seconds" in results[0]:
+        axes[0].loglog(x, [r["sparse_path_seconds"] for r in results], marker="s", ls="--", label="sparse path")
+    base = results[0].get("sparse_path_seconds", results[0]["seconds_per_epoch"])  # like with like
+    axes[0].loglog(x, [base * n / x[0] for n in x], color="gray", lw=1, ls=":", label="linear from the first point")
+    axes[0].legend(fontsize=8)
     axes[0].set_ylabel("seconds per epoch")
     axes[1].loglog(x, [r["peak_rss_mb"] / 1024 for r in results], marker="o")
     axes[1].axhline(8, color="gray", ls="--", lw=1)
