@@ -87,6 +87,7 @@ def test_unknown_user_gets_flagged_popular_items(trained, ml100k, capsys):
     (["evaluate", ".", "--protocol", "weird"], "not a run directory"),
     (["train", "--dataset", "ml-100k", "--epochs", "many", "--out", "x"], "Invalid value for '--epochs'"),
     (["train", "--dataset", "ml-100k", "--no-such-flag"], "No such option: --no-such-flag"),
+    (["train", "--dataset", "ml-100k", "--sparse", "yes", "--out", "x"], "sparse must be one of auto, on, off"),
 ])
 def test_bad_input_gives_one_clear_line(capsys, argv, needle, ml100k_dir):
     code, out, err = run(capsys, *argv)
@@ -119,3 +120,18 @@ def test_train_fuses_pretrained_runs_from_the_command_line(trained, tmp_path, ca
     code, _, err = run(capsys, *base, "--model", "neumf", "--pretrained-mlp", str(trained),
                        "--out", str(tmp_path / "x"))
     assert code != 0 and "needs a mlp run" in err and "Traceback" not in err
+
+
+def test_train_sparse_flag_reaches_the_trainer(tmp_path, capsys, ml100k_dir):
+    """--sparse on: the tables take sparse row gradients (RowAdam) even on data this small; the
+    run records the choice."""
+    out = tmp_path / "sparse"
+    code, _, err = run(capsys, "train", "--dataset", "ml-100k", "--model", "neumf", "--sparse", "on", "--epochs", "1",
+                       "--batch-size", "1024", "--device", "cpu", "--quiet", "--out", str(out))
+    assert code == 0, err
+    assert json.loads((out / "config.json").read_text())["train"]["sparse"] == "on"
+    from safetensors import safe_open
+
+    with safe_open(str(out / "state.safetensors"), "pt") as f:
+        groups = json.loads(f.metadata()["optimizer"])["param_groups"]
+    assert len(groups) == 2  # dense Adam for the layers + RowAdam for the tables (plain Adam: one group)

@@ -48,6 +48,8 @@ def train_cmd(
     seed: int = typer.Option(TrainConfig.seed, "--seed"),
     device: str = typer.Option(TrainConfig.device, "--device", help="auto | cpu | cuda"),
     threads: int = typer.Option(0, "--threads", help="CPU threads (0: all cores)."),
+    sparse: str = typer.Option(TrainConfig.sparse, "--sparse", help="Sparse row updates of the embedding tables: "
+                               "auto (CPU, tables larger than a batch and 100k+ rows) | on | off."),
     pretrain: bool = typer.Option(False, "--pretrain", help="NeuMF: pre-train GMF and MLP, then fuse."),
     alpha: float = typer.Option(0.5, "--alpha", help="Weight of GMF when fusing pre-trained models."),
     finetune_optimizer: str = typer.Option(TrainConfig.finetune_optimizer, "--finetune-optimizer",
@@ -98,7 +100,7 @@ def train_cmd(
     cfg = TrainConfig(model=model, factors=factors, layers=layers, epochs=epochs, neg=neg,
                       batch_size=batch_size, lr=lr, optimizer=optimizer, loss=loss, l2=l2,
                       dropout=dropout, patience=patience, seed=seed, device=device, threads=threads,
-                      pretrain=pretrain or bool(pretrained_gmf or pretrained_mlp), alpha=alpha,
+                      sparse=sparse, pretrain=pretrain or bool(pretrained_gmf or pretrained_mlp), alpha=alpha,
                       finetune_optimizer=finetune_optimizer, finetune_lr=finetune_lr,
                       pretrained_gmf=str(pretrained_gmf.resolve()) if pretrained_gmf else "",
                       pretrained_mlp=str(pretrained_mlp.resolve()) if pretrained_mlp else "",
