@@ -166,14 +166,15 @@ def _row_kernels(required: bool):
             _KERNELS.append(ImportError(f"{type(e).__name__}: {e}"))
         else:
             _KERNELS.append(rowkernels)
-        if isinstance(_KERNELS[0], ImportError) and not required:
-            warnings.warn(f"numba is not importable ({_KERNELS[0]}): RowAdam falls back to PyTorch ops, "
-                          "2-3x slower on tables larger than the cache", RuntimeWarning, stacklevel=3)
-    if isinstance(_KERNELS[0], ImportError):
-        if required:
-            raise ImportError(f"RowAdam(fused=True) needs numba: {_KERNELS[0]}") from _KERNELS[0]
-        return None
-    return _KERNELS[0]
+    if not isinstance(_KERNELS[0], ImportError):
+        return _KERNELS[0]
+    if required:
+        raise ImportError(f"RowAdam(fused=True) needs numba: {_KERNELS[0]}") from _KERNELS[0]
+    if len(_KERNELS) == 1:  # the first fallback is announced
+        _KERNELS.append("warned")
+        warnings.warn(f"numba is not importable ({_KERNELS[0]}): RowAdam falls back to PyTorch ops, "
+                      "2-3x slower on tables larger than the cache", RuntimeWarning, stacklevel=3)
+    return None
 
 
 def coalesced_rows(grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
