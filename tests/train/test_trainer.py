@@ -43,7 +43,7 @@ def test_run_directory_contents_and_best_epoch(ml100k, tmp_path):
 
 
 def test_early_stopping_uses_validation_only(ml100k, tmp_path):
-    cfg = small_cfg(epochs=30, patience=2, lr=0.05)
+    cfg = small_cfg(epochs=30, patience=2, lr=0.05, batch_size=2048)
     summary = train(DataConfig("ml-100k"), cfg, tmp_path / "r", dataset=ml100k, progress=False)
     lines = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
     assert summary["epochs_run"] == len(lines) < 30
@@ -190,7 +190,7 @@ def test_without_a_run_directory_test_is_for_the_best_epoch_too(ml100k, tmp_path
     """Library use with ``out=None``: the best-validation weights are kept in memory, so the
     summary's test figures are those of the best epoch (as with a run directory), and
     pre-training trains GMF and MLP in memory."""
-    cfg = small_cfg(epochs=30, patience=2, lr=0.05)
+    cfg = small_cfg(epochs=30, patience=1, lr=0.05, batch_size=2048)
     on_disk = train(DataConfig("ml-100k"), cfg, tmp_path / "r", dataset=ml100k, progress=False)
     in_memory = train(DataConfig("ml-100k"), cfg, None, dataset=ml100k, progress=False)
     assert in_memory["best_epoch"] == on_disk["best_epoch"] < in_memory["epochs_run"]
