@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         for r in results:
             if not r["sparse_gradients"]:
                 r["sparse_path_run"] = run(r["interactions"], "on")
-            r["sparse_path_seconds"] = (r["sparse_path_run"] if "sparse_path_run" in r else r)["seconds_per_epoch"]
+            r["sparse_path_seconds"] = r.get("sparse_path_run", r)["seconds_per_epoch"]
     same = "sparse_path_seconds" in results[0]
     t = Table(title=f"one NeuMF epoch on synthetic power-law data ({args.device}; load average "
                     f"{load0:.1f} -> {os.getloadavg()[0]:.1f}; fraction of each epoch trained {args.fraction})")

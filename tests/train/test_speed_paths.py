@@ -216,15 +216,19 @@ def test_row_adam_fused_refuses_rows_outside_the_table():
 def test_row_adam_without_numba_falls_back_to_the_ops(monkeypatch):
     from ncf.train import sparse
 
-    monkeypatch.setattr(sparse, "_KERNELS", [])
+    monkeypatch.setattr(sparse, "_fallback_announced", False)
     monkeypatch.setitem(__import__("sys").modules, "ncf.train.rowkernels", None)  # import fails
-    p = torch.nn.Parameter(torch.zeros(10, 4))
-    with pytest.raises(ImportError, match="needs numba"):
-        RowAdam([p], fused=True)
-    p.grad = torch.sparse_coo_tensor(torch.tensor([[3, 3]]), torch.ones(2, 4), (10, 4), check_invariants=True)
-    with pytest.warns(RuntimeWarning, match="falls back to PyTorch ops"):  # announced, also after the refusal
-        RowAdam([p], lr=0.1).step()
-    assert (p.detach()[3] < 0).all()
+    sparse._import_kernels.cache_clear()
+    try:
+        p = torch.nn.Parameter(torch.zeros(10, 4))
+        with pytest.raises(ImportError, match="needs numba"):
+            RowAdam([p], fused=True)
+        p.grad = torch.sparse_coo_tensor(torch.tensor([[3, 3]]), torch.ones(2, 4), (10, 4), check_invariants=True)
+        with pytest.warns(RuntimeWarning, match="falls back to PyTorch ops"):  # announced, also after the refusal
+            RowAdam([p], lr=0.1).step()
+        assert (p.detach()[3] < 0).all()
+    finally:
+        sparse._import_kernels.cache_clear()  # the next caller imports the kernels again
 
 
 def test_sparse_choice_and_errors(toy_dataset):

@@ -11,6 +11,7 @@ saves them as one state dict.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import warnings
 from concurrent.futures import ThreadPoolExecutor, wait
@@ -104,8 +105,8 @@ class RowAdam(torch.optim.Optimizer):
             grad = p.grad  # coalesced or not: the kernel sums duplicates
             idx = grad._indices()[0].contiguous().numpy()
             vals = grad._values().to(p.dtype).reshape(len(idx), p.shape[1]).contiguous().numpy()
-            slot, rows, acc = _scratch_for(scratch, p, parts, len(idx))
             w, m, v = p.detach().numpy(), st["exp_avg"].numpy(), st["exp_avg_sq"].numpy()
+            slot, rows, acc = _scratch_for(scratch, id(p), w, parts, len(idx))
             consts = [w.dtype.type(c) for c in (b1, b2, 1 - b1, 1 - b2, group["lr"] / (1 - b1 ** t), 1 - b2 ** t,
                                                 group["eps"])]
             tasks += [(kernels.adam_rows, idx, vals, part, parts - 1, slot, rows[part], acc[part], w, m, v, *consts)
@@ -134,45 +135,51 @@ class RowAdam(torch.optim.Optimizer):
 
 
 def _check_rows(idx: torch.Tensor, n_rows: int) -> None:
-    if len(idx) and (int(idx.min()) < 0 or int(idx.max()) >= n_rows):
+    if not len(idx):
+        return
+    lo, hi = torch.aminmax(idx)  # one pass
+    if int(lo) < 0 or int(hi) >= n_rows:
         bad = idx[(idx < 0) | (idx >= n_rows)][0]
         raise IndexError(f"RowAdam: sparse gradient names row {int(bad)} of a table of {n_rows} rows")
 
 
-def _scratch_for(scratch: dict, p: torch.Tensor, parts: int, n: int):
-    """The kernel's per-table buffers: ``slot`` (one int32 a table row, kept at -1 between
+def _scratch_for(scratch: dict, key: int, table: np.ndarray, parts: int, n: int):
+    """The kernel's buffers for ``table``: ``slot`` (one int32 a table row, kept at -1 between
     calls) and, per part, ``rows`` and ``acc`` for up to ``n`` gradient rows (grown as needed)."""
-    key = id(p)
     got = scratch.get(key)
-    if got is None or len(got[1]) != parts or len(got[1][0]) < n or got[0].shape[0] != p.shape[0]:
-        slot = got[0] if got is not None and got[0].shape[0] == p.shape[0] else np.full(p.shape[0], -1, np.int32)
-        dtype = torch.empty(0, dtype=p.dtype).numpy().dtype
-        got = (slot, [np.empty(n, np.int64) for _ in range(parts)],
-               [np.empty((n, p.shape[1]), dtype) for _ in range(parts)])
-        scratch[key] = got
+    if got is None or got[0].shape[0] != len(table):
+        got = (np.full(len(table), -1, np.int32), [], [])
+    if len(got[1]) != parts or len(got[1][0]) < n:
+        got = (got[0], [np.empty(n, np.int64) for _ in range(parts)],
+               [np.empty((n, table.shape[1]), table.dtype) for _ in range(parts)])
+    scratch[key] = got
     return got
 
 
-_KERNELS: list = []
+@functools.cache
+def _import_kernels():
+    """:mod:`ncf.train.rowkernels` (imports numba), or the ImportError that says why not."""
+    try:
+        return importlib.import_module("ncf.train.rowkernels")
+    except Exception as e:  # numba missing, or unable to compile or cache here
+        return ImportError(f"{type(e).__name__}: {e}")
+
+
+_fallback_announced = False
 
 
 def _row_kernels(required: bool):
-    """:mod:`ncf.train.rowkernels` (imports numba), or None where numba is missing and not
-    ``required``; the fallback (PyTorch ops) is announced once."""
-    if not _KERNELS:
-        try:
-            rowkernels = importlib.import_module("ncf.train.rowkernels")
-        except Exception as e:  # numba missing, or unable to compile or cache here
-            _KERNELS.append(ImportError(f"{type(e).__name__}: {e}"))
-        else:
-            _KERNELS.append(rowkernels)
-    if not isinstance(_KERNELS[0], ImportError):
-        return _KERNELS[0]
+    """The kernels' module, or None where it does not import and is not ``required``; the
+    fallback (PyTorch ops) is announced once."""
+    global _fallback_announced
+    got = _import_kernels()
+    if not isinstance(got, ImportError):
+        return got
     if required:
-        raise ImportError(f"RowAdam(fused=True) needs numba: {_KERNELS[0]}") from _KERNELS[0]
-    if len(_KERNELS) == 1:  # the first fallback is announced
-        _KERNELS.append("warned")
-        warnings.warn(f"numba is not importable ({_KERNELS[0]}): RowAdam falls back to PyTorch ops, "
+        raise ImportError(f"RowAdam(fused=True) needs numba: {got}") from got
+    if not _fallback_announced:
+        _fallback_announced = True
+        warnings.warn(f"numba is not importable ({got}): RowAdam falls back to PyTorch ops, "
                       "2-3x slower on tables larger than the cache", RuntimeWarning, stacklevel=3)
     return None
 
