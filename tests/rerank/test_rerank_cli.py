@@ -62,8 +62,8 @@ def test_constraints_met_and_trade_relevance(tiny_run, tiny_attributes, base):
 def test_save_then_serve_per_request(tiny_run, tiny_attributes, base, tmp_path):
     import shutil
 
+    from ncf.recommend import Recommender
     from ncf.rerank.lagrangian import PerRequestReranker
-    from ncf.serve.recommender import Recommender
 
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
@@ -71,17 +71,17 @@ def test_save_then_serve_per_request(tiny_run, tiny_attributes, base, tmp_path):
     assert res.exit_code == 0 and (run / "rerank.json").exists()
     spec = json.loads((run / "rerank.json").read_text())
     assert spec["k"] == 5 and spec["attributes"]["sha256"] and len(spec["excluded_items"]) == 2
-    rr = PerRequestReranker.from_run(run)
     rec = Recommender.from_run(run)
     plain = rec.recommend(101, 5)
-    ranked = rr.recommend(rec, 101, 5)
+    rec.reranker = PerRequestReranker.from_run(run)
+    ranked = rec.recommend(101, 5, rerank=True)
     assert len(ranked.items) == 5 and not ranked.fallback
     assert all("utility" in it for it in ranked.items)
     seen = set(rec.item_map.raws(rec.seen_items(rec.user_map.index(101))))
     assert not seen & {it["item"] for it in ranked.items}
     excluded = set(rec.item_map.raws(spec["excluded_items"]))
     assert not excluded & {it["item"] for it in ranked.items}
-    assert [it["item"] for it in plain.items] != [] and rr.recommend(rec, "nobody", 5).fallback
+    assert [it["item"] for it in plain.items] != [] and rec.recommend("nobody", 5, rerank=True).fallback
 
 
 def test_rerank_json_errors(tiny_run, tmp_path):

@@ -9,7 +9,7 @@ import pytest
 import torch
 from serve_helpers import write_run
 
-from ncf.serve.recommender import Recommender
+from ncf.recommend import Recommender
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # starlette's note about httpx versions
@@ -199,7 +199,8 @@ def test_rerank_applies_the_offline_multipliers(run_copy, store, reference):
     assert body["reranked"] is True and body["fallback"] is False
     got = [x["item"] for x in body["items"]]
     assert got[0] == reference.item_map.raw(boost) and plain[0]["item"] not in got
-    want = PerRequestReranker.from_run(run_copy).recommend(reference, user, 5).items
+    reference.reranker = PerRequestReranker.from_run(run_copy)
+    want = reference.recommend(user, 5, rerank=True).items
     assert got == [x["item"] for x in want]
     np.testing.assert_allclose([x["utility"] for x in body["items"]], [x["utility"] for x in want], rtol=1e-5)
     scores = reference.model.score_all(torch.tensor([reference.user_map.index(user)]))[0].numpy()

@@ -8,7 +8,8 @@ import torch
 
 from ncf.checkpoint import load_model
 from ncf.models import Model
-from ncf.serve.retrieval import IndexRanker, NCFRanker, make_ranker, rank, top_k
+from ncf.recommend import top_k
+from ncf.serve.retrieval import IndexRanker, NCFRanker, make_ranker, rank
 
 
 def _bound(run):

@@ -24,7 +24,7 @@ def similar_cmd(
     json_out: bool = JsonOpt,
 ):
     """Items nearest to ITEM by cosine of the run's item embeddings (raw ids in and out)."""
-    from ncf.serve.recommender import Recommender
+    from ncf.recommend import Recommender
 
     run_dir(directory)
     if k < 1:

@@ -177,7 +177,7 @@ def recommend_cmd(
     json_out: bool = JsonOpt,
 ):
     """Top-k items for a user (raw ids in and out). Unknown users get popular items."""
-    from ncf.serve.recommender import Recommender
+    from ncf.recommend import Recommender
 
     run_dir(directory)
     if k < 1:
@@ -191,7 +191,7 @@ def recommend_cmd(
         r = rec.recommend_features(parse_feature_spec(features), k)
     else:
         raw = rec.user_map.raw(rec.user_map.get(user)) if rec.user_map.get(user) is not None else user
-        r = rec.recommend(raw, k, exclude_seen=not include_seen)
+        r = rec.recommend(raw, k, filter_seen=not include_seen)
     if json_out:
         print_json(r.to_dict())
         return

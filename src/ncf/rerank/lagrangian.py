@@ -50,6 +50,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ncf.recommend import top_k, top_k_rows
 from ncf.rerank.attributes import ItemAttributes
 from ncf.rerank.constraints import Constraint, ConstraintError, Linear, bind
 
@@ -176,7 +177,7 @@ class SlateProblem:
         val = torch.empty((self.n_users, k), dtype=self.dtype)
         for s in range(0, self.n_users, self.chunk):
             r = slice(s, s + self.chunk)
-            v, i = torch.topk(self._utility(r, w, b), k, dim=1)
+            v, i = top_k_rows(self._utility(r, w, b), k)
             idx[r], val[r] = i, v
         return idx, val
 
@@ -751,38 +752,25 @@ class PerRequestReranker:
         k = self.k if k is None else int(k)
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
+        order = np.argsort(idx, kind="stable")  # ties by the lower item index, as everywhere
+        idx, scores = idx[order], np.asarray(scores)[order]
         p, u = self.utility(idx, scores)
-        ok = np.isfinite(u)
-        cand = np.flatnonzero(ok)
-        k = min(k, len(cand))
-        top = cand[np.argpartition(-u[cand], k - 1)[:k]] if k else cand[:0]
-        top = top[np.lexsort((idx[top], -u[top]))]
+        top = top_k(u, None, k)
         return Reranked(idx[top], p[top], u[top])
 
-    def recommend(self, recommender, user, k: int | None = None, extra_seen: list | None = None):
-        """Like :meth:`ncf.serve.recommender.Recommender.recommend`, re-ranked: each item dict gets
-        ``score`` (the relevance p) and ``utility``. Unknown users get the popularity fallback."""
-        from ncf.serve.recommender import Recommendation
 
-        k = self.k if k is None else int(k)
-        if recommender.n_items != self.n_items:
-            raise ValueError(f"the recommender has {recommender.n_items} items, the reranker {self.n_items}")
-        u = recommender.user_map.get(user)
-        if u is None:
-            return recommender.recommend(user, k, extra_seen=extra_seen)
-        exclude = np.zeros(self.n_items, dtype=bool)
-        exclude[recommender.seen_items(u)] = True
-        for raw in extra_seen or []:
-            i = recommender.item_map.get(raw)
-            if i is not None:
-                exclude[i] = True
-        dev = next(recommender.model.parameters(), torch.empty(0)).device
-        scores = recommender.model.score_all(torch.tensor([u], device=dev))[0].double().cpu().numpy()
-        cand = np.flatnonzero(~exclude)
-        r = self.rerank(cand, scores[cand], k)
-        items = [{"item": recommender.item_map.raw(i), "score": float(p), "utility": float(x)}
-                 for i, p, x in zip(r.items, r.relevance, r.utility, strict=True)]
-        return Recommendation(recommender.user_map.raw(u), items, False)
+def load_reranker(run_dir: str | Path) -> tuple[PerRequestReranker | None, str | None]:
+    """(reranker, None) where ``DIR/rerank.json`` (``ncf rerank DIR ... --save``) loads; else
+    (None, why not), for a request that asks for re-ranking to be told."""
+    from ncf.checkpoint import CheckpointError
+
+    path = Path(run_dir) / RERANK_FILE
+    if not path.exists():
+        return None, f"{path} is absent: no re-ranking multipliers for this run (`ncf rerank ... --save`)"
+    try:
+        return PerRequestReranker.from_run(run_dir), None
+    except CheckpointError as e:
+        return None, str(e)
 
 
 def save_rerank(directory: str | Path, solution: Solution, relevance: str, k: int, attrs: ItemAttributes,

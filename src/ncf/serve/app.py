@@ -25,15 +25,15 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 from fastapi import Body, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, StrictInt, StrictStr
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ncf.serve.recommender import Recommender, UnknownItemError
-from ncf.serve.retrieval import make_ranker, rank
+from ncf.recommend import Recommender, RerankUnavailable, UnknownItemError, top_k
+from ncf.rerank.lagrangian import load_reranker
+from ncf.serve.retrieval import make_ranker
 from ncf.serve.store import FeatureStore, InMemoryStore, RunData, StoreDataError, StoreUnavailable
 
 log = logging.getLogger("ncf.serve")
@@ -100,22 +100,6 @@ def run_fingerprint(run_dir: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def load_reranker(run_dir: Path):
-    """(reranker, None) where DIR/rerank.json (written by ``ncf rerank DIR ... --save``, issue 8)
-    loads; else (None, why not), which a request with ``rerank=true`` gets as a 409."""
-    path = Path(run_dir) / "rerank.json"
-    if not path.exists():
-        return None, f"{path} is absent: no re-ranking multipliers for this run (`ncf rerank ... --save`)"
-    from ncf.checkpoint import CheckpointError
-    from ncf.rerank.lagrangian import PerRequestReranker
-
-    try:
-        return PerRequestReranker.from_run(run_dir), None
-    except CheckpointError as e:
-        log.warning("re-ranking disabled: %s", e)
-        return None, str(e)
-
-
 class OnlineService:
     """Recommendations from a run directory with user features read from ``store``."""
 
@@ -133,7 +117,9 @@ class OnlineService:
         self.run_id = run_fingerprint(self.run_dir)
         self.int_ids = {what: all(isinstance(r, int) for r in m.raw_ids)
                         for what, m in (("user", self.rec.user_map), ("item", self.rec.item_map))}
-        self.reranker, self.rerank_reason = load_reranker(self.run_dir)
+        self.rec.reranker, self.rec.rerank_reason = load_reranker(self.run_dir)
+        if self.rec.reranker is None and (self.run_dir / "rerank.json").exists():
+            log.warning("re-ranking disabled: %s", self.rec.rerank_reason)
         self._ready = False
         self._lock = threading.Lock()
 
@@ -188,10 +174,6 @@ class OnlineService:
             raise ApiError(404, "unknown_item", f"unknown item {self._raw(item, 'item')!r}: not in the model's catalog")
         return idx
 
-    def _items(self, idx: np.ndarray, scores: np.ndarray) -> list[dict]:
-        return [{"item": self.rec.item_map.raw(i), "score": float(s), "title": self.rec.title(i)}
-                for i, s in zip(idx, scores, strict=True)]
-
     def _read_user(self, user: str):
         state = self.store.read_users(self.run_id, [user])[0]
         if state.index is None and self.rec.user_map.get(user) is not None:
@@ -207,34 +189,28 @@ class OnlineService:
         return state
 
     def recommend(self, user_text: str, k: int, rerank: bool = False) -> dict:
+        """The store's user vector scored by the ranker, then the recommender's one slate
+        (seen and recorded items left out; popularity for users the model does not know)."""
         user = self.parse_id(user_text, "user")
-        if rerank and self.reranker is None:
-            raise ApiError(409, "rerank_unavailable", f"re-ranking not available: {self.rerank_reason}")
+        if rerank and self.rec.reranker is None:
+            raise ApiError(409, "rerank_unavailable", f"re-ranking not available: {self.rec.rerank_reason}")
         self.ensure_ready()
         state = self._read_user(user)
-        exclude = np.zeros(self.rec.n_items, dtype=bool)
-        events = [self.rec.item_map.get(e) for e in state.events]
-        exclude[[e for e in events if e is not None]] = True
+        exclude = self.rec.items_mask(state.events)
         if state.index is None:
-            items = self.rec.popular(k, exclude)
-            for it in items:
-                it["title"] = self.rec.title(self.rec.item_map.get(it["item"]))
-            return {"user": self._raw(user, "user"), "items": items, "fallback": True, "reranked": False}
+            return {"user": self._raw(user, "user"), "items": self.rec.popular(k, exclude),
+                    "fallback": True, "reranked": False}
         exclude[state.seen] = True
-        if not rerank:
-            idx, scores = rank(self.ranker, state.vector, exclude, k, self.candidates)
-            return {"user": self.rec.user_map.raw(state.index), "items": self._items(idx, scores),
-                    "fallback": False, "reranked": False}
-        # re-ranked: the offline multipliers over every unseen item (as the offline slates
-        # were chosen), or over the two-stage candidates when --candidates is set
-        pool = self.candidates if self.candidates else self.rec.n_items
-        idx, scores = rank(self.ranker, state.vector, exclude, pool, self.candidates)
-        r = self.reranker.rerank(idx, scores, k)
-        by_item = dict(zip(idx.tolist(), scores.tolist(), strict=True))
-        items = self._items(r.items, np.array([by_item[i] for i in r.items.tolist()]))
-        for it, u in zip(items, r.utility.tolist(), strict=True):
-            it["utility"] = u
-        return {"user": self.rec.user_map.raw(state.index), "items": items, "fallback": False, "reranked": True}
+        candidates = None
+        if self.candidates and self.ranker.can_retrieve and self.candidates < self.rec.n_items:
+            # two stages: dot-product retrieval of the candidates, then the exact model on them
+            candidates = top_k(self.ranker.retrieval_scores(state.vector), exclude, max(self.candidates, k))
+        scores = self.ranker.score(state.vector, candidates)
+        try:
+            items = self.rec.slate(scores, exclude, k, rerank, candidates)
+        except RerankUnavailable as e:
+            raise ApiError(409, "rerank_unavailable", str(e)) from None
+        return {"user": self.rec.user_map.raw(state.index), "items": items, "fallback": False, "reranked": rerank}
 
     def similar(self, item_text: str, k: int) -> dict:
         item = self.parse_id(item_text, "item")

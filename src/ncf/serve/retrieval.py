@@ -30,22 +30,7 @@ import numpy as np
 import torch
 
 from ncf.models import GMF, MLP, Model, NeuMF
-
-
-def top_k(scores: np.ndarray, exclude: np.ndarray | None, k: int) -> np.ndarray:
-    """Indexes of the ``k`` largest finite scores, best first, ties by lower index; ``exclude``
-    is a boolean mask (or None)."""
-    scores = np.asarray(scores)
-    if scores.dtype.kind != "f":
-        scores = scores.astype(np.float64)
-    if exclude is not None and exclude.any():
-        scores = np.where(exclude, -np.inf, scores)
-    k = min(k, int(np.isfinite(scores).sum()))
-    if k <= 0:
-        return np.empty(0, dtype=np.int64)
-    top = np.argpartition(-scores, k - 1)[:k] if k < len(scores) else np.arange(len(scores))
-    top = top[np.isfinite(scores[top])]
-    return top[np.lexsort((top, -scores[top]))]
+from ncf.recommend import top_k
 
 
 class Ranker:
