@@ -37,10 +37,10 @@ import numpy as np
 
 from ncf.checkpoint import atomic_write_json
 from ncf.config import TrainConfig
+from ncf.console import console
 from ncf.data.datasets import DataConfig, load_dataset
 from ncf.data.split import Dataset
 from ncf.models import MODELS, get_model_class
-from ncf.train.trainer import console
 
 
 def _grid(**axes) -> list[dict[str, Any]]:

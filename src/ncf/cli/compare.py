@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from ncf.cli import app
@@ -51,5 +50,5 @@ def compare_cmd(
         flips = sorted(set(r["reversed_with"]["hr@10"]) | set(r["reversed_with"]["ndcg@10"]))
         t.add_row(n, *(f"{r[p][m]:.4f}" for p in ("sampled", "full") for m in ("hr@10", "ndcg@10")),
                   ", ".join(flips) or "-")
-    Console().print(t)
+    out.print(t)
     typer.echo(f"results written to {out}/results.json, results.md, results.png")

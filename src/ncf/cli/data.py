@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from ncf.cli import app
@@ -104,4 +103,4 @@ def info(
     if cand:
         t.add_row("positives removed from their negatives", f"{cand['rows_with_positive_in_negatives']:,}")
         t.add_row("duplicate / seen negatives removed", f"{cand['duplicate_negatives']:,} / {cand['seen_negatives']:,}")
-    Console().print(t)
+    out.print(t)

@@ -6,11 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from ncf.cli import app
 from ncf.cli.common import JsonOpt, print_json, run_dir
+from ncf.console import console, out
 
 plot_app = typer.Typer(help="Pictures of a run.", no_args_is_help=True)
 app.add_typer(plot_app, name="plot")
@@ -42,7 +42,7 @@ def similar_cmd(
     t.add_column("cosine", justify="right")
     for n, it in enumerate(items, 1):
         t.add_row(str(n), str(it["item"]), it["title"] or "", f"{it['score']:.4f}")
-    Console().print(t)
+    out.print(t)
 
 
 @plot_app.command("items")
@@ -59,7 +59,6 @@ def plot_items_cmd(
     run_dir(directory)
     if max_items < 0:
         raise ValueError(f"--max-items must be >= 0, got {max_items}")
-    console = Console(stderr=True)
     with console.status("t-SNE of the item embeddings ..."):
         res = plot_items(directory, out, max_items=max_items, seed=seed)
     if json_out:

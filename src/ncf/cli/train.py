@@ -6,12 +6,12 @@ import json
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from ncf.cli import app
 from ncf.cli.common import DataDirOpt, JsonOpt, data_config, print_json, run_dir
 from ncf.config import TrainConfig
+from ncf.console import console, out
 
 
 def _parse_params(items: list[str] | None) -> dict:
@@ -33,28 +33,30 @@ def train_cmd(
     model: str = typer.Option("neumf", "--model", help="gmf | mlp | neumf | ..."),
     out: Path = typer.Option(None, "--out", help="Run directory to write."),
     resume: Path = typer.Option(None, "--resume", help="Continue an interrupted run directory."),
-    factors: int = typer.Option(TrainConfig.factors, "--factors"),
-    layers: str = typer.Option("64,32,16,8", "--layers", help="MLP tower, first = concatenated embedding size."),
-    epochs: int = typer.Option(TrainConfig.epochs, "--epochs"),
-    neg: int = typer.Option(TrainConfig.neg, "--neg", help="Negatives per positive, per epoch."),
-    batch_size: int = typer.Option(TrainConfig.batch_size, "--batch-size", help="0: auto from the data size."),
-    lr: float = typer.Option(TrainConfig.lr, "--lr", help="0: auto (scaled with the batch)."),
-    optimizer: str = typer.Option(TrainConfig.optimizer, "--optimizer", help="adam | sgd | adagrad"),
+    factors: int = typer.Option(None, "--factors", help=f"Embedding size (default {TrainConfig.factors})."),
+    layers: str = typer.Option(None, "--layers", help="MLP tower, first = concatenated embedding size "
+                                "(default 64,32,16,8)."),
+    epochs: int = typer.Option(None, "--epochs", help=f"Epochs (default {TrainConfig.epochs})."),
+    neg: int = typer.Option(None, "--neg", help=f"Negatives per positive, per epoch (default {TrainConfig.neg})."),
+    batch_size: int = typer.Option(None, "--batch-size", help="Default 0: auto from the data size."),
+    lr: float = typer.Option(None, "--lr", help="Default 0: auto (scaled with the batch)."),
+    optimizer: str = typer.Option(None, "--optimizer", help="adam (default) | sgd | adagrad"),
     loss: str = typer.Option(None, "--loss", help="bce (log loss) | bpr (pairwise); default: the model's own "
                              "(bpr for --model bpr, else bce)"),
-    l2: float = typer.Option(TrainConfig.l2, "--l2", help="L2 penalty on the batch's embeddings."),
-    dropout: float = typer.Option(TrainConfig.dropout, "--dropout"),
-    patience: int = typer.Option(TrainConfig.patience, "--patience", help="Early-stop patience (0: off)."),
-    seed: int = typer.Option(TrainConfig.seed, "--seed"),
-    device: str = typer.Option(TrainConfig.device, "--device", help="auto | cpu | cuda"),
-    threads: int = typer.Option(0, "--threads", help="CPU threads (0: all cores)."),
-    sparse: str = typer.Option(TrainConfig.sparse, "--sparse", help="Sparse row updates of the embedding tables: "
-                               "auto (CPU, tables larger than a batch and 100k+ rows) | on | off."),
+    l2: float = typer.Option(None, "--l2", help="L2 penalty on the batch's embeddings (EASE: its ridge)."),
+    dropout: float = typer.Option(None, "--dropout", help=f"MLP tower dropout (default {TrainConfig.dropout})."),
+    patience: int = typer.Option(None, "--patience",
+                                 help=f"Early-stop patience (0: off; default {TrainConfig.patience})."),
+    seed: int = typer.Option(None, "--seed", help="Seed of the split, the sampler and the weights (default 0)."),
+    device: str = typer.Option(None, "--device", help="auto (default) | cpu | cuda"),
+    threads: int = typer.Option(None, "--threads", help="CPU threads (default 0: all cores)."),
+    sparse: str = typer.Option(None, "--sparse", help="Sparse row updates of the embedding tables: "
+                               "auto (default; CPU, tables larger than a batch and 100k+ rows) | on | off."),
     pretrain: bool = typer.Option(False, "--pretrain", help="NeuMF: pre-train GMF and MLP, then fuse."),
-    alpha: float = typer.Option(0.5, "--alpha", help="Weight of GMF when fusing pre-trained models."),
-    finetune_optimizer: str = typer.Option(TrainConfig.finetune_optimizer, "--finetune-optimizer",
+    alpha: float = typer.Option(None, "--alpha", help="Weight of GMF when fusing pre-trained models (default 0.5)."),
+    finetune_optimizer: str = typer.Option(None, "--finetune-optimizer",
                                            help="--pretrain: optimizer of the fused model's fine-tuning."),
-    finetune_lr: float = typer.Option(TrainConfig.finetune_lr, "--finetune-lr",
+    finetune_lr: float = typer.Option(None, "--finetune-lr",
                                       help="--pretrain: learning rate of the fine-tuning (0: --lr)."),
     pretrained_gmf: Path = typer.Option(None, "--pretrained-gmf", help="--pretrain: fuse this finished GMF run "
                                         "instead of training one (same dataset and split)."),
@@ -93,20 +95,18 @@ def train_cmd(
         return
     if dataset is None or out is None:
         raise ValueError("ncf train needs --dataset SOURCE and --out DIR (or --resume DIR)")
-    if loss is None:  # an explicit --loss always wins; else the model's default (BPR-MF: bpr)
-        from ncf.models import get_model_class
-
-        loss = getattr(get_model_class(model), "default_loss", TrainConfig.loss)
-    cfg = TrainConfig(model=model, factors=factors, layers=layers, epochs=epochs, neg=neg,
-                      batch_size=batch_size, lr=lr, optimizer=optimizer, loss=loss, l2=l2,
-                      dropout=dropout, patience=patience, seed=seed, device=device, threads=threads,
-                      sparse=sparse, pretrain=pretrain or bool(pretrained_gmf or pretrained_mlp), alpha=alpha,
-                      finetune_optimizer=finetune_optimizer, finetune_lr=finetune_lr,
-                      pretrained_gmf=str(pretrained_gmf.resolve()) if pretrained_gmf else "",
-                      pretrained_mlp=str(pretrained_mlp.resolve()) if pretrained_mlp else "",
-                      params={**_parse_params(param), **{k: str(v) for k, v in (
-                          ("user_features", user_features), ("item_features", item_features)) if v}})
-    dcfg = data_config(dataset, data_dir, valid=not no_valid, seed=seed, min_rating=min_rating,
+    given = {"factors": factors, "layers": layers, "epochs": epochs, "neg": neg, "batch_size": batch_size,
+             "lr": lr, "optimizer": optimizer, "loss": loss, "l2": l2, "dropout": dropout, "patience": patience,
+             "seed": seed, "device": device, "threads": threads, "sparse": sparse, "alpha": alpha,
+             "finetune_optimizer": finetune_optimizer, "finetune_lr": finetune_lr,
+             "pretrain": True if pretrain or pretrained_gmf or pretrained_mlp else None,
+             "pretrained_gmf": str(pretrained_gmf.resolve()) if pretrained_gmf else None,
+             "pretrained_mlp": str(pretrained_mlp.resolve()) if pretrained_mlp else None,
+             **_parse_params(param),
+             **{k: str(v) for k, v in (("user_features", user_features), ("item_features", item_features)) if v}}
+    # only the options given: each must apply to the model (--dropout for gmf is refused)
+    cfg = TrainConfig.for_model(model, {k: v for k, v in given.items() if v is not None})
+    dcfg = data_config(dataset, data_dir, valid=not no_valid, seed=cfg.seed, min_rating=min_rating,
                        user_col=user_col, item_col=item_col, rating_col=rating_col, time_col=time_col,
                        sep=sep, on_bad_lines=on_bad_lines)
     summary = train(dcfg, cfg, out, progress=not quiet, init_items=init_items)
@@ -123,8 +123,8 @@ def _print_summary(s: dict) -> None:
     for name in ("valid", "test", "test_full"):
         if s.get(name):
             t.add_row(name, *(f"{s[name][k]:.4f}" for k in ("hr@10", "ndcg@10")))
-    Console(stderr=True).print(t)
-    Console(stderr=True).print(f"train seconds: {s['train_seconds']:.1f}")
+    console.print(t)
+    console.print(f"train seconds: {s['train_seconds']:.1f}")
 
 
 @app.command("evaluate")
@@ -163,7 +163,7 @@ def evaluate_cmd(
     t.add_column("value", justify="right")
     for m, v in res.items():
         t.add_row(m, f"{v:.4f}")
-    Console().print(t)
+    out.print(t)
 
 
 @app.command("recommend")
@@ -203,4 +203,4 @@ def recommend_cmd(
     for n, it in enumerate(r.items, 1):
         idx = rec.item_map.index(it["item"])
         t.add_row(str(n), str(it["item"]), rec.title(idx) or "", f"{it['score']:.4f}")
-    Console().print(t)
+    out.print(t)

@@ -124,10 +124,16 @@ def ensure_available(name: str, root: Path, download: bool = True) -> Path:
     raise DataError(f"dataset {name!r} is missing: run `ncf data download {name}`, or {where}")
 
 
+IN_MEMORY = "<DataFrame>"  # the source of a dataset made by ncf.from_pandas
+
+
 def read_source(cfg: DataConfig) -> tuple[str, Ratings | None, Path]:
     """Resolve a source to (name, ratings-or-None-for-NCF-presplit, folder)."""
-    root = data_dir(cfg.data_dir)
     src = cfg.source
+    if src == IN_MEMORY:
+        raise DataError("this run was fit on an in-memory DataFrame (ncf.from_pandas): there is no file to "
+                        "re-read; evaluate it from Python with ncf.evaluate(ncf.load(DIR), data)")
+    root = data_dir(cfg.data_dir)
     kw = {"on_bad_lines": cfg.on_bad_lines, "min_rating": cfg.min_rating}
     layout = [f"--{k.replace('_', '-')}" for k in ("user_col", "item_col", "rating_col", "time_col", "sep")
               if getattr(cfg, k) is not None]
@@ -178,6 +184,14 @@ def load_dataset(cfg: DataConfig | str) -> Dataset:
     name, ratings, folder = read_source(cfg)
     if ratings is None:
         return _load_ncf(cfg, name, folder)
+    ds = split_ratings(ratings, cfg, name)
+    ds.item_info = _item_info(name, folder, ds.train.item_map)
+    return ds
+
+
+def split_ratings(ratings: Ratings, cfg: DataConfig, name: str) -> Dataset:
+    """Raw interactions -> a split :class:`Dataset`: leave-one-out by time for test, then for
+    validation (``cfg.valid``), each holdout with ``cfg.n_neg_eval`` sampled negatives."""
     rng = np.random.default_rng(cfg.seed)
     full = Interactions.from_raw(ratings.users, ratings.items, ratings.timestamps, ratings.ratings)
     if full.nnz == 0:
@@ -197,7 +211,7 @@ def load_dataset(cfg: DataConfig | str) -> Dataset:
         "users_without_valid": few_valid,
         "timestamps": full.timestamps is not None,
     }
-    return Dataset(name, train, test, valid, full.nnz, report, _item_info(name, folder, train.item_map))
+    return Dataset(name, train, test, valid, full.nnz, report, None, cfg.to_dict())
 
 
 def _load_ncf(cfg: DataConfig, name: str, folder: Path) -> Dataset:
@@ -260,7 +274,7 @@ def _load_ncf(cfg: DataConfig, name: str, folder: Path) -> Dataset:
         "split_sizes": {"train": int(train_all.nnz), "test": int(len(te_u)), "candidate_lists": int(len(nu))},
     }
     return Dataset(name, train, test, valid, int(train_all.nnz + len(te_u)), report,
-                   _item_info(name, folder, item_map))
+                   _item_info(name, folder, item_map), cfg.to_dict())
 
 
 def _ncf_maps(folder: Path, n_users: int, n_items: int) -> tuple[IdMap, IdMap]:

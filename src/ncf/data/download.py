@@ -105,8 +105,9 @@ def published_md5(name: str, base: str | None = None, timeout: float = 30.0) -> 
 def _fetch(url: str, dest: Path, progress: bool, timeout: float) -> str:
     """Stream ``url`` into ``dest``; returns the MD5 hex digest. A body shorter than its
     Content-Length (a dropped connection) is an error."""
-    from rich.console import Console
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+
+    from ncf.console import console as _console
 
     md5 = hashlib.md5()  # noqa: S324 - the checksum GroupLens publishes
     got = 0
@@ -115,7 +116,7 @@ def _fetch(url: str, dest: Path, progress: bool, timeout: float) -> str:
         total = int(size) if size and size.isdigit() else None
         columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                    TimeRemainingColumn())
-        console = Console(stderr=True)
+        console = _console
         show = progress and console.is_terminal  # a bar only where someone watches; logs stay clean
         with Progress(*columns, console=console, disable=not show, transient=True) as bar, \
                 open(dest, "wb") as out:

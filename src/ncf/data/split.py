@@ -14,6 +14,7 @@ holdout; :func:`leave_one_out` returns how many there were.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -48,11 +49,16 @@ class Dataset:
 
     name: str
     train: Interactions
-    test: HoldOut
+    test: HoldOut | None
     valid: HoldOut | None
     n_interactions: int  # everything the source held (train + valid + test)
     report: dict = field(default_factory=dict)
     item_info: dict | None = None  # optional: {"titles": [...], "genres": [[...], ...]} by item index
+    config: dict | None = None  # how it was made (DataConfig.to_dict()), saved with every run
+
+    def without_test(self) -> Dataset:
+        """This dataset with no test holdout: what fitting gets, so that it cannot read test."""
+        return dataclasses.replace(self, test=None)
 
     @property
     def n_users(self) -> int:

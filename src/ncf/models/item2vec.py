@@ -159,7 +159,7 @@ class Item2Vec(Model):
         from gensim.models import Word2Vec
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-        from ncf.train.trainer import console
+        from ncf.console import console
 
         hp = self._hparams
         train = dataset.train

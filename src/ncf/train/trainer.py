@@ -28,6 +28,7 @@ from ncf.checkpoint import (
     save_tensors,
 )
 from ncf.config import TrainConfig
+from ncf.console import console
 from ncf.data.sampling import NegativeSampler
 from ncf.data.split import Dataset
 from ncf.eval.evaluator import evaluate
@@ -35,8 +36,6 @@ from ncf.models import Model
 from ncf.train import distributed
 from ncf.train.losses import make_optimizer
 from ncf.train.sparse import JointOptimizer, make_sparse_optimizer, use_sparse  # noqa: F401 (re-exported)
-
-console = Console(stderr=True)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -443,8 +442,10 @@ class Trainer:
         elif self.best_weights is not None:
             self.model.load_state_dict(self.best_weights)
         ds = self.dataset
-        test = evaluate(self.model, ds.test, "sampled")
-        test_full = evaluate(self.model, ds.test, "full", seen=ds.seen(include_valid=True))
+        test = test_full = None  # fitting through the Python API never reads test (Dataset.without_test)
+        if ds.test is not None:
+            test = evaluate(self.model, ds.test, "sampled")
+            test_full = evaluate(self.model, ds.test, "full", seen=ds.seen(include_valid=True))
         samples = sum(r["samples"] for r in self.history)
         train_s = sum(r["train_seconds"] for r in self.history)
         epoch_s = sum(r["seconds"] for r in self.history)
