@@ -28,6 +28,7 @@ from ncf.data.datasets import IN_MEMORY, DataConfig, split_ratings
 from ncf.data.datasets import load_dataset as _load
 from ncf.data.readers import DataError, read_frame
 from ncf.data.split import Dataset
+from ncf.errors import ConfigError, RunExistsError
 from ncf.recommend import Recommender
 
 
@@ -125,7 +126,7 @@ class FittedModel:
         """Model scores of (raw user, raw item) pairs (logits for neural models)."""
         users, items = _as_list(users), _as_list(items)
         if len(users) != len(items):
-            raise ValueError(f"{len(users)} users but {len(items)} items: score takes pairs")
+            raise ConfigError(f"{len(users)} users but {len(items)} items: score takes pairs")
         u = torch.tensor([self.recommender.user_map.index(x, "user") for x in users], dtype=torch.int64)
         i = torch.tensor([self.recommender.item_map.index(x, "item") for x in items], dtype=torch.int64)
         dev = self.recommender.device
@@ -138,9 +139,9 @@ class FittedModel:
 
         out = Path(directory)
         if out.exists() and not out.is_dir():
-            raise FileExistsError(f"{out}: exists and is not a directory")
+            raise RunExistsError(f"{out}: exists and is not a directory")
         if out.is_dir() and any(out.iterdir()) and not overwrite:
-            raise FileExistsError(f"{out}: not empty (save(..., overwrite=True) to replace it)")
+            raise RunExistsError(f"{out}: not empty (save(..., overwrite=True) to replace it)")
         rec = self.recommender
         write_header(out, self.data_config, self.config, self.model, rec.user_map, rec.item_map, rec.seen,
                      rec.item_info, self.report)
@@ -168,7 +169,7 @@ def fit(model: str, data: Dataset | str, *, out: str | Path | None = None, progr
     if out is not None:
         out = Path(out)
         if out.is_dir() and any(out.iterdir()):
-            raise FileExistsError(f"{out}: not empty; choose a new run directory")
+            raise RunExistsError(f"{out}: not empty; choose a new run directory")
     ds = data.without_test()
     net, summary = train_model(None, cfg, out, ds, progress)
     t = ds.train
@@ -202,16 +203,16 @@ def evaluate(model: FittedModel, data: Dataset, protocol: str = "sampled", split
     rec = model.recommender
     t = data.train
     if rec.user_map != t.user_map or rec.item_map != t.item_map:
-        raise ValueError(f"the model was fit on other ids ({len(rec.user_map)} users / {len(rec.item_map)} items) "
+        raise ConfigError(f"the model was fit on other ids ({len(rec.user_map)} users / {len(rec.item_map)} items) "
                          f"than this dataset's ({data.n_users} / {data.n_items})")
     if (rec.seen != t.matrix).nnz:
-        raise ValueError("the model was fit on other training interactions than this dataset's "
+        raise ConfigError("the model was fit on other training interactions than this dataset's "
                          "(another split, seed or valid setting?)")
     holdout = {"test": data.test, "valid": data.valid}.get(split, "?")
     if holdout == "?":
-        raise ValueError(f"split must be 'test' or 'valid', got {split!r}")
+        raise ConfigError(f"split must be 'test' or 'valid', got {split!r}")
     if holdout is None:
-        raise ValueError(f"this dataset has no {split} holdout")
+        raise ConfigError(f"this dataset has no {split} holdout")
     ks = (k,) if isinstance(k, int) else tuple(k)
     return _evaluate(rec.model, holdout, protocol, seen=data.seen(include_valid=split == "test"), ks=ks)
 

@@ -26,6 +26,7 @@ import torch
 
 from ncf.data.interactions import Interactions
 from ncf.data.split import Dataset, HoldOut
+from ncf.errors import ConfigError
 
 
 def _keep(h: HoldOut | None, mask_users: np.ndarray, keep_cold: bool) -> HoldOut | None:
@@ -38,11 +39,11 @@ def _keep(h: HoldOut | None, mask_users: np.ndarray, keep_cold: bool) -> HoldOut
 def cold_split(dataset: Dataset, fraction: float = 0.1, seed: int = 0) -> tuple[Dataset, HoldOut]:
     """(warm dataset without any interaction of the cold users, the cold users' test holdout)."""
     if not 0 < fraction < 1:
-        raise ValueError(f"cold-user fraction must be in (0, 1), got {fraction}")
+        raise ConfigError(f"cold-user fraction must be in (0, 1), got {fraction}")
     candidates = np.unique(dataset.test.users)
     n_cold = int(round(fraction * len(candidates)))
     if n_cold < 1 or n_cold >= len(candidates):
-        raise ValueError(f"a fraction of {fraction} of {len(candidates)} test users leaves no cold or no warm users")
+        raise ConfigError(f"a fraction of {fraction} of {len(candidates)} test users leaves no cold or no warm users")
     cold = np.sort(np.random.default_rng(seed).choice(candidates, n_cold, replace=False))
     tr = dataset.train
     users, items = tr.coo()
@@ -111,7 +112,7 @@ class SegmentPopular(_Scorer):
     def score_all(self, users):
         users = users.cpu()
         if not self.tables:
-            raise ValueError("segment popularity needs categorical user features")
+            raise ConfigError("segment popularity needs categorical user features")
         return sum(t[c[users]] for t, c in zip(self.tables, self.codes, strict=True)) / len(self.tables)
 
     def score(self, users, items):
@@ -125,7 +126,7 @@ class FeatureScorer(_Scorer):
 
     def __init__(self, model):
         if not hasattr(model, "score_all_features"):
-            raise ValueError(f"model {model.name!r} cannot score users from features (train widedeep)")
+            raise ConfigError(f"model {model.name!r} cannot score users from features (train widedeep)")
         self.model = model
         self.name = f"{model.name} (features)"
         self.n_users, self.n_items = model.n_users, model.n_items

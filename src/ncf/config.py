@@ -7,6 +7,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from ncf.errors import ConfigError
+
 LOSSES = ("bce", "bpr")
 OPTIMIZERS = ("adam", "sgd", "adagrad")
 DEVICES = ("auto", "cpu", "cuda")
@@ -101,7 +103,7 @@ class TrainConfig:
         ]
         for ok, msg in checks:
             if not ok:
-                raise ValueError(msg)
+                raise ConfigError(msg)
 
     def resolved(self, n_interactions: int) -> TrainConfig:
         """This config with "auto" (0) batch size and learning rate filled in for a training set
@@ -125,7 +127,7 @@ class TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(f"unknown config key(s): {', '.join(unknown)}")
+            raise ConfigError(f"unknown config key(s): {', '.join(unknown)}")
         return cls(**data)
 
     @classmethod
@@ -162,10 +164,10 @@ class TrainConfig:
                 unknown.append(name)
         takes = sorted((applies | set(model_cls.params)) - {"user_features", "item_features"})
         if refused:
-            raise ValueError(f"option(s) {', '.join(refused)} do not apply to model {model!r} "
+            raise ConfigError(f"option(s) {', '.join(refused)} do not apply to model {model!r} "
                              f"(it takes: {', '.join(takes)})")
         if unknown:
-            raise ValueError(f"unknown option(s) {', '.join(unknown)} for model {model!r} "
+            raise ConfigError(f"unknown option(s) {', '.join(unknown)} for model {model!r} "
                              f"(it takes: {', '.join(takes)})")
         if "loss" not in kw:  # the model's own default (BPR-MF: bpr)
             kw["loss"] = getattr(model_cls, "default_loss", cls.loss)

@@ -17,4 +17,4 @@ def make_console(stderr: bool = True) -> Console:
 
 
 console = make_console(stderr=True)  # progress and logs
-out = make_console(stderr=False)  # tables a command prints as its result
+tables = make_console(stderr=False)  # tables a command prints as its result

@@ -7,9 +7,9 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from ncf.cli import app
+from ncf.cli.app import app
 from ncf.cli.common import DataDirOpt, JsonOpt, print_json, run_dir
-from ncf.console import console, out
+from ncf.console import console, tables
 
 
 @app.command("rerank")
@@ -68,7 +68,7 @@ def _fmt(x) -> str:
 
 
 def _print(r: dict, k: int) -> None:
-    con = out
+    con = tables
     t = Table(title="constraints")
     for col in ("constraint", "target", "achieved", "met", "multiplier"):
         t.add_column(col, justify="left" if col == "constraint" else "right")

@@ -6,7 +6,6 @@ A named dataset lives in ``DATA_DIR/NAME/`` with the files of its GroupLens arch
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from ncf.data import readers
+from ncf.data.download import data_dir  # noqa: F401 (where datasets live; re-exported)
 from ncf.data.interactions import IdMap, Interactions
 from ncf.data.readers import DataError, Ratings
 from ncf.data.split import (
@@ -23,6 +23,7 @@ from ncf.data.split import (
     leave_one_out,
     sample_candidates,
 )
+from ncf.errors import ConfigError
 
 # name -> (ratings file inside DATA_DIR/NAME, reader)
 RATINGS_FILES = {
@@ -37,14 +38,6 @@ RATINGS_FILES = {
 NCF_NAMES = {"ncf-ml-1m": "ml-1m"}  # name -> file prefix in DATA_DIR/NAME
 DATASETS = sorted([*RATINGS_FILES, *NCF_NAMES])
 
-
-def data_dir(explicit: str | Path | None = None) -> Path:
-    if explicit:
-        return Path(explicit).expanduser()
-    env = os.environ.get("NCF_DATA_DIR")
-    if env:
-        return Path(env).expanduser()
-    return Path.home() / ".cache" / "ncf"
 
 
 @dataclass
@@ -67,11 +60,11 @@ class DataConfig:
 
     def __post_init__(self):
         if self.n_neg_eval < 1:
-            raise ValueError(f"n_neg_eval must be >= 1, got {self.n_neg_eval}")
+            raise ConfigError(f"n_neg_eval must be >= 1, got {self.n_neg_eval}")
         if self.on_bad_lines not in readers.BAD_LINES:
-            raise ValueError(f"--on-bad-lines must be 'error' or 'skip', not {self.on_bad_lines!r}")
+            raise ConfigError(f"--on-bad-lines must be 'error' or 'skip', not {self.on_bad_lines!r}")
         if self.min_train < 1:
-            raise ValueError(f"min_train must be >= 1, got {self.min_train}")
+            raise ConfigError(f"min_train must be >= 1, got {self.min_train}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -110,9 +103,14 @@ def ensure_available(name: str, root: Path, download: bool = True) -> Path:
 
     where = (
         f"put {fname} (from {archive_url(name)}, unpacked) at {folder / fname}, "
-        f"or pass --data-dir / set NCF_DATA_DIR to a folder holding {name}/{fname}"
+        f"or pass --data-dir / set NCF_DATA_DIR to a folder holding {name}/{fname}, "
+        f"or download from a mirror: set NCF_DOWNLOAD_URL (or `ncf data download {name} --url BASE`) "
+        f"to a server holding {name}.zip"
     )
     if download:
+        from ncf.console import console
+
+        console.print(f"dataset {name!r} is not in {folder}: downloading it from {archive_url(name)}")
         try:
             fetch(name, root)
         except DownloadError as e:
@@ -120,6 +118,7 @@ def ensure_available(name: str, root: Path, download: bool = True) -> Path:
                 f"dataset {name!r} is missing and could not be downloaded ({e}); offline: {where}"
             ) from None
         if (folder / fname).exists():
+            console.print(f"dataset {name!r} downloaded into {folder}")
             return folder
     raise DataError(f"dataset {name!r} is missing: run `ncf data download {name}`, or {where}")
 

@@ -59,6 +59,16 @@ def base_url(explicit: str | None = None) -> str:
     return (explicit or os.environ.get(ENV_URL) or BASE_URL).rstrip("/")
 
 
+def data_dir(explicit: str | Path | None = None) -> Path:
+    """Where datasets live: ``explicit`` (``--data-dir``), else ``$NCF_DATA_DIR``, else ``~/.cache/ncf``."""
+    if explicit:
+        return Path(explicit).expanduser()
+    env = os.environ.get("NCF_DATA_DIR")
+    if env:
+        return Path(env).expanduser()
+    return Path.home() / ".cache" / "ncf"
+
+
 def archive_url(name: str, base: str | None = None) -> str:
     return f"{base_url(base)}/{name}.zip"
 
@@ -173,8 +183,6 @@ def download(name: str, root: str | Path | None = None, base_url: str | None = N
     An already complete folder is returned as is (``force=True`` replaces it). ``root``
     defaults to the data directory (``$NCF_DATA_DIR``, else ``~/.cache/ncf``).
     """
-    from ncf.data.datasets import data_dir
-
     _check_name(name)
     root = data_dir(root)
     dest = root / name

@@ -24,14 +24,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ncf.errors import DataError  # noqa: F401 (re-exported)
+
 BAD_LINES = ("error", "skip")
 ROLES = ("user", "item", "rating", "timestamp")
 _SAMPLE = 50  # non-blank lines looked at to detect a header row
 _UNIT_SEP = "\x1f"  # stands in for multi-character separators (the C parser takes one character)
 
 
-class DataError(ValueError):
-    """A problem with an input file; the message names the file and, where known, the line."""
 
 
 @dataclass

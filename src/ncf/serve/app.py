@@ -31,6 +31,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, StrictInt, StrictStr
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ncf.errors import ConfigError
 from ncf.recommend import Recommender, RerankUnavailable, UnknownItemError, top_k
 from ncf.rerank.lagrangian import load_reranker
 from ncf.serve.retrieval import make_ranker
@@ -108,11 +109,11 @@ class OnlineService:
         self.rec = Recommender.from_run(self.run_dir)
         self.ranker = make_ranker(self.rec.model)
         if candidates < 0:
-            raise ValueError(f"candidates must be >= 0, got {candidates}")
+            raise ConfigError(f"candidates must be >= 0, got {candidates}")
         if candidates and not self.ranker.can_retrieve:
-            raise ValueError(f"--candidates needs a gmf, mlp or neumf model, not {self.rec.model.name!r}")
+            raise ConfigError(f"--candidates needs a gmf, mlp or neumf model, not {self.rec.model.name!r}")
         if max_k < 1:
-            raise ValueError(f"max_k must be >= 1, got {max_k}")
+            raise ConfigError(f"max_k must be >= 1, got {max_k}")
         self.store, self.candidates, self.max_k = store, candidates, max_k
         self.run_id = run_fingerprint(self.run_dir)
         self.int_ids = {what: all(isinstance(r, int) for r in m.raw_ids)

@@ -37,12 +37,14 @@ from urllib.parse import urlsplit
 import numpy as np
 import scipy.sparse as sp
 
+from ncf.errors import ConfigError, NcfError
 
-class StoreUnavailable(RuntimeError):
+
+class StoreUnavailable(NcfError, RuntimeError):
     """The store cannot be reached now (the service answers 503 and retries later)."""
 
 
-class StoreDataError(ValueError):
+class StoreDataError(NcfError, ValueError):
     """The store holds something that cannot be decoded; the message names the key."""
 
 
@@ -125,7 +127,7 @@ def _unpack(buf: bytes | None, spec: dict, where: str) -> np.ndarray:
 def _check_run(data: RunData) -> None:
     n_users = len(data.users)
     if data.vectors.shape[0] != n_users or data.seen.shape[0] != n_users:
-        raise ValueError(f"run data: {n_users} users but {data.vectors.shape[0]} vectors, {data.seen.shape[0]} rows")
+        raise ConfigError(f"run data: {n_users} users but {data.vectors.shape[0]} vectors, {data.seen.shape[0]} rows")
 
 
 # --- in-process store ----------------------------------------------------------------------
@@ -145,7 +147,7 @@ class InMemoryStore(FeatureStore):
                 with open(self.journal, "a", encoding="utf-8"):
                     pass
             except OSError as e:
-                raise ValueError(f"{self.journal}: cannot write the interaction journal ({e.strerror})") from None
+                raise ConfigError(f"{self.journal}: cannot write the interaction journal ({e.strerror})") from None
 
     def _replay(self, path: Path) -> None:
         lines = path.read_bytes().split(b"\n")
@@ -240,7 +242,7 @@ class RedisStore(FeatureStore):
         from redis.retry import Retry
 
         if not url.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError(f"--redis must be a redis:// URL, got {redact(url)!r}")
+            raise ConfigError(f"--redis must be a redis:// URL, got {redact(url)!r}")
         self.url, self.prefix, self.cooldown, self.chunk = url, prefix, cooldown, chunk
         self._errors = (redis.ConnectionError, redis.TimeoutError)
         self._response_error = redis.ResponseError

@@ -22,8 +22,9 @@ from ncf.checkpoint import (
 )
 from ncf.config import TrainConfig
 from ncf.console import console
-from ncf.data.datasets import DataConfig, load_dataset
+from ncf.data.datasets import DATASETS, DataConfig, data_dir, load_dataset
 from ncf.data.split import Dataset
+from ncf.errors import ConfigError
 from ncf.models import MODELS, NeuMF, get_model_class
 from ncf.train import distributed
 from ncf.train.trainer import Trainer
@@ -62,7 +63,12 @@ def _write_header(out: Path, data_cfg: DataConfig, cfg: TrainConfig, model, data
 
 
 def _data_dict(data_cfg: DataConfig | None, dataset: Dataset) -> dict:
-    return data_cfg.to_dict() if data_cfg is not None else dict(dataset.config or {})
+    """The data config saved with a run; a named dataset's data directory is resolved now, so
+    that ``ncf evaluate`` finds the data the run was trained on whatever $NCF_DATA_DIR says later."""
+    d = data_cfg.to_dict() if data_cfg is not None else dict(dataset.config or {})
+    if d.get("source") in DATASETS and d.get("data_dir") is None:
+        d["data_dir"] = str(data_dir(None))
+    return d
 
 
 def train(data_cfg: DataConfig, cfg: TrainConfig, out: Path | None, dataset: Dataset | None = None,
@@ -83,9 +89,9 @@ def train_model(data_cfg: DataConfig | None, cfg: TrainConfig, out: Path | None,
     cfg = cfg.resolved(dataset.train.nnz)
     if cfg.pretrain:
         if cfg.model != "neumf":
-            raise ValueError("--pretrain applies to neumf only")
+            raise ConfigError("--pretrain applies to neumf only")
         if init_items is not None:
-            raise ValueError("--init-items does not combine with --pretrain")
+            raise ConfigError("--init-items does not combine with --pretrain")
         return _train_pretrained(data_cfg, cfg, out, dataset, progress, resume=False)
     model = build(cfg, dataset)
     warm = None
