@@ -24,6 +24,7 @@ import torch
 
 from ncf.checkpoint import CheckpointError, atomic_write_json, load_config, read_json, save_model
 from ncf.config import TrainConfig
+from ncf.console import quiet
 from ncf.data.datasets import IN_MEMORY, DataConfig, split_ratings
 from ncf.data.datasets import load_dataset as _load
 from ncf.data.readers import DataError, read_frame
@@ -171,7 +172,8 @@ def fit(model: str, data: Dataset | str, *, out: str | Path | None = None, progr
         if out.is_dir() and any(out.iterdir()):
             raise RunExistsError(f"{out}: not empty; choose a new run directory")
     ds = data.without_test()
-    net, summary = train_model(None, cfg, out, ds, progress)
+    with quiet(not progress):
+        net, summary = train_model(None, cfg, out, ds, progress)
     t = ds.train
     rec = Recommender(net.eval(), t.user_map, t.item_map, t.matrix, ds.item_info)
     return FittedModel(rec, cfg.resolved(t.nnz), ds.config, summary, ds.report)

@@ -5,6 +5,7 @@ wrapped at 80 columns: lines stay whole for grep."""
 from __future__ import annotations
 
 import sys
+from contextlib import contextmanager
 
 from rich.console import Console
 
@@ -18,3 +19,14 @@ def make_console(stderr: bool = True) -> Console:
 
 console = make_console(stderr=True)  # progress and logs
 tables = make_console(stderr=False)  # tables a command prints as its result
+
+
+@contextmanager
+def quiet(on: bool = True):
+    """Silence ncf's progress and log output for the block (``ncf.fit(..., progress=False)``)."""
+    before = console.quiet
+    console.quiet = before or on
+    try:
+        yield
+    finally:
+        console.quiet = before
