@@ -9,7 +9,7 @@ every item except the user's other interactions: those are positives we hold, no
 competitors, as in the warm protocol). Warm users keep the standard split.
 
 Scorers for a cold user: :class:`FeatureScorer` (a model with ``score_all_features``, i.e.
-``widedeep``: the learned "unknown user" row plus the user's features), :class:`MostPopular`
+``widedeep``: the learned "unknown user" row plus the user's features), :class:`ncf.models.baselines.Popularity`
 (training counts) and :class:`SegmentPopular` (item popularity among warm users sharing each
 of the user's feature values, averaged over fields).
 """
@@ -27,6 +27,7 @@ import torch
 from ncf.data.interactions import Interactions
 from ncf.data.split import Dataset, HoldOut
 from ncf.errors import ConfigError
+from ncf.models.baselines import Popularity
 
 
 def _keep(h: HoldOut | None, mask_users: np.ndarray, keep_cold: bool) -> HoldOut | None:
@@ -72,22 +73,6 @@ class _Scorer:
 
     def parameters(self):
         return iter(())
-
-
-class MostPopular(_Scorer):
-    """Score = number of training interactions of the item."""
-
-    name = "pop"
-
-    def __init__(self, train: sp.csr_matrix):
-        self.n_users, self.n_items = train.shape
-        self.counts = torch.as_tensor(np.bincount(train.indices, minlength=self.n_items), dtype=torch.float32)
-
-    def score(self, users, items):
-        return self.counts[items.cpu()]
-
-    def score_all(self, users):
-        return self.counts[None, :].expand(len(users), -1)
 
 
 class SegmentPopular(_Scorer):
@@ -163,7 +148,7 @@ def run(data_cfg, train_cfg, out: Path, fraction: float = 0.1, seed: int = 0, pr
     summary = train(data_cfg, train_cfg, out, dataset=warm, progress=progress)
     model = load_model(out)
     (out / "cold_users.json").write_text(json.dumps(full.train.user_map.raws(np.unique(cold.users))))
-    pop = MostPopular(warm.train.matrix)
+    pop = Popularity.from_matrix(warm.train.matrix)
     scorers = [FeatureScorer(model), pop]
     if getattr(model, "user_fields", None):
         codes = [b.numpy() for b in model.user_features(torch.arange(model.n_users))]

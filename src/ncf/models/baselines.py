@@ -141,6 +141,13 @@ class Popularity(FittedModel):
         self._put("counts", np.bincount(m.indices, minlength=self.n_items).astype(np.float32))
         return self
 
+    @classmethod
+    def from_matrix(cls, train: sp.csr_matrix) -> Popularity:
+        """Fitted on a users x items training matrix (no Dataset needed: cold-start benchmarks)."""
+        model = cls(*train.shape)
+        model._put("counts", np.bincount(binary_matrix(train).indices, minlength=train.shape[1]).astype(np.float32))
+        return model
+
     def forward(self, users, items):
         return self.counts[items]
 
