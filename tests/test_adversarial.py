@@ -100,16 +100,22 @@ class TestFiles:
         assert not r.report.warnings
 
     def test_id_beyond_int64_is_a_data_error(self, tmp_path):
-        """Case 10: 2^63 as an id is not an OverflowError: with skip it is another string id or a
-        counted bad row; never a traceback."""
-        rows = _rows()
+        """Case 10: 2^63 among integer ids is not an OverflowError: a DataError naming file:line,
+        or with skip a counted bad row; among string ids it is one more string id."""
+        body = "".join(f"{u},{i},{r},{t}\n" for u, i, r, t in _rows())
         path = tmp_path / "big.csv"
-        path.write_text("".join(f"{u},{i},{r},{t}\n" for u, i, r, t in rows) + f"{2**63},1,3,5\n1,2,x,5\n")
-        ds = load_dataset(DataConfig(str(path), on_bad_lines="skip"))
-        assert ds.report["read"]["skipped"] == 1
-        path.write_text("".join(f"{u},{i},{r},{t}\n" for u, i, r, t in rows) + f"{2**63},1,3,5\n")
-        ds = load_dataset(DataConfig(str(path)))
-        assert ds.n_users == 41 and ds.train.user_map.get(str(2**63)) is not None
+        path.write_text(body + f"{2**63},1,3,5\n1,2,x,5\n")
+        ds = load_dataset(DataConfig(str(path), on_bad_lines="skip", rating_col="2"))
+        assert ds.report["read"]["skipped"] == 2 and ds.n_users == 40
+        with pytest.raises(DataError, match=r"big.csv:321: .*9223372036854775808.*64-bit"):
+            read_table(path)
+        ds = load_dataset(DataConfig(str(path), on_bad_lines="skip"))  # the rating not read: one bad row
+        assert ds.report["read"]["skipped"] == 1 and ds.report["read"]["skipped_lines"] == [321]
+        path.write_text(body.replace("\n", ",\n", 1) + f"{2**63},1,3,5\n")  # the slow pass too
+        with pytest.raises(DataError, match=r"big.csv:321: .*64-bit"):
+            read_table(path)
+        path.write_text("u1,1\nu2,2\n" + f"{2**63},1\n")  # string ids: one more string
+        assert str(2**63) in set(read_table(path).users.tolist())
 
     def test_gzip_file_is_read_transparently(self, tmp_path):
         """Case 10: a .gz ratings file is decompressed, not called "not valid utf-8"."""

@@ -24,6 +24,7 @@ import torch
 from ncf.checkpoint import (
     CheckpointError,
     atomic_write_json,
+    check_config_keys,
     load_config,
     load_model,
     save_model,
@@ -333,6 +334,9 @@ def resume_run(out: Path, progress: bool = True, **changes) -> dict[str, Any]:
     else:
         work, publish = target, False
     cfg_json = load_config(work)
+    if not isinstance(cfg_json, dict):
+        raise CheckpointError(f"{work / 'config.json'}: not an ncf run config")
+    check_config_keys(cfg_json, work / "config.json")
     try:
         cfg = TrainConfig.from_dict(cfg_json["train"])
         data_cfg = DataConfig(**cfg_json["data"])
