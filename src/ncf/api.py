@@ -167,13 +167,9 @@ def fit(model: str, data: Dataset | str, *, out: str | Path | None = None, progr
         data = load_dataset(str(data))
     if not isinstance(data, Dataset):
         raise TypeError(f"fit needs a Dataset (ncf.load_dataset / ncf.from_pandas), got {type(data).__name__}")
-    if out is not None:
-        out = Path(out)
-        if out.is_dir() and any(out.iterdir()):
-            raise RunExistsError(f"{out}: not empty; choose a new run directory")
     ds = data.without_test()
     with quiet(not progress):
-        net, summary = train_model(None, cfg, out, ds, progress)
+        net, summary = train_model(None, cfg, None if out is None else Path(out), ds, progress)
     t = ds.train
     rec = Recommender(net.eval(), t.user_map, t.item_map, t.matrix, ds.item_info)
     return FittedModel(rec, cfg.resolved(t.nnz), ds.config, summary, ds.report)

@@ -15,6 +15,7 @@ No pickle anywhere; every load error names the file and what is wrong.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -79,6 +80,31 @@ def save_model(directory: Path, model: Model, extra_config: dict[str, Any] | Non
     atomic_write_json(directory / "config.json", cfg)
 
 
+# the keys of config.json; another is a typo or a newer format, said rather than ignored
+CONFIG_KEYS = {"format", "model", "model_params", "n_users", "n_items", "train", "data", "dataset_report"}
+
+
+def check_config_keys(cfg: dict[str, Any], where: Path) -> None:
+    """Unknown keys at the top level of config.json or under its ``train`` or ``data`` are errors
+    naming the file and the key."""
+    from ncf.config import TrainConfig
+    from ncf.data.datasets import DataConfig
+
+    unknown = sorted(set(cfg) - CONFIG_KEYS)
+    if unknown:
+        raise CheckpointError(f"{where}: unknown key(s) {', '.join(map(repr, unknown))} (known: "
+                              f"{', '.join(sorted(CONFIG_KEYS))})")
+    for part, cls in (("train", TrainConfig), ("data", DataConfig)):
+        sub = cfg.get(part)
+        if sub is None:
+            continue
+        if not isinstance(sub, dict):
+            raise CheckpointError(f"{where}: {part!r} should be an object, not {type(sub).__name__}")
+        unknown = sorted(set(sub) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise CheckpointError(f"{where}: unknown key(s) under {part!r}: {', '.join(map(repr, unknown))}")
+
+
 def build_model(cfg: dict[str, Any], where: Path) -> Model:
     try:
         cls = get_model_class(cfg["model"])
@@ -96,6 +122,7 @@ def load_model(directory: Path, filename: str = "model.safetensors", device: str
     cfg = read_json(directory / "config.json")
     if not isinstance(cfg, dict) or cfg.get("format") != FORMAT:
         raise CheckpointError(f"{directory / 'config.json'}: not an ncf run config (format {FORMAT})")
+    check_config_keys(cfg, directory / "config.json")
     model = build_model(cfg, directory / "config.json")
     state = load_tensors(directory / filename)
     try:

@@ -139,7 +139,7 @@ def _run_trial(data_cfg: DataConfig, cfg: TrainConfig, dataset: Dataset, out: Pa
             return json.loads(summary_file.read_text())
     if out.exists():
         shutil.rmtree(out)
-    return train(data_cfg, cfg, out, dataset=dataset, progress=progress)
+    return train(data_cfg, cfg, out, dataset=dataset, progress=progress, overwrite=True)  # a stale partial too
 
 
 def _drop_weights(run: Path) -> None:

@@ -31,5 +31,5 @@ class UnknownIdError(NcfError, KeyError):
     """A raw id that the model does not know, where it must."""
 
 
-class RunExistsError(NcfError, FileExistsError):
-    """A run directory (or file) is in the way of a new run."""
+class RunExistsError(CheckpointError, FileExistsError):
+    """A run directory (or a file) is in the way of a new run and is not to be replaced."""

@@ -149,8 +149,14 @@ def test_blank_lines_trailing_columns_crlf_bom(tmp_path):
     r = read_table(p, 0, 1, 2)
     assert r.users.tolist() == [1, 2, 3] and r.ratings.tolist() == [5.0, 4.0, 3.0]
     assert r.report.blank_lines == 2
-    ragged = _write(tmp_path, "d.tsv", "1\t10\t5\n2\t11\t4\t\t\n\n3\t12\t3\tcomment\n")
+    ragged = _write(tmp_path, "d.tsv", "1\t10\t5\n2\t11\t4\t\t\n\n3\t12\t3\n")
     assert read_table(ragged, 0, 1, 2).users.tolist() == [1, 2, 3]
+    # an extra non-empty field is a malformed row (issue 20), not ignored
+    extra = _write(tmp_path, "d2.tsv", "1\t10\t5\n2\t11\t4\t\t\n\n3\t12\t3\tcomment\n")
+    with pytest.raises(DataError, match=r"d2.tsv:4: row has 4 fields"):
+        read_table(extra, 0, 1, 2)
+    r = read_table(extra, 0, 1, 2, on_bad_lines="skip")
+    assert r.users.tolist() == [1, 2] and r.report.skipped == 1
 
 
 def test_separators(tmp_path):

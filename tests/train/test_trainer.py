@@ -12,7 +12,7 @@ from ncf.checkpoint import CheckpointError, load_model
 from ncf.config import TrainConfig
 from ncf.data.datasets import DataConfig
 from ncf.eval.evaluator import evaluate
-from ncf.train.run import resume_run, train
+from ncf.train.run import partial_dir, resume_run, train
 
 
 def small_cfg(**kw):
@@ -83,11 +83,12 @@ def test_resume_after_kill_9(ml100k_dir, tmp_path):
     cmd = [sys.executable, "-m", "ncf", "train", "--dataset", "ml-100k", "--model", "gmf", "--epochs", "6",
            "--batch-size", "256", "--patience", "0", "--device", "cpu", "--quiet", "--out", str(out)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
-    _wait_for_lines(out / "metrics.jsonl", 2, proc)
+    work = partial_dir(out)  # the run is written beside `out` and renamed into place when complete
+    _wait_for_lines(work / "metrics.jsonl", 2, proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert not (out / "summary.json").exists()
-    done = len((out / "metrics.jsonl").read_text().splitlines())
+    assert not out.exists() and not (work / "summary.json").exists()
+    done = len((work / "metrics.jsonl").read_text().splitlines())
     assert 2 <= done < 6
     res = subprocess.run([sys.executable, "-m", "ncf", "train", "--resume", str(out), "--quiet"],
                          capture_output=True, text=True, env=os.environ.copy(), timeout=600)
@@ -96,6 +97,7 @@ def test_resume_after_kill_9(ml100k_dir, tmp_path):
     assert [r["epoch"] for r in lines] == list(range(1, 7))
     summary = json.loads((out / "summary.json").read_text())
     assert summary["epochs_run"] == 6 and summary["test"]["hr@10"] > 0.2
+    assert not work.exists()
 
 
 def test_resumed_run_matches_uninterrupted(ml100k, tmp_path):

@@ -79,6 +79,8 @@ def info(
     time_col: str = typer.Option(None, "--time-col", help="Timestamp column (optional; unix time or ISO date)."),
     sep: str = typer.Option(None, "--sep", help="Field separator (default: sniffed; '\\t' or 'tab' for tabs)."),
     min_rating: float = typer.Option(None, "--min-rating", help="Keep only ratings >= this (default: all)."),
+    header: bool = typer.Option(None, "--header/--no-header", help="The first row is a header / is data "
+                                "(default: detected)."),
     on_bad_lines: str = typer.Option("error", "--on-bad-lines", help="error | skip (skipped rows are counted)"),
 ):
     """Users, items, interactions, density and split sizes of SOURCE."""
@@ -86,7 +88,7 @@ def info(
 
     ds = load_dataset(data_config(source, data_dir, user_col=user_col, item_col=item_col,
                                   rating_col=rating_col, time_col=time_col, sep=sep,
-                                  min_rating=min_rating, on_bad_lines=on_bad_lines))
+                                  min_rating=min_rating, header=header, on_bad_lines=on_bad_lines))
     out = info_dict(source, ds)
     if json_out:
         print_json(out)

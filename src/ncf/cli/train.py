@@ -42,12 +42,32 @@ def _parse_params(items: list[str] | None) -> dict:
     return out
 
 
+RESUME_FLAGS = ("resume", "epochs", "patience", "quiet", "json_out", "nproc")  # what --resume takes
+
+
+def _given(ctx: typer.Context, names) -> list[str]:
+    """The options of ``names`` given on the command line (or by environment), as spelled there."""
+    out = []
+    for p in ctx.command.params:
+        src = ctx.get_parameter_source(p.name) if p.name in names else None
+        if src is not None and src.name in ("COMMANDLINE", "ENVIRONMENT"):
+            flag = p.opts[0]
+            if getattr(p, "secondary_opts", None) and ctx.params.get(p.name) is False:
+                flag = p.secondary_opts[0]
+            out.append(flag)
+    return out
+
+
 @app.command("train")
 def train_cmd(
+    ctx: typer.Context,
     dataset: str = typer.Option(None, "--dataset", help="Dataset name or ratings file."),
     model: str = typer.Option("neumf", "--model", help="gmf | mlp | neumf | ..."),
-    out: Path = typer.Option(None, "--out", help="Run directory to write."),
-    resume: Path = typer.Option(None, "--resume", help="Continue an interrupted run directory."),
+    out: Path = typer.Option(None, "--out", help="Run directory to write (new or empty; see --overwrite)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace what --out holds (once the new run is "
+                                   "complete; a failed run keeps the old one)."),
+    resume: Path = typer.Option(None, "--resume", help="Continue an interrupted run directory (takes --epochs, "
+                                "--patience, --quiet, --json, --nproc; the rest is the run's own config)."),
     factors: int = typer.Option(None, "--factors", help=f"Embedding size (default {TrainConfig.factors})."),
     layers: str = typer.Option(None, "--layers", help="MLP tower, first = concatenated embedding size "
                                 "(default 64,32,16,8)."),
@@ -90,6 +110,8 @@ def train_cmd(
     rating_col: str = RatingColOpt,
     time_col: str = TimeColOpt,
     sep: str = SepOpt,
+    header: bool = typer.Option(None, "--header/--no-header", help="The file's first row is a header / is data "
+                                "(default: detected)."),
     on_bad_lines: str = OnBadLinesOpt,
     quiet: bool = typer.Option(False, "--quiet", help="No progress output."),
     json_out: bool = typer.Option(False, "--json", help="Print the run's summary as JSON on stdout."),
@@ -105,7 +127,13 @@ def train_cmd(
     if resume is not None:
         if init_items is not None:
             raise ConfigError("--init-items applies to a new run, not to --resume")
-        summary = _interruptible(resume, lambda: resume_run(resume, progress=not quiet))
+        conflicts = _given(ctx, {p.name for p in ctx.command.params} - set(RESUME_FLAGS))
+        if conflicts:
+            raise ConfigError(f"--resume continues {resume} as its config.json says; {', '.join(conflicts)} cannot "
+                              "change it (with --resume: --epochs, --patience, --quiet, --json, --nproc). "
+                              "A new run: --out DIR without --resume")
+        changes = {k: ctx.params[k] for k in ("epochs", "patience") if _given(ctx, {k})}
+        summary = _interruptible(resume, lambda: resume_run(resume, progress=not quiet, **changes))
         if summary is not None:  # None: a non-zero rank of a distributed run (rank 0 reports)
             _print_summary(summary, json_out)
         return
@@ -124,8 +152,9 @@ def train_cmd(
     cfg = TrainConfig.for_model(model, {k: v for k, v in given.items() if v is not None})
     dcfg = data_config(dataset, data_dir, valid=not no_valid, seed=cfg.seed, min_rating=min_rating,
                        user_col=user_col, item_col=item_col, rating_col=rating_col, time_col=time_col,
-                       sep=sep, on_bad_lines=on_bad_lines)
-    summary = _interruptible(out, lambda: train(dcfg, cfg, out, progress=not quiet, init_items=init_items))
+                       sep=sep, header=header, on_bad_lines=on_bad_lines)
+    summary = _interruptible(out, lambda: train(dcfg, cfg, out, progress=not quiet, init_items=init_items,
+                                                overwrite=overwrite))
     if summary is not None:  # None: a non-zero rank of a distributed run (rank 0 reports)
         _print_summary(summary, json_out)
         console.print(f"run written to {out}")

@@ -56,6 +56,7 @@ class DataConfig:
     rating_col: str | None = None
     time_col: str | None = None
     sep: str | None = None
+    header: bool | None = None  # the file's first row is a header (None: detected)
     on_bad_lines: str = "error"
 
     def __post_init__(self):
@@ -134,7 +135,7 @@ def read_source(cfg: DataConfig) -> tuple[str, Ratings | None, Path]:
                         "re-read; evaluate it from Python with ncf.evaluate(ncf.load(DIR), data)")
     root = data_dir(cfg.data_dir)
     kw = {"on_bad_lines": cfg.on_bad_lines, "min_rating": cfg.min_rating}
-    layout = [f"--{k.replace('_', '-')}" for k in ("user_col", "item_col", "rating_col", "time_col", "sep")
+    layout = [f"--{k.replace('_', '-')}" for k in ("user_col", "item_col", "rating_col", "time_col", "sep", "header")
               if getattr(cfg, k) is not None]
     if layout and src in DATASETS:
         raise DataError(f"{', '.join(layout)}: column options apply to a file path; {src!r} is a named "
@@ -172,6 +173,7 @@ def read_source(cfg: DataConfig) -> tuple[str, Ratings | None, Path]:
         _col(cfg.rating_col),
         _col(cfg.time_col),
         sep=cfg.sep,
+        header=cfg.header,
         **kw,
     )
     return str(path), ratings, path.parent

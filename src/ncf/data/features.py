@@ -112,6 +112,7 @@ KINDS = ("cat", "bucket", "multi")
 MISSING_TOKENS = frozenset({"", "na", "n/a", "nan", "null", "none", "?", "unknown"})
 AGE_EDGES = [18.0, 25.0, 35.0, 45.0, 50.0, 56.0]  # ML-1M's age groups; ML-100K ages fall into them
 YEAR_EDGES = [1940.0, 1950.0, 1960.0, 1970.0, 1980.0, 1990.0, 1995.0]
+RANGES = {"age": [0.0, 120.0], "year": [1800.0, 2100.0]}  # bucket fields known by name: what makes sense
 ML1M_OCCUPATIONS = [
     "other", "academic/educator", "artist", "clerical/admin", "college/grad student",
     "customer service", "doctor/health care", "executive/managerial", "farmer", "homemaker",
@@ -139,6 +140,9 @@ class Field:
     kind: str
     vocab: list[str] = field(default_factory=list)
     edges: list[float] | None = None
+    # bucket: the values that make sense ([low, high], either None: open); a value outside is an
+    # error, not the lowest or highest bucket. Default: RANGES by name (age, year), else open
+    range: list[float | None] | None = None
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -147,6 +151,12 @@ class Field:
             if not self.edges or sorted(self.edges) != list(self.edges):
                 raise ConfigError(f"feature {self.name!r}: bucket edges must be sorted and non-empty")
             self.vocab = bucket_labels(list(self.edges))
+            if self.range is None:
+                self.range = RANGES.get(self.name.lower())
+            if self.range is not None:
+                self.range = [None if x is None else float(x) for x in self.range]
+                if len(self.range) != 2:
+                    raise ConfigError(f"feature {self.name!r}: range must be [low, high], got {self.range!r}")
         elif not self.vocab or self.vocab[0] != UNKNOWN:
             self.vocab = [UNKNOWN, *[v for v in self.vocab if v != UNKNOWN]]
         self._lookup = {v: i for i, v in enumerate(self.vocab)}
@@ -163,7 +173,7 @@ class Field:
                 x = float(value)
             except ValueError:
                 return None
-            if not np.isfinite(x):
+            if not np.isfinite(x) or not self.in_range(x):
                 return None
             return 1 + int(np.searchsorted(np.asarray(self.edges), x, side="right"))
         code = self._lookup.get(value, self._lower.get(value.lower()))
@@ -184,9 +194,16 @@ class Field:
         code = self._one(str(value).strip())
         return (0, "unparseable") if code is None else (code, "ok")
 
+    def in_range(self, x: float) -> bool:
+        lo, hi = self.range or (None, None)
+        return (lo is None or x >= lo) and (hi is None or x <= hi)
+
     def valid_values(self) -> str:
         if self.kind == "bucket":
-            return f"a number (buckets {', '.join(self.vocab[1:])})"
+            lo, hi = self.range or (None, None)
+            span = ("" if lo is None and hi is None else f" between {_num(lo)} and {_num(hi)}" if None not in (lo, hi)
+                    else f" >= {_num(lo)}" if lo is not None else f" <= {_num(hi)}")
+            return f"a number{span} (buckets {', '.join(self.vocab[1:])})"
         return ", ".join(self.vocab[1:]) + (" (several joined by '|')" if self.kind == "multi" else "")
 
     def encode_strict(self, value: str) -> int | list[int]:
@@ -200,6 +217,8 @@ class Field:
         d: dict[str, Any] = {"name": self.name, "kind": self.kind}
         if self.kind == "bucket":
             d["edges"] = list(self.edges)
+            if self.range is not None:
+                d["range"] = list(self.range)
         else:
             d["vocab"] = list(self.vocab)
         return d
@@ -207,7 +226,7 @@ class Field:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Field:
         try:
-            return cls(d["name"], d["kind"], list(d.get("vocab", [])), d.get("edges"))
+            return cls(d["name"], d["kind"], list(d.get("vocab", [])), d.get("edges"), d.get("range"))
         except (KeyError, TypeError) as e:
             raise ConfigError(f"not a feature description: {d!r} ({e})") from None
 
@@ -459,7 +478,9 @@ def _infer_field(name: str, kind: str | None, values: list[str | None], max_cate
     if not len(nums):
         raise DataError(f"feature {name!r}: declared numeric but holds no numbers")
     edges = np.unique(np.quantile(nums, [0.2, 0.4, 0.6, 0.8]))
-    return Field(name, "bucket", edges=[float(e) for e in edges])
+    # a quantity never negative in the data (a count, an amount, an age) stays so
+    rng = RANGES.get(name.lower()) or ([0.0, None] if (nums >= 0).all() else None)
+    return Field(name, "bucket", edges=[float(e) for e in edges], range=rng)
 
 
 def _as_numbers(values: list[str]) -> np.ndarray:

@@ -93,7 +93,7 @@ def _normalise_raw(values: np.ndarray) -> np.ndarray:
         return values.astype(str)
     try:
         return values.astype(np.int64)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an integer beyond int64 -> strings
         return values.astype(str)
 
 

@@ -16,8 +16,10 @@ Ids: a column whose every value is an integer is read as ``int64`` (so ``"007"``
 from __future__ import annotations
 
 import csv
+import gzip
 import io
 import re
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +32,9 @@ BAD_LINES = ("error", "skip")
 ROLES = ("user", "item", "rating", "timestamp")
 _SAMPLE = 50  # non-blank lines looked at to detect a header row
 _UNIT_SEP = "\x1f"  # stands in for multi-character separators (the C parser takes one character)
+_INT64_MAX = 2**63 - 1
+# magic bytes of compressed files: gzip is read directly, the others are named
+_COMPRESSED = {b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz", b"PK\x03\x04": "zip", b"\x28\xb5\x2f\xfd": "zstd"}
 
 
 
@@ -43,9 +48,10 @@ class ReadReport:
     below_min_rating: int = 0  # rows dropped by min_rating (reported, not silent)
     blank_lines: int = 0
     header: bool = False  # a header row was found (and not counted as data)
+    warnings: list[str] = field(default_factory=list)  # things the caller should tell the user
 
     def to_dict(self) -> dict:
-        return {
+        return {**({"warnings": list(self.warnings)} if self.warnings else {}),
             "path": self.path,
             "rows": self.rows,
             "skipped": self.skipped,
@@ -91,19 +97,32 @@ class Ratings:
 
 
 def _read_text(path: Path, encoding: str) -> str:
+    """The file's text; a gzip file is decompressed (other compressed files are named, not read)."""
     try:
-        text = path.read_text(encoding=encoding)
+        data = path.read_bytes()
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
     except IsADirectoryError:
         raise DataError(f"{path}: is a directory, not a ratings file") from None
     except PermissionError:
         raise DataError(f"{path}: permission denied") from None
+    if data[:2] == b"\x1f\x8b":
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError, zlib.error) as e:
+            raise DataError(f"{path}: a gzip file that cannot be decompressed ({e})") from None
+    else:
+        for magic, kind in _COMPRESSED.items():
+            if data.startswith(magic):
+                raise DataError(f"{path}: a {kind}-compressed file; only gzip (.gz) is read directly: "
+                                "decompress it first")
+    try:
+        text = data.decode(encoding)
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not valid {encoding} text ({e.reason} at byte {e.start})") from None
     text = text.removeprefix("\ufeff")  # a UTF-8 byte-order mark is not part of the first field
-    if "\r" in text and "\n" not in text:  # old Mac line ends
-        text = text.replace("\r", "\n")
+    if "\r" in text:  # Windows and old Mac line ends (as reading in text mode does)
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
     return text
 
 
@@ -241,9 +260,36 @@ def _resolve_columns(path: Path, cols: dict, header_fields: list[str] | None) ->
     return positions
 
 
+_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}([T ]\d{1,2}:\d{2}(:\d{2}(\.\d+)?)?)?(Z|[+-]\d{2}:?\d{2})?$")
+# words of column names: a first row made of them (and never seen again) is a header
+_NAME_WORDS = frozenset("""
+    id ids uid iid key user users userid username customer customers client clients member account visitor
+    person buyer reader viewer player session item items itemid product products productid sku article movie
+    movies movieid film book books track song artist video page object rating ratings rate score stars value
+    weight count clicks time timestamp ts date datetime when event created updated purchased bought watched
+    at name title label""".split())
+_TIME_NAME = re.compile(r"(?i)^(time|timestamp|ts|date|datetime|when|.*[_ .-](at|time|date|ts)|.*(Time|Date|At))$")
+
+
+def _is_date(s: str) -> bool:
+    return bool(_DATE.match(s.strip()))
+
+
+def _name_like(s: str) -> bool:
+    """Looks like a column name: letters (digits after the first), made of words such as
+    ``customer_id``, ``productId``, ``rating``, ``purchased_at``."""
+    s = s.strip().strip('"').strip()
+    if not re.match(r"^[A-Za-z][A-Za-z0-9 _.-]*$", s):
+        return False
+    words = re.split(r"[ _.-]+|(?<=[a-z])(?=[A-Z])", s)
+    return any(w.lower() in _NAME_WORDS for w in words if w)
+
+
 def _looks_like_header(rows: list[list[str]], positions: dict[str, int | None]) -> bool:
-    """A first row is a header when every requested field of it is a non-empty non-number
-    and, in the rows after it, some requested column holds only numbers."""
+    """A first row is a header when every requested field of it is a non-empty non-number and
+    either some column (requested or not) holds a name above only numbers (or only dates), or
+    every requested field is a column name (``customer_id``, ``product``) that the column does
+    not hold again (string ids have no column of numbers to tell a header by)."""
     if len(rows) < 2:
         return False
     wanted = [p for p in positions.values() if p is not None]
@@ -251,7 +297,43 @@ def _looks_like_header(rows: list[list[str]], positions: dict[str, int | None]) 
     if any(p >= len(first) or not first[p].strip() or _is_number(first[p]) for p in wanted):
         return False
     rest = rows[1:]
-    return any(all(p < len(r) and _is_number(r[p]) for r in rest) for p in wanted)
+    for c, name in enumerate(first):
+        if not name.strip() or _is_number(name) or _is_date(name):
+            continue
+        values = [r[c] for r in rest if c < len(r) and r[c].strip()]
+        if values and (all(_is_number(v) for v in values) or all(_is_date(v) for v in values)):
+            return True
+    return all(_name_like(first[p]) and all(p >= len(r) or r[p].strip() != first[p].strip() for r in rest)
+               for p in wanted)
+
+
+def _unused_time_columns(path: Path, rows: list[list[str]], positions: dict[str, int | None],
+                         header: bool) -> list[str]:
+    """Warnings for time-like columns (by name in a header, else ISO dates) the split does not use."""
+    if positions.get("timestamp") is not None or not rows:
+        return []
+    used = {p for p in positions.values() if p is not None}
+    body = rows[1:] if header else rows
+    out = []
+    for c in range(len(rows[0])):
+        if c in used:
+            continue
+        name = rows[0][c].strip().strip('"').strip() if header else ""
+        values = [r[c] for r in body if c < len(r) and r[c].strip()]
+        dates = bool(values) and all(_is_date(v) for v in values)
+        if (name and _TIME_NAME.match(name)) or dates:
+            what = f"column {name!r}" if name else f"column {c}"
+            out.append(f"{path}: {what} looks like a time but is not used: the split holds out a random item "
+                       f"per user; pass --time-col {name or c} to hold out each user's latest")
+    return out
+
+
+def _n_fields(fields: list[str]) -> int:
+    """Fields up to the last non-empty one (empty trailing fields are tolerated)."""
+    n = len(fields)
+    while n and not fields[n - 1].strip():
+        n -= 1
+    return n
 
 
 def _split_line(line: str, sep: str) -> list[str]:
@@ -303,11 +385,14 @@ def read_table(
     if header is None:
         header = named or _looks_like_header(rows, _resolve_columns(path, cols, None) if not named else {})
     positions = _resolve_columns(path, cols, rows[0] if header else None)
+    warnings = _unused_time_columns(path, rows, positions, header)
+    width = _n_fields(rows[0])  # the fields of a row (the header's, else the first row's)
     body = text[first_end:] if header else text
     body1, sep1 = _one_char(body, sep)
-    fast = _fast_read(body1, sep1, positions)
+    fast = _fast_read(body1, sep1, positions) if _max_fields(body1, sep1) <= width else None
     if fast is not None:
-        report = ReadReport(str(path), rows=len(fast["user"]), blank_lines=_count_blank(body), header=header)
+        report = ReadReport(str(path), rows=len(fast["user"]), blank_lines=_count_blank(body), header=header,
+                            warnings=warnings)
         ratings = Ratings(fast["user"], fast["item"], fast["rating"], fast["timestamp"], report)
         return ratings.filter_min_rating(min_rating)
     text1, sep1 = _one_char(text, sep)
@@ -317,7 +402,9 @@ def read_table(
         raise DataError(f"{path}: {e}") from None
     if header:
         df = df.iloc[sample[0][0]:]  # rows after the header line
-    return _validate(df, path, positions, on_bad_lines, min_rating, header)
+    ratings = _validate(df, path, positions, on_bad_lines, min_rating, header, width)
+    ratings.report.warnings = warnings
+    return ratings
 
 
 def _fast_read(body: str, sep: str, positions: dict[str, int | None]) -> dict | None:
@@ -344,7 +431,12 @@ def _fast_read(body: str, sep: str, positions: dict[str, int | None]) -> dict | 
                     col = col.str.strip()
                     if col.isna().any() or (col == "").any():
                         return None
-                    out[key] = _ids(col)  # this column may be all integers though the other is not
+                    try:  # this column may be all integers though the other is not
+                        out[key] = col.astype("int64").to_numpy()
+                    except OverflowError:  # an integer beyond int64 (or strings): the exact pass says
+                        return None
+                    except (ValueError, TypeError):
+                        out[key] = col.to_numpy(dtype=object).astype(str)
                 else:
                     out[key] = col.to_numpy(dtype=np.int64)
             elif key == "rating":
@@ -364,6 +456,21 @@ def _ids(col: pd.Series) -> np.ndarray:
         return col.astype("int64").to_numpy()
     except (ValueError, TypeError, OverflowError):
         return col.to_numpy(dtype=object).astype(str)
+
+
+def _beyond_int64(col: pd.Series, ignore: np.ndarray) -> np.ndarray:
+    """Integer ids outside int64, where every other id of the column (rows not ``ignore``d)
+    is an integer: such a column is read as int64, so these cannot be kept (as strings they would
+    turn every id of the column into a string)."""
+    values = col.to_numpy(dtype=object)
+    digits = col.str.fullmatch(r"[+-]?\d+").to_numpy(dtype=bool)
+    if not digits[~ignore].all():
+        return np.zeros(len(col), dtype=bool)
+    long = digits & (col.str.len().to_numpy() > 18)
+    over = np.zeros(len(col), dtype=bool)
+    for i in np.flatnonzero(long & ~ignore):
+        over[i] = not -_INT64_MAX - 1 <= int(values[i]) <= _INT64_MAX
+    return over
 
 
 def _numbers(key: str, col: pd.Series) -> tuple[np.ndarray, np.ndarray, str]:
@@ -391,8 +498,11 @@ def _validate(
     on_bad_lines: str,
     min_rating: float | None,
     header: bool = False,
+    expect_fields: int | None = None,
 ) -> Ratings:
-    """The slow, exact pass: every row checked, bad rows named (or skipped and counted)."""
+    """The slow, exact pass: every row checked, bad rows named (or skipped and counted).
+
+    ``expect_fields``: a row with a non-empty field past this many is malformed."""
     report = ReadReport(str(path), header=header)
     width = df.shape[1]
     line_no = df.index.to_numpy() + 1
@@ -413,12 +523,27 @@ def _validate(
     bad = np.zeros(len(df), dtype=bool)
     reasons: dict[int, str] = {}
     out: dict[str, np.ndarray | None] = dict.fromkeys(ROLES)
+    if expect_fields is not None and width > expect_fields:
+        extra = df.iloc[:, expect_fields:].fillna("").astype(str).apply(lambda s: s.str.strip() != "")
+        wrong = extra.any(axis=1).to_numpy() & ~blank
+        if wrong.any():
+            n_fields = width - extra.to_numpy()[:, ::-1].argmax(axis=1)
+            for i in np.flatnonzero(wrong)[:1]:
+                reasons.setdefault(int(line_no[i]), f"row has {int(n_fields[i])} fields, the file's rows "
+                                                    f"{expect_fields} (an extra field, or a separator inside "
+                                                    "a field?)")
+            bad |= wrong
     for key, col in stripped.items():
         if key in ("user", "item"):
             wrong = (col == "").to_numpy() & ~blank
             reason = f"field {key!r} (column {used[key]}) is empty"
             for i in np.flatnonzero(wrong)[:1]:
                 reasons.setdefault(int(line_no[i]), reason)
+            over = _beyond_int64(col, wrong | blank | bad)
+            for i in np.flatnonzero(over)[:1]:
+                reasons.setdefault(int(line_no[i]), f"field {key!r} (column {used[key]}): {col.iloc[i]} is an "
+                                                    "integer id beyond the 64-bit range")
+            wrong |= over
             out[key] = col.to_numpy()
         else:
             values, wrong, expect = _numbers(key, col)

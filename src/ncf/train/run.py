@@ -1,10 +1,19 @@
 """One training run end to end: dataset -> model -> trainer -> run directory.
 
 This is what ``ncf train`` calls; ``ncf compare`` and the benchmarks call it too.
+
+A run is written into a hidden sibling, ``.NAME.partial``, and renamed to ``NAME`` only when
+it is complete (``summary.json`` written): a run that fails leaves no half-written ``NAME``;
+its partial directory is removed, unless it holds resumable state (``state.safetensors``,
+written after every epoch), which ``resume_run(NAME)`` continues and then renames into place.
+An existing non-empty ``NAME`` is replaced only with ``overwrite=True``, and only once the
+new run is complete (docs/RELIABILITY.md).
 """
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -15,6 +24,7 @@ import torch
 from ncf.checkpoint import (
     CheckpointError,
     atomic_write_json,
+    check_config_keys,
     load_config,
     load_model,
     save_model,
@@ -24,10 +34,97 @@ from ncf.config import TrainConfig
 from ncf.console import console
 from ncf.data.datasets import DATASETS, DataConfig, data_dir, load_dataset
 from ncf.data.split import Dataset
-from ncf.errors import ConfigError
+from ncf.errors import ConfigError, DataError, RunExistsError
 from ncf.models import MODELS, NeuMF, get_model_class
 from ncf.train import distributed
-from ncf.train.trainer import Trainer
+from ncf.train.trainer import Trainer, resolve_device
+
+PARTIAL = ".partial"  # suffix of the hidden sibling a run is written into until complete
+
+
+def partial_dir(out: Path) -> Path:
+    """Where the run for ``out`` is written until it is complete: ``.NAME.partial`` beside it."""
+    out = Path(out)
+    return out.parent / f".{out.name}{PARTIAL}"
+
+
+def _target_of(path: Path) -> Path:
+    """``NAME`` for ``.NAME.partial`` (a partial directory given by its own path), else ``path``."""
+    name = path.name
+    if name.startswith(".") and name.endswith(PARTIAL) and len(name) > 1 + len(PARTIAL):
+        return path.with_name(name[1:-len(PARTIAL)])
+    return path
+
+
+def check_out(out: Path, overwrite: bool = False) -> None:
+    """Refuse an ``out`` that is a file, a non-empty directory (unless ``overwrite``) or has an
+    interrupted run waiting in its partial directory (unless ``overwrite``, which discards it)."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise RunExistsError(f"--out {out}: is a file, not a run directory; name a new directory")
+    part = partial_dir(out)
+    if part.exists() and not overwrite:
+        raise RunExistsError(f"{out}: an interrupted run of it waits in {part}: `ncf train --resume {out}` "
+                             "continues it, --overwrite discards it")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        what = "a run" if (out / "config.json").exists() else "files"
+        raise RunExistsError(f"--out {out}: already holds {what}; pass --overwrite to replace it (the old run "
+                             f"stays until the new one is complete), or `ncf train --resume {out}` to continue it")
+
+
+def _check_trainable(dataset: Dataset) -> None:
+    """What would make training fail after it started, said before anything is written."""
+    if dataset.test is not None and len(dataset.test) == 0:
+        raise DataError(f"{dataset.name}: no user has 2 or more interactions, so none can be held out for "
+                        f"testing ({dataset.n_users} users, {dataset.n_interactions} interactions)")
+    if dataset.valid is not None and len(dataset.valid) == 0:
+        raise DataError(f"{dataset.name}: no user has 3 or more interactions, so none can be held out for "
+                        "validation; pass --no-valid (no early stopping)")
+
+
+def _publish(work: Path, out: Path) -> None:
+    """Rename the complete run ``work`` to ``out``; an old run at ``out`` goes only now."""
+    if out.exists():
+        old = out.parent / f".{out.name}.old"
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(out, old)
+        os.replace(work, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(work, out)
+
+
+def _abandon(work: Path, out: Path) -> None:
+    """After a failure: keep ``work`` if it holds resumable state, else remove it."""
+    if not work.exists():
+        return
+    if any(work.rglob("state.safetensors")):
+        console.print(f"[yellow]run not complete; its resumable state is kept in {work}: "
+                      f"`ncf train --resume {out}` continues it")
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _in_partial(out: Path, fn, clear: bool = True):
+    """Run ``fn(work)`` with ``work`` = the partial directory of ``out``, then publish it to
+    ``out``; on any failure (Ctrl-C too) keep only resumable state. Rank 0 alone touches files."""
+    main = distributed.is_main()
+    work = partial_dir(out)
+    if main:
+        if clear and work.exists():
+            shutil.rmtree(work)
+        work.mkdir(parents=True, exist_ok=True)
+    try:
+        summary = fn(work)
+    except BaseException:
+        if main:
+            _abandon(work, out)
+        raise
+    if main:
+        _publish(work, out)
+    distributed.barrier()  # every rank sees the run in place before going on
+    return summary
 
 
 def build(cfg: TrainConfig, dataset: Dataset):
@@ -72,20 +169,34 @@ def _data_dict(data_cfg: DataConfig | None, dataset: Dataset) -> dict:
 
 
 def train(data_cfg: DataConfig, cfg: TrainConfig, out: Path | None, dataset: Dataset | None = None,
-          progress: bool = True, init_items: Path | None = None) -> dict[str, Any]:
+          progress: bool = True, init_items: Path | None = None, overwrite: bool = False) -> dict[str, Any]:
     """Train ``cfg.model`` on ``data_cfg``'s dataset, writing the run to ``out``; the summary.
     See :func:`train_model`."""
-    return train_model(data_cfg, cfg, out, dataset, progress, init_items)[1]
+    return train_model(data_cfg, cfg, out, dataset, progress, init_items, overwrite)[1]
 
 
 def train_model(data_cfg: DataConfig | None, cfg: TrainConfig, out: Path | None, dataset: Dataset | None = None,
-                progress: bool = True, init_items: Path | None = None):
-    """Train ``cfg.model`` on ``dataset`` (else ``data_cfg``'s), writing the run to ``out``
-    (None: in memory); returns (model with its best-validation weights, summary).
+                progress: bool = True, init_items: Path | None = None, overwrite: bool = False):
+    """Train ``cfg.model`` on ``dataset`` (else ``data_cfg``'s), writing the run to ``out`` (None:
+    in memory); returns (the model with its best-validation weights, the summary).
+
+    ``out`` must not hold anything yet unless ``overwrite`` (the old run is then replaced once
+    the new one is complete); the run is written into ``partial_dir(out)`` and renamed into
+    place at the end (module docstring).
 
     ``init_items``: a run directory (item2vec) whose item vectors initialise GMF / NeuMF item
     embeddings, matched by raw id (:mod:`ncf.train.warmstart`); reported in ``init_items.json``."""
+    if out is not None and distributed.is_main():
+        check_out(Path(out), overwrite)
+    resolve_device(cfg.device)  # --device cuda without a GPU: said before reading or writing anything
     dataset = dataset or load_dataset(data_cfg)
+    _check_trainable(dataset)
+    if out is None:
+        return _train(data_cfg, cfg, None, dataset, progress, init_items)
+    return _in_partial(Path(out), lambda work: _train(data_cfg, cfg, work, dataset, progress, init_items))
+
+
+def _train(data_cfg, cfg, out, dataset, progress, init_items):
     cfg = cfg.resolved(dataset.train.nnz)
     if cfg.pretrain:
         if cfg.model != "neumf":
@@ -152,6 +263,9 @@ def _train_pretrained(data_cfg, cfg, out, dataset, progress, resume):
             console.print(f"[bold]pre-training {name} (in memory)")
             subs[name] = train_model(data_cfg, sub_cfg, None, dataset, progress)[0]  # best epoch's weights
         elif sub_out is not None and (sub_out / "summary.json").exists():
+            _check_pretrained(sub_out, name, dataset)  # never fused unchecked (other data, other flags)
+            if not given:
+                _check_hparams(sub_out, name, sub_cfg)
             console.print(f"pre-trained {name} found in {sub_out}")
         elif given:
             _check_pretrained(Path(given), name, dataset)
@@ -160,7 +274,8 @@ def _train_pretrained(data_cfg, cfg, out, dataset, progress, resume):
             else:
                 shutil.copytree(given, sub_out, dirs_exist_ok=True)  # the run directory stays self-contained
                 console.print(f"pre-trained {name}: {given}, copied to {sub_out}")
-        elif sub_out is not None and resume and (sub_out / "state.safetensors").exists():
+        elif sub_out is not None and resume and (partial_dir(sub_out).exists() or
+                                                 (sub_out / "state.safetensors").exists()):
             resume_run(sub_out, progress=progress)
         else:
             console.print(f"[bold]pre-training {name}")
@@ -202,24 +317,72 @@ def _check_pretrained(run: Path, name: str, dataset: Dataset) -> None:
                               "(another split, seed or --no-valid?)")
 
 
-def resume_run(out: Path, progress: bool = True) -> dict[str, Any]:
-    """Continue an interrupted run from its last completed epoch."""
-    out = Path(out)
-    if not out.is_dir():
-        raise CheckpointError(f"{out}: no such run directory")
-    cfg_json = load_config(out)
+def _check_hparams(run: Path, name: str, sub_cfg: TrainConfig) -> None:
+    """A sub-run found in the run directory has the hyperparameters this run asks of it."""
+    want = json.loads(json.dumps(sub_cfg.model_params(get_model_class(name)), default=list))
+    have = load_config(run).get("model_params") or {}
+    diff = [f"{k}={have[k]!r} (this run: {want[k]!r})" for k in sorted(want) if k in have and have[k] != want[k]]
+    if diff:
+        raise CheckpointError(f"{run}: pre-trained {name} found with other hyperparameters: {', '.join(diff)}; "
+                              f"remove {run} to train it again, or start over with --overwrite")
+
+
+RESUME_CHANGES = ("epochs", "patience")  # what may change when a run is resumed
+
+
+def resume_run(out: Path, progress: bool = True, **changes) -> dict[str, Any]:
+    """Continue an interrupted run from its last completed epoch (or extend a finished one).
+
+    ``out``: the run directory as given to :func:`train` (an interrupted run waits in
+    ``partial_dir(out)`` and is renamed to ``out`` when complete), or that partial directory
+    itself; a run directory interrupted in place (written before partial directories) is
+    continued in place. ``changes``: new ``epochs`` / ``patience`` (None: unchanged); a
+    finished run so extended is continued in a copy that replaces it when complete."""
+    unknown = sorted(set(changes) - set(RESUME_CHANGES))
+    if unknown:
+        raise ConfigError(f"resume can change only {', '.join(RESUME_CHANGES)}, not {', '.join(unknown)}")
+    changes = {k: v for k, v in changes.items() if v is not None}
+    target = _target_of(Path(out))
+    part = partial_dir(target)
+    main = distributed.is_main()
+    if (part / "config.json").exists():
+        work, publish = part, True  # interrupted: its state waits in the partial directory
+    elif not target.is_dir():
+        raise CheckpointError(f"{target}: no such run directory (nor an interrupted run in {part})")
+    elif changes and (target / "summary.json").exists() and distributed.env_world() == 1:
+        work, publish = part, True  # a finished run extended: in a copy, the original kept until done
+        if main:
+            shutil.rmtree(part, ignore_errors=True)
+            shutil.copytree(target, part)
+    else:
+        work, publish = target, False
+    cfg_json = load_config(work)
+    if not isinstance(cfg_json, dict):
+        raise CheckpointError(f"{work / 'config.json'}: not an ncf run config")
+    check_config_keys(cfg_json, work / "config.json")
     try:
         cfg = TrainConfig.from_dict(cfg_json["train"])
         data_cfg = DataConfig(**cfg_json["data"])
+        if changes:
+            cfg = TrainConfig.from_dict({**cfg.to_dict(), **changes})
     except (KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"{out / 'config.json'}: cannot resume ({e})") from None
+        raise CheckpointError(f"{work / 'config.json'}: cannot resume ({e})") from None
+    if changes and main:
+        atomic_write_json(work / "config.json", {**cfg_json, "train": cfg.to_dict()})
+    if not publish:
+        return _resume(work, cfg, data_cfg, progress)[1]
+    return _in_partial(target, lambda w: _resume(w, cfg, data_cfg, progress), clear=False)[1]
+
+
+def _resume(out: Path, cfg: TrainConfig, data_cfg: DataConfig, progress: bool):
     dataset = load_dataset(data_cfg)
     if (out / "summary.json").exists():
-        console.print(f"{out} already finished; evaluating the saved best model")
+        console.print(f"{out} already finished; continuing it up to epoch {cfg.epochs} (if not there yet) "
+                      "and evaluating the saved best model")
     if cfg.pretrain:
-        return _train_pretrained(data_cfg, cfg, out, dataset, progress, resume=True)[1]
+        return _train_pretrained(data_cfg, cfg, out, dataset, progress, resume=True)
     model = build(cfg, dataset)
-    return _fit(model, dataset, cfg, data_cfg, out, progress, resume=(out / "state.safetensors").exists())[1]
+    return _fit(model, dataset, cfg, data_cfg, out, progress, resume=(out / "state.safetensors").exists())
 
 
 __all__ = ["train", "train_model", "resume_run", "MODELS"]
