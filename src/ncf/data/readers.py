@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ncf.data.ids import canonical_ids
+
 BAD_LINES = ("error", "skip")
 ROLES = ("user", "item", "rating", "timestamp")
 _SAMPLE = 50  # non-blank lines looked at to detect a header row
@@ -359,11 +361,9 @@ def _fast_read(body: str, sep: str, positions: dict[str, int | None]) -> dict | 
 
 
 def _ids(col: pd.Series) -> np.ndarray:
-    """Stripped id strings -> int64 where every one is an integer, else str."""
-    try:
-        return col.astype("int64").to_numpy()
-    except (ValueError, TypeError, OverflowError):
-        return col.to_numpy(dtype=object).astype(str)
+    """Stripped id strings -> int64 where every one is an integer, else str (the one id rule,
+    ``ncf.data.ids``, shared with the CLI and the HTTP service)."""
+    return canonical_ids(col)
 
 
 def _numbers(key: str, col: pd.Series) -> tuple[np.ndarray, np.ndarray, str]:
