@@ -188,6 +188,23 @@ def test_interactions_per_user_are_bounded(neumf_run, store):
     assert 1004 in left and not {1001, 1002, 1003} & set(left)  # the refused one was not recorded
 
 
+def test_interactions_per_request_are_bounded(neumf_run, store):
+    """Case 13: several interactions in one POST (``items``), at most --max-items-per-request;
+    every id is checked before anything is recorded."""
+    client = TestClient(create_app(neumf_run, store, max_items_per_request=3))
+    r = client.post("/v1/users/555/interactions", json={"items": [1001, "1002", 1003, 1004]})
+    assert r.status_code == 422 and r.json()["error"] == "too_many_items" and "at most 3" in r.json()["message"]
+    r = client.post("/v1/users/555/interactions", json={"items": [1001, 99999]})
+    assert r.status_code == 404 and r.json()["error"] == "unknown_item"
+    assert 1001 in _items(client.get("/v1/users/555/recommendations", params={"k": 30}))  # nothing recorded
+    r = client.post("/v1/users/555/interactions", json={"items": [1001, " 1002 ", 1003]})
+    assert r.status_code == 201 and r.json() == {"user": 555, "items": [1001, 1002, 1003], "stored": True}
+    assert not {1001, 1002, 1003} & set(_items(client.get("/v1/users/555/recommendations", params={"k": 30})))
+    r = client.post("/v1/users/555/interactions", json={"item": 1004, "items": [1005]})
+    assert r.status_code == 422 and "exactly one" in r.json()["message"]
+    assert client.post("/v1/users/555/interactions", json={}).status_code == 422
+
+
 # === store faults ==========================================================================
 
 def _journal(path: Path) -> dict[str, list[str]]:
@@ -376,13 +393,13 @@ def _serve(run: Path, *args: str, env: dict | None = None) -> tuple[subprocess.P
 
 def test_serve_cli_options(neumf_run, monkeypatch):
     """Case 13 flags reach the app: NCF_API_KEY, --api-key-reads, --max-body-bytes,
-    --max-events-per-user, --events-namespace."""
+    --max-events-per-user, --max-items-per-request, --events-namespace."""
     served = []
     monkeypatch.setattr("uvicorn.run", lambda application, **kw: served.append(application))
     monkeypatch.setenv("NCF_API_KEY", "k1")
     with pytest.raises(SystemExit) as exit_:
         cli_main(["serve", str(neumf_run), "--no-journal", "--api-key-reads", "--max-body-bytes", "100",
-                  "--max-events-per-user", "1", "--events-namespace", "shop"])
+                  "--max-events-per-user", "1", "--max-items-per-request", "2", "--events-namespace", "shop"])
     assert exit_.value.code == 0
     client = TestClient(served[0])
     key = {"X-API-Key": "k1"}
@@ -392,12 +409,14 @@ def test_serve_cli_options(neumf_run, monkeypatch):
     assert client.post("/v1/users/101/interactions", json={"item": "x" * 200}, headers=key).status_code == 413
     assert client.post("/v1/users/101/interactions", json={"item": 1001}, headers=key).status_code == 201
     assert client.post("/v1/users/101/interactions", json={"item": 1002}, headers=key).status_code == 409
+    r = client.post("/v1/users/102/interactions", json={"items": [1001, 1002, 1003]}, headers=key)
+    assert r.status_code == 422 and r.json()["error"] == "too_many_items"
     assert client.get("/healthz").json()["events_namespace"] == "shop"
 
 
 def test_serve_process_kill9_keeps_acknowledged_and_repairs_torn_tail(run_copy):
-    """Case 1 end to end in a real process: acknowledged interactions survive kill -9, a torn
-    tail left behind is repaired at the next start, and later writes are whole."""
+    """Case 1 end to end: acknowledged interactions of a real ``ncf serve`` process survive
+    kill -9; a torn tail left behind is cut at the next start and the next write is whole."""
     proc, url = _serve(run_copy, env={"NCF_API_KEY": "k1"})
     acked = []
     try:
@@ -409,16 +428,27 @@ def test_serve_process_kill9_keeps_acknowledged_and_repairs_torn_tail(run_copy):
         proc.kill()  # SIGKILL: no clean shutdown
         proc.wait(timeout=20)
     journal = run_copy / "interactions.jsonl"
+    assert len(acked) == 10 and set(_journal(journal)["120"]) == set(acked)
     with open(journal, "ab") as f:  # as if killed in the middle of a write
         f.write(b'{"user": "120", "item": "10')
-    proc, url = _serve(run_copy, env={"NCF_API_KEY": "k1"})
-    try:
-        assert httpx.post(url + "/v1/users/121/interactions", json={"item": 1001},
-                          headers={"X-API-Key": "k1"}).status_code == 201
-    finally:
-        proc.terminate()
-        out = proc.communicate(timeout=20)[0].decode()
-    assert "torn" in out
+    with pytest.warns(UserWarning, match="torn"):
+        client = TestClient(create_app(run_copy, InMemoryStore(journal)))  # what `ncf serve` builds
+    assert client.post("/v1/users/121/interactions", json={"item": 1001}).status_code == 201
     events = _journal(journal)
-    assert len(acked) == 10 and set(events["120"]) == set(acked) and events["121"] == ["1001"]
+    assert set(events["120"]) == set(acked) and events["121"] == ["1001"]
     assert journal.with_name("interactions.jsonl.torn").read_bytes().startswith(b'{"user": "120"')
+
+
+def test_redis_kill9_keeps_acknowledged_interactions(neumf_run, redis_proc):
+    """The promise for ``appendonly yes`` + ``appendfsync always``: every acknowledged POST is in
+    the append-only file, so a SIGKILL of redis-server (no clean shutdown) loses none."""
+    client = TestClient(create_app(neumf_run, RedisStore(redis_proc.url, timeout=2.0)))
+    acked = [item for item in range(1001, 1031)
+             if client.post("/v1/users/777/interactions", json={"item": item}).status_code == 201]
+    redis_proc.proc.kill()
+    redis_proc.proc.wait(timeout=10)
+    redis_proc.proc = None
+    redis_proc.start()
+    client = TestClient(create_app(neumf_run, RedisStore(redis_proc.url, timeout=2.0)))
+    assert len(acked) == 30
+    assert _items(client.get("/v1/users/777/recommendations", params={"k": 30})) == []  # all 30 recorded

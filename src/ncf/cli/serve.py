@@ -8,7 +8,7 @@ import typer
 
 from ncf.cli import app
 from ncf.cli.common import run_dir
-from ncf.serve.limits import MAX_BODY_BYTES, MAX_EVENTS_PER_USER
+from ncf.serve.limits import MAX_BODY_BYTES, MAX_EVENTS_PER_USER, MAX_ITEMS_PER_REQUEST
 
 store_app = typer.Typer(help="The feature store that `ncf serve` reads (Redis).", no_args_is_help=True)
 app.add_typer(store_app, name="store")
@@ -44,6 +44,8 @@ def serve_cmd(
                                        help="Larger request bodies are refused (413)."),
     max_events_per_user: int = typer.Option(MAX_EVENTS_PER_USER, "--max-events-per-user",
                                             help="Recorded interactions a user may have (409 beyond; 0: no limit)."),
+    max_items_per_request: int = typer.Option(MAX_ITEMS_PER_REQUEST, "--max-items-per-request",
+                                              help='Interactions one POST may record ({"items": [...]}; 422 beyond).'),
     events_namespace: str = typer.Option(None, "--events-namespace",
                                          help="Where recorded interactions live in the store (default: a hash "
                                               "of the run's item catalogue, shared by its retrainings)."),
@@ -72,7 +74,8 @@ def serve_cmd(
     try:
         application = create_app(directory, store, candidates=candidates, max_k=max_k, api_key=api_key or None,
                                  api_key_reads=api_key_reads, max_body_bytes=max_body_bytes,
-                                 max_events_per_user=max_events_per_user, events_namespace=events_namespace)
+                                 max_events_per_user=max_events_per_user, max_items_per_request=max_items_per_request,
+                                 events_namespace=events_namespace)
     except StoreUnavailable as e:
         _fail(str(e))
     info = store.describe()

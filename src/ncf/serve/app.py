@@ -38,7 +38,7 @@ from pathlib import Path
 from fastapi import Body, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, StrictInt, StrictStr, model_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ncf.data.ids import canonical_id
@@ -46,7 +46,7 @@ from ncf.data.interactions import IdMap
 from ncf.recommend import Recommender, RerankUnavailable, UnknownItemError, top_k
 from ncf.rerank.lagrangian import load_reranker
 from ncf.serve.guard import ApiKey, BodyLimit, Unauthorized
-from ncf.serve.limits import MAX_BODY_BYTES, MAX_EVENTS_PER_USER
+from ncf.serve.limits import MAX_BODY_BYTES, MAX_EVENTS_PER_USER, MAX_ITEMS_PER_REQUEST
 from ncf.serve.retrieval import make_ranker
 from ncf.serve.store import (
     EventLimitReached,
@@ -90,13 +90,24 @@ class Similar(BaseModel):
 
 
 class InteractionIn(BaseModel):
+    """One interaction (``item``) or several at once (``items``, at most the service's
+    ``max_items_per_request``); exactly one of the two."""
+
     model_config = ConfigDict(extra="forbid")
-    item: StrictInt | StrictStr
+    item: StrictInt | StrictStr | None = None
+    items: list[StrictInt | StrictStr] | None = None
+
+    @model_validator(mode="after")
+    def _one_of(self):
+        if (self.item is None) == (self.items is None):
+            raise ValueError("give exactly one of item and items")
+        return self
 
 
 class InteractionOut(BaseModel):
     user: StrictInt | StrictStr
-    item: StrictInt | StrictStr
+    item: StrictInt | StrictStr | None = None
+    items: list[StrictInt | StrictStr] | None = None
     stored: bool
 
 
@@ -132,10 +143,12 @@ class OnlineService:
     """Recommendations from a run directory with user features read from ``store``.
 
     ``events_namespace``: where recorded interactions live in the store (default: the run's
-    ``catalog_id``); ``max_events_per_user``: recorded interactions a user may have (0: no limit)."""
+    ``catalog_id``); ``max_events_per_user``: recorded interactions a user may have (0: no limit);
+    ``max_items_per_request``: interactions one POST may record."""
 
     def __init__(self, run_dir: str | Path, store: FeatureStore, candidates: int = 0, max_k: int = 1000,
-                 events_namespace: str | None = None, max_events_per_user: int = 0):
+                 events_namespace: str | None = None, max_events_per_user: int = 0,
+                 max_items_per_request: int = MAX_ITEMS_PER_REQUEST):
         self.run_dir = Path(run_dir)
         self.rec = Recommender.from_run(self.run_dir)
         self.events_ns = catalog_id(self.rec.item_map) if events_namespace is None else events_namespace
@@ -144,6 +157,9 @@ class OnlineService:
         if max_events_per_user < 0:
             raise ValueError(f"max_events_per_user must be >= 0, got {max_events_per_user}")
         self.max_events = max_events_per_user
+        if max_items_per_request < 1:
+            raise ValueError(f"max_items_per_request must be >= 1, got {max_items_per_request}")
+        self.max_items = max_items_per_request
         self.ranker = make_ranker(self.rec.model)
         if candidates < 0:
             raise ValueError(f"candidates must be >= 0, got {candidates}")
@@ -269,6 +285,22 @@ class OnlineService:
             raise ApiError(409, "user_event_limit", str(e)) from None
         return {"user": self._raw(user, "user"), "item": self.rec.item_map.raw(idx), "stored": True}
 
+    def record_many(self, user_text: str, item_values: list) -> dict:
+        """Several interactions of one user: all ids are checked before anything is written; a
+        store failure part-way leaves the earlier ones recorded (recording is idempotent: retry
+        the whole request)."""
+        if len(item_values) > self.max_items:
+            raise ApiError(422, "too_many_items", f"{len(item_values)} interactions in one request; "
+                                                  f"at most {self.max_items} (--max-items-per-request)")
+        user = self.parse_id(user_text, "user")
+        raws = [self.rec.item_map.raw(self._item_index(self.parse_id(v, "item"))) for v in item_values]
+        for raw in raws:
+            try:
+                self.store.add_interaction(user, str(raw), ns=self.events_ns, max_events=self.max_events)
+            except EventLimitReached as e:
+                raise ApiError(409, "user_event_limit", f"{e}; the items before {raw!r} were recorded") from None
+        return {"user": self._raw(user, "user"), "items": raws, "stored": True}
+
 
 # --- metrics ------------------------------------------------------------------------------
 
@@ -326,16 +358,16 @@ def _error(status: int, code: str, message: str, headers: dict | None = None) ->
 def create_app(run_dir: str | Path, store: FeatureStore | None = None, candidates: int = 0,
                max_k: int = 1000, *, api_key: str | None = None, api_key_reads: bool = False,
                max_body_bytes: int = MAX_BODY_BYTES, max_events_per_user: int = MAX_EVENTS_PER_USER,
-               events_namespace: str | None = None) -> FastAPI:
+               max_items_per_request: int = MAX_ITEMS_PER_REQUEST, events_namespace: str | None = None) -> FastAPI:
     """The service over ``run_dir``; ``store`` defaults to an in-process store (no journal).
 
     ``api_key``: required (``X-API-Key`` header) on the write endpoints, and on the reads too
     with ``api_key_reads``; ``max_body_bytes``: larger request bodies get 413;
-    ``max_events_per_user``, ``events_namespace``: see :class:`OnlineService`."""
+    ``max_events_per_user``, ``max_items_per_request``, ``events_namespace``: see :class:`OnlineService`."""
     if api_key_reads and not api_key:
         raise ValueError("--api-key-reads needs an API key (--api-key or $NCF_API_KEY)")
     service = OnlineService(run_dir, store if store is not None else InMemoryStore(), candidates, max_k,
-                            events_namespace, max_events_per_user)
+                            events_namespace, max_events_per_user, max_items_per_request)
     metrics = _Metrics()
     errors = {422: {"model": ErrorBody}, 503: {"model": ErrorBody}}
     guard = ApiKey(api_key, api_key_reads) if api_key else None
@@ -406,8 +438,10 @@ def create_app(run_dir: str | Path, store: FeatureStore | None = None, candidate
         return service.similar(item_id, k)
 
     @app.post("/v1/users/{user_id:path}/interactions", response_model=InteractionOut, status_code=201,
-              responses=write_errors, dependencies=write_deps)
+              responses=write_errors, dependencies=write_deps, response_model_exclude_none=True)
     def interactions(user_id: str, body: InteractionIn = Body(...)):
+        if body.items is not None:
+            return service.record_many(user_id, body.items)
         return service.record(user_id, body.item)
 
     @app.get("/healthz")

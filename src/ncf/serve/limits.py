@@ -3,3 +3,4 @@
 
 MAX_BODY_BYTES = 64 * 1024  # a POST body is one small JSON object
 MAX_EVENTS_PER_USER = 10_000  # recorded interactions per user and events namespace
+MAX_ITEMS_PER_REQUEST = 100  # interactions one POST may record ({"items": [...]})
