@@ -65,8 +65,10 @@ class IdMap:
         """Index of ``raw_id`` or None, under the one id rule (``ncf.data.ids``): surrounding
         whitespace is stripped, ``"12"`` and ``" 012 "`` find the int id 12, 12 finds ``"12"``."""
         try:
+            if raw_id in self._index:  # exactly as stored (also a map built by hand with mixed types)
+                return self._index[raw_id]
             key = canonical_id(raw_id, self.integer)
-        except ValueError:
+        except (TypeError, ValueError):  # unhashable, or not an id of this map's kind
             return None
         return self._index.get(key)
 
@@ -94,6 +96,8 @@ def _normalise_raw(values: np.ndarray) -> np.ndarray:
         if np.all(np.isfinite(values)) and np.all(values == np.round(values)):
             return values.astype(np.int64)
         return values.astype(str)
+    if values.dtype.kind == "S":
+        values = values.astype(str)
     return canonical_ids(pd.Series(values, dtype=object))  # the one id rule (ncf.data.ids)
 
 
