@@ -444,13 +444,17 @@ class RedisStore(FeatureStore):
         pipe = self.client.pipeline(transaction=False)
         for u in users:
             pipe.hmget(self._key("run", run_id, "u", u), "idx", "vec", "seen")
-            # the namespace's events, and those recorded before namespaces existed (ns "")
-            pipe.sunion(self._events_key(u, ns), self._events_key(u, ""))
+            # the namespace's events, and those recorded before namespaces existed (ns ""); two
+            # reads rather than SUNION, whose keys a Redis cluster may hold on different nodes
+            pipe.smembers(self._events_key(u, ns))
+            if ns:
+                pipe.smembers(self._events_key(u, ""))
         replies = self._call(pipe.execute)
+        per_user = 3 if ns else 2
         out = []
         for j, u in enumerate(users):
-            (idx, vec, seen), events = replies[2 * j], replies[2 * j + 1]
-            ev = sorted(e.decode() for e in events)
+            (idx, vec, seen), *events = replies[per_user * j: per_user * (j + 1)]
+            ev = sorted({e.decode() for part in events for e in part})
             if idx is None:
                 out.append(UserState(events=ev))
                 continue
