@@ -116,6 +116,8 @@ def test_one_id_rule_for_reader_cli_and_http(neumf_run, odd_run):
     res = runner.invoke(cli_app, ["recommend", str(neumf_run), "--user", " 101 ", "-k", "2", "--json"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.output)["fallback"] is False and json.loads(res.output)["user"] == 101
+    res = runner.invoke(cli_app, ["recommend", str(neumf_run), "--user", " 9999 ", "-k", "2", "--json"])
+    assert json.loads(res.output)["fallback"] is True and json.loads(res.output)["user"] == 9999
     run, _, ratings = odd_run
     res = runner.invoke(cli_app, ["recommend", str(run), "--user", " 1 x ", "-k", "2", "--json"])
     assert res.exit_code == 0 and json.loads(res.output)["user"] == "1 x" and not json.loads(res.output)["fallback"]

@@ -169,8 +169,7 @@ class OnlineService:
             raise ValueError(f"max_k must be >= 1, got {max_k}")
         self.store, self.candidates, self.max_k = store, candidates, max_k
         self.run_id = run_fingerprint(self.run_dir)
-        self.int_ids = {what: all(isinstance(r, int) for r in m.raw_ids)
-                        for what, m in (("user", self.rec.user_map), ("item", self.rec.item_map))}
+        self.int_ids = {"user": self.rec.user_map.integer, "item": self.rec.item_map.integer}
         self.rec.reranker, self.rec.rerank_reason = load_reranker(self.run_dir)
         if self.rec.reranker is None and (self.run_dir / "rerank.json").exists():
             log.warning("re-ranking disabled: %s", self.rec.rerank_reason)
