@@ -42,7 +42,7 @@ class ApiKey:
     def dependency(self):
         """A dependency (for ``dependencies=[Security(...)]``) that raises ``Unauthorized``."""
 
-        def check(key: str | None = Security(self.scheme)) -> None:
+        async def check(key: str | None = Security(self.scheme)) -> None:  # async: no threadpool hop on reads
             if key is None:
                 raise Unauthorized(f"this endpoint needs the service's API key in the {HEADER} header")
             if not hmac.compare_digest(key.encode(), self._key):

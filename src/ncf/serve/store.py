@@ -181,8 +181,9 @@ class InMemoryStore(FeatureStore):
                 continue
             rec = self._parse(line)
             if rec is None:
-                raise StoreDataError(f"{path}:{n}: not an interaction record ({line[:80]!r}); a journal is "
-                                     "only appended to, so this line was damaged outside ncf: move it out to start")
+                raise StoreDataError(f"{path}:{n}: not an interaction record ({line[:80]!r}); only a last "
+                                     "line can be torn by a crash (an older ncf appended onto torn lines, or the "
+                                     "file was edited): move this line out of the journal to start")
             self._apply(*rec)
         if not tail.strip():
             return
