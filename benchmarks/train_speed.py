@@ -15,7 +15,11 @@ On a machine whose cores are shared, absolute figures fall; the ratio is the fig
 
 from __future__ import annotations
 
+# ruff: noqa: E402  (the user's OpenMP wait policy is read before `import ncf` sets its default)
 # isort: off
+import os
+
+_USER_OMP_WAIT = os.environ.get("OMP_WAIT_POLICY")
 import ncf  # noqa: F401  (before torch: sets the OpenMP wait policy, see src/ncf/__init__.py)
 # isort: on
 
@@ -24,6 +28,7 @@ import json
 import os
 import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -32,7 +37,6 @@ from pathlib import Path
 import torch
 from rich.console import Console
 from rich.table import Table
-from torch import nn
 
 from ncf.checkpoint import load_model
 from ncf.config import TrainConfig
@@ -47,48 +51,22 @@ if "NCF_DATA_DIR" not in os.environ and _shared.is_dir():
     os.environ["NCF_DATA_DIR"] = str(_shared)
 
 
-class PlainNeuMF(nn.Module):
-    """NeuMF as a tutorial writes it: four nn.Embedding, concatenation, nn.Linear + ReLU."""
-
-    def __init__(self, n_users: int, n_items: int, factors: int = 8, layers=(64, 32, 16, 8)):
-        super().__init__()
-        self.gu, self.gi = nn.Embedding(n_users, factors), nn.Embedding(n_items, factors)
-        self.mu, self.mi = nn.Embedding(n_users, layers[0] // 2), nn.Embedding(n_items, layers[0] // 2)
-        self.mlp = nn.Sequential(*[m for a, b in zip(layers[:-1], layers[1:], strict=True)
-                                   for m in (nn.Linear(a, b), nn.ReLU())])
-        self.out = nn.Linear(factors + layers[-1], 1)
-
-    def forward(self, u, i):
-        g = self.gu(u) * self.gi(i)
-        m = self.mlp(torch.cat([self.mu(u), self.mi(i)], dim=-1))
-        return self.out(torch.cat([g, m], dim=-1)).squeeze(-1)
-
-
 def reference_rate(n_users: int, n_items: int, device: torch.device, steps: int, batch: int = 256) -> float:
-    """Samples/s of plain-PyTorch NeuMF training steps (Adam, log loss) at ``batch``."""
-    torch.manual_seed(0)
-    model = PlainNeuMF(n_users, n_items).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=0.001)
-    loss_fn = nn.BCEWithLogitsLoss()
-    warm = max(10, steps // 10)
-    u = torch.randint(0, n_users, (steps + warm, batch), device=device)
-    i = torch.randint(0, n_items, (steps + warm, batch), device=device)
-    y = (torch.rand(steps + warm, batch, device=device) < 0.2).float()
-
-    def step(k):
-        loss = loss_fn(model(u[k], i[k]), y[k])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-
-    for k in range(warm):
-        step(k)
-    _sync(device)
-    t0 = time.perf_counter()
-    for k in range(warm, warm + steps):
-        step(k)
-    _sync(device)
-    return steps * batch / (time.perf_counter() - t0)
+    """Samples/s of plain-PyTorch NeuMF training steps (``plain_reference.py``) at ``batch``, in a
+    process of its own with PyTorch's own threading defaults: the OpenMP wait policy that
+    ``import ncf`` set for this process is removed from its environment (unless the user set it)."""
+    env = dict(os.environ)
+    if _USER_OMP_WAIT is None:
+        env.pop("OMP_WAIT_POLICY", None)
+    cmd = [sys.executable, str(Path(__file__).with_name("plain_reference.py")), "--users", str(n_users),
+           "--items", str(n_items), "--batch", str(batch), "--steps", str(steps), "--device", device.type]
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    if res.returncode != 0:
+        raise RuntimeError(f"plain reference failed: {res.stderr[-2000:]}")
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    if out["omp_wait_policy"] is not None and _USER_OMP_WAIT is None:
+        raise RuntimeError("the reference inherited OMP_WAIT_POLICY: it would not run at its own best")
+    return out["samples_per_s"]
 
 
 def _sync(device: torch.device) -> None:
@@ -116,6 +94,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: all cores)")
     ap.add_argument("--ref-steps", type=int, default=400, help="timed steps of the plain-PyTorch reference")
+    ap.add_argument("--ref-big-batch", type=int, default=65536,
+                    help="the reference again at this batch (plain PyTorch at its own best batch size)")
+    ap.add_argument("--ref-big-steps", type=int, default=30, help="timed steps at --ref-big-batch")
     ap.add_argument("--param", action="append", default=[], help="TrainConfig KEY=VALUE override (repeatable)")
     ap.add_argument("--json", type=Path, help="write the figures as JSON here")
     ap.add_argument("--plot", type=Path, help="write a PNG bar chart here")
@@ -151,6 +132,8 @@ def main(argv: list[str] | None = None) -> dict:
     gpu_peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
     ref_after = reference_rate(ds.n_users, ds.n_items, device, args.ref_steps)
     ref = (ref_before + ref_after) / 2
+    console.print(f"plain PyTorch reference, batch {args.ref_big_batch}, {args.ref_big_steps} steps ...")
+    ref_big = reference_rate(ds.n_users, ds.n_items, device, args.ref_big_steps, args.ref_big_batch)
 
     samples = sum(r["samples"] for r in records)
     epoch_s = sum(r["seconds"] for r in records)
@@ -170,7 +153,8 @@ def main(argv: list[str] | None = None) -> dict:
         "samples_per_s": rate, "train_only_samples_per_s": samples / train_s,
         "seconds_per_epoch": epoch_s / len(records), "command_seconds": t_cmd, "data_load_seconds": t_load,
         "reference_samples_per_s": ref, "reference_before_after": [ref_before, ref_after],
-        "ratio": rate / ref, "eval_sampled_s": t_sampled, "eval_full_s": t_full,
+        "ratio": rate / ref, "reference_big_batch": args.ref_big_batch, "reference_big_samples_per_s": ref_big,
+        "ratio_big": rate / ref_big, "eval_sampled_s": t_sampled, "eval_full_s": t_full,
         "eval_users": len(ds.test), "n_items": ds.n_items,
         "test_hr@10": summary["test"]["hr@10"], "test_ndcg@10": summary["test"]["ndcg@10"],
         "best_epoch": summary["best_epoch"], "peak_rss_mb": peak_rss_mb(), "peak_gpu_mb": gpu_peak,
@@ -203,7 +187,10 @@ def _print(r: dict, args) -> None:
         ("  test HR@10 / NDCG@10 (best validation epoch)", f"{r['test_hr@10']:.4f} / {r['test_ndcg@10']:.4f}"),
         ("plain PyTorch NeuMF, batch 256: samples/s (before / after)",
          f"{r['reference_before_after'][0]:,.0f} / {r['reference_before_after'][1]:,.0f}"),
-        ("ratio ncf / reference", f"{r['ratio']:.1f}x"),
+        ("ratio ncf / reference at batch 256", f"{r['ratio']:.1f}x"),
+        (f"plain PyTorch NeuMF, batch {r['reference_big_batch']:,} (model math only): samples/s",
+         f"{r['reference_big_samples_per_s']:,.0f}"),
+        (f"ratio ncf / reference at batch {r['reference_big_batch']:,}", f"{r['ratio_big']:.2f}x"),
         (f"evaluation, sampled (1 + 99), {r['eval_users']} users", f"{r['eval_sampled_s']:.3f} s"),
         (f"evaluation, full ({r['eval_users']} users x {r['n_items']} items)", f"{r['eval_full_s']:.3f} s"),
         ("peak memory (RSS, whole process)", f"{r['peak_rss_mb']:,.0f} MiB"),

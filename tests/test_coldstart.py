@@ -14,6 +14,7 @@ from ncf.config import TrainConfig
 from ncf.data.datasets import DataConfig
 from ncf.data.split import HoldOut
 from ncf.eval.evaluator import evaluate
+from ncf.models.baselines import Popularity
 from ncf.train.run import train
 
 
@@ -79,7 +80,7 @@ def test_popularity_scorers_by_hand():
                                     [1, 0, 0, 1],
                                     [0, 0, 1, 1],
                                     [0, 0, 0, 0]], dtype=np.float32))  # user 3: cold
-    pop = coldstart.MostPopular(train)
+    pop = Popularity.from_matrix(train)
     assert pop.score_all(torch.tensor([3])).tolist() == [[2, 1, 1, 2]]
     assert pop.score(torch.tensor([0, 3]), torch.tensor([1, 3])).tolist() == [1, 2]
     seg = coldstart.SegmentPopular(train, [np.array([0, 0, 1, 0])])  # users 0, 1 (and 3) share value 0
@@ -113,7 +114,7 @@ def test_cold_users_are_recommended_their_groups_items(cold_run, toy_dataset, ow
     scorer = coldstart.FeatureScorer(model)
     users = np.unique(cold.users)
     assert own_group_auc(scorer.score_all(torch.as_tensor(users)).numpy(), toy_dataset, users) > 0.9
-    pop = coldstart.MostPopular(warm.train.matrix)
+    pop = Popularity.from_matrix(warm.train.matrix)
     assert own_group_auc(pop.score_all(torch.as_tensor(users)).numpy(), toy_dataset, users) < 0.75
     res = coldstart.evaluate_cold([scorer, pop], cold, toy_dataset.seen())
     assert set(res) == {"widedeep (features)", "pop"}

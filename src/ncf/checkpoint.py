@@ -27,13 +27,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ncf.data.interactions import IdMap, load_idmaps, save_idmaps
+from ncf.errors import CheckpointError  # noqa: F401 (re-exported)
 from ncf.models import Model, get_model_class
 
 FORMAT = 1
 
 
-class CheckpointError(ValueError):
-    """A run directory or checkpoint file that cannot be loaded; the message says why."""
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -9,7 +9,7 @@ every item except the user's other interactions: those are positives we hold, no
 competitors, as in the warm protocol). Warm users keep the standard split.
 
 Scorers for a cold user: :class:`FeatureScorer` (a model with ``score_all_features``, i.e.
-``widedeep``: the learned "unknown user" row plus the user's features), :class:`MostPopular`
+``widedeep``: the learned "unknown user" row plus the user's features), :class:`ncf.models.baselines.Popularity`
 (training counts) and :class:`SegmentPopular` (item popularity among warm users sharing each
 of the user's feature values, averaged over fields).
 """
@@ -26,6 +26,8 @@ import torch
 
 from ncf.data.interactions import Interactions
 from ncf.data.split import Dataset, HoldOut
+from ncf.errors import ConfigError
+from ncf.models.baselines import Popularity
 
 
 def _keep(h: HoldOut | None, mask_users: np.ndarray, keep_cold: bool) -> HoldOut | None:
@@ -38,11 +40,11 @@ def _keep(h: HoldOut | None, mask_users: np.ndarray, keep_cold: bool) -> HoldOut
 def cold_split(dataset: Dataset, fraction: float = 0.1, seed: int = 0) -> tuple[Dataset, HoldOut]:
     """(warm dataset without any interaction of the cold users, the cold users' test holdout)."""
     if not 0 < fraction < 1:
-        raise ValueError(f"cold-user fraction must be in (0, 1), got {fraction}")
+        raise ConfigError(f"cold-user fraction must be in (0, 1), got {fraction}")
     candidates = np.unique(dataset.test.users)
     n_cold = int(round(fraction * len(candidates)))
     if n_cold < 1 or n_cold >= len(candidates):
-        raise ValueError(f"a fraction of {fraction} of {len(candidates)} test users leaves no cold or no warm users")
+        raise ConfigError(f"a fraction of {fraction} of {len(candidates)} test users leaves no cold or no warm users")
     cold = np.sort(np.random.default_rng(seed).choice(candidates, n_cold, replace=False))
     tr = dataset.train
     users, items = tr.coo()
@@ -73,22 +75,6 @@ class _Scorer:
         return iter(())
 
 
-class MostPopular(_Scorer):
-    """Score = number of training interactions of the item."""
-
-    name = "pop"
-
-    def __init__(self, train: sp.csr_matrix):
-        self.n_users, self.n_items = train.shape
-        self.counts = torch.as_tensor(np.bincount(train.indices, minlength=self.n_items), dtype=torch.float32)
-
-    def score(self, users, items):
-        return self.counts[items.cpu()]
-
-    def score_all(self, users):
-        return self.counts[None, :].expand(len(users), -1)
-
-
 class SegmentPopular(_Scorer):
     """Score = mean over the user's cat/bucket fields of the item's share of the interactions of
     warm users with the same value (values shared by no warm user contribute plain popularity)."""
@@ -111,7 +97,7 @@ class SegmentPopular(_Scorer):
     def score_all(self, users):
         users = users.cpu()
         if not self.tables:
-            raise ValueError("segment popularity needs categorical user features")
+            raise ConfigError("segment popularity needs categorical user features")
         return sum(t[c[users]] for t, c in zip(self.tables, self.codes, strict=True)) / len(self.tables)
 
     def score(self, users, items):
@@ -125,7 +111,7 @@ class FeatureScorer(_Scorer):
 
     def __init__(self, model):
         if not hasattr(model, "score_all_features"):
-            raise ValueError(f"model {model.name!r} cannot score users from features (train widedeep)")
+            raise ConfigError(f"model {model.name!r} cannot score users from features (train widedeep)")
         self.model = model
         self.name = f"{model.name} (features)"
         self.n_users, self.n_items = model.n_users, model.n_items
@@ -162,7 +148,7 @@ def run(data_cfg, train_cfg, out: Path, fraction: float = 0.1, seed: int = 0, pr
     summary = train(data_cfg, train_cfg, out, dataset=warm, progress=progress)
     model = load_model(out)
     (out / "cold_users.json").write_text(json.dumps(full.train.user_map.raws(np.unique(cold.users))))
-    pop = MostPopular(warm.train.matrix)
+    pop = Popularity.from_matrix(warm.train.matrix)
     scorers = [FeatureScorer(model), pop]
     if getattr(model, "user_fields", None):
         codes = [b.numpy() for b in model.user_features(torch.arange(model.n_users))]

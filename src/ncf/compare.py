@@ -37,10 +37,11 @@ import numpy as np
 
 from ncf.checkpoint import atomic_write_json
 from ncf.config import TrainConfig
+from ncf.console import console
 from ncf.data.datasets import DataConfig, load_dataset
 from ncf.data.split import Dataset
+from ncf.errors import ConfigError
 from ncf.models import MODELS, get_model_class
-from ncf.train.trainer import console
 
 
 def _grid(**axes) -> list[dict[str, Any]]:
@@ -81,20 +82,20 @@ PUBLISHED = {
 def parse_models(text: str) -> list[str]:
     names = [m.strip() for m in text.split(",") if m.strip()]
     if not names:
-        raise ValueError("--models needs at least one model name")
+        raise ConfigError("--models needs at least one model name")
     unknown = [m for m in names if m not in MODELS]
     if unknown:
-        raise ValueError(f"unknown model(s) {', '.join(unknown)} (known: {', '.join(sorted(MODELS))})")
+        raise ConfigError(f"unknown model(s) {', '.join(unknown)} (known: {', '.join(sorted(MODELS))})")
     dup = sorted({m for m in names if names.count(m) > 1})
     if dup:
-        raise ValueError(f"model(s) listed twice: {', '.join(dup)}")
+        raise ConfigError(f"model(s) listed twice: {', '.join(dup)}")
     return names
 
 
 def choose_trials(grid: list[dict[str, Any]], budget: int, seed: int = 0) -> list[dict[str, Any]]:
     """At most ``budget`` configurations: the first (default) and a seeded random draw of the rest."""
     if budget < 1:
-        raise ValueError(f"--tune-budget must be >= 1, got {budget}")
+        raise ConfigError(f"--tune-budget must be >= 1, got {budget}")
     if len(grid) <= budget:
         return list(grid)
     rest = np.random.default_rng(seed).choice(np.arange(1, len(grid)), size=budget - 1, replace=False)
@@ -114,7 +115,7 @@ def trial_config(name: str, trial: dict[str, Any], base: dict[str, Any]) -> Trai
         elif k in fields:
             cfg[k] = v
         else:
-            raise ValueError(f"grid key {k!r} is neither a {name} hyperparameter nor a training setting")
+            raise ConfigError(f"grid key {k!r} is neither a {name} hyperparameter nor a training setting")
     return TrainConfig.from_dict({**cfg, "params": params})
 
 
@@ -285,13 +286,13 @@ def compare(data_cfg: DataConfig, models: list[str], out: Path, tune_budget: int
     sgd_budget = tune_budget if sgd_budget is None else sgd_budget
     for flag, b in (("--tune-budget", tune_budget), ("--sgd-budget", sgd_budget)):
         if b < 1:
-            raise ValueError(f"{flag} must be >= 1, got {b}")
+            raise ConfigError(f"{flag} must be >= 1, got {b}")
     for m in models:
         get_model_class(m)  # unknown names and missing optional dependencies fail before any training
     out = Path(out)
     dataset = dataset or load_dataset(data_cfg)
     if dataset.valid is None or not len(dataset.valid):
-        raise ValueError("compare tunes on a validation holdout, and this dataset has none (drop --no-valid)")
+        raise ConfigError("compare tunes on a validation holdout, and this dataset has none (drop --no-valid)")
     out.mkdir(parents=True, exist_ok=True)
     base = {"epochs": epochs, "patience": patience, "seed": seed, "threads": threads, "device": device,
             **(base or {})}

@@ -7,12 +7,20 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from ncf.errors import ConfigError
+
 LOSSES = ("bce", "bpr")
 OPTIMIZERS = ("adam", "sgd", "adagrad")
 DEVICES = ("auto", "cpu", "cuda")
 MONITORS = ("ndcg@10", "hr@10")
 SCHEDULES = ("constant", "cosine", "linear")
 SPARSE = ("auto", "on", "off")
+
+# TrainConfig fields by what they apply to (``TrainConfig.for_model`` refuses the rest)
+GENERAL_FIELDS = ("seed", "device", "threads")
+SGD_FIELDS = ("epochs", "neg", "batch_size", "lr", "optimizer", "lr_schedule", "warmup_epochs", "loss",
+              "patience", "monitor", "workers", "sparse")
+PRETRAIN_FIELDS = ("pretrain", "alpha", "finetune_optimizer", "finetune_lr", "pretrained_gmf", "pretrained_mlp")
 
 
 @dataclass
@@ -95,7 +103,7 @@ class TrainConfig:
         ]
         for ok, msg in checks:
             if not ok:
-                raise ValueError(msg)
+                raise ConfigError(msg)
 
     def resolved(self, n_interactions: int) -> TrainConfig:
         """This config with "auto" (0) batch size and learning rate filled in for a training set
@@ -119,8 +127,53 @@ class TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(f"unknown config key(s): {', '.join(unknown)}")
+            raise ConfigError(f"unknown config key(s): {', '.join(unknown)}")
         return cls(**data)
+
+    @classmethod
+    def for_model(cls, model: str, options: dict[str, Any]) -> TrainConfig:
+        """The config of a ``model`` run from the options a user gave (keyword arguments of
+        ``ncf.fit``, flags of ``ncf train``). An option is, in this order: a TrainConfig field
+        the model takes as a hyperparameter (``config_fields``: factors, layers, ...), one of
+        the model's own parameters (``params``: EASE's l2, item2vec's epochs, ...), a general
+        field (seed, device, threads), a training field where the model is trained by SGD
+        (epochs, lr, ...), a pre-training field for NeuMF. Anything else is refused, naming
+        the option and what the model takes."""
+        from ncf.models import get_model_class
+
+        model_cls = get_model_class(model)
+        fields = {f.name for f in dataclasses.fields(cls)} - {"model", "params"}
+        applies = set(model_cls.config_fields) | set(GENERAL_FIELDS)
+        if model_cls.trainable:
+            applies |= set(SGD_FIELDS)
+        if model == "neumf":
+            applies |= set(PRETRAIN_FIELDS)
+        kw: dict[str, Any] = {"model": model}
+        params: dict[str, Any] = dict(options.get("params") or {})
+        refused, unknown = [], []
+        for name, value in options.items():
+            if name == "params":
+                continue
+            if name in model_cls.config_fields or (name in applies and name not in model_cls.params):
+                kw[name] = value
+            elif name in model_cls.params:
+                params[name] = value
+            elif name in fields:
+                refused.append(name)
+            else:
+                unknown.append(name)
+        takes = sorted((applies | set(model_cls.params)) - {"user_features", "item_features"})
+        if refused:
+            raise ConfigError(f"option(s) {', '.join(refused)} do not apply to model {model!r} "
+                             f"(it takes: {', '.join(takes)})")
+        if unknown:
+            raise ConfigError(f"unknown option(s) {', '.join(unknown)} for model {model!r} "
+                             f"(it takes: {', '.join(takes)})")
+        if "loss" not in kw:  # the model's own default (BPR-MF: bpr)
+            kw["loss"] = getattr(model_cls, "default_loss", cls.loss)
+        cfg = cls(**kw, params=params)
+        cfg.model_params(model_cls)  # parameter values checked now, not at the end of a data load
+        return cfg
 
     def model_params(self, model_cls) -> dict[str, Any]:
         """Hyperparameters for ``model_cls``: its config fields from here plus ``params``."""

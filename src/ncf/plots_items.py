@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ncf.checkpoint import load_item_info, load_model, load_train_matrix
+from ncf.errors import ConfigError
 
 # distinct colours (tab10 without its grey, then Dark2); rarer genres share a grey "other"
 PALETTE = [
@@ -33,7 +34,7 @@ def item_points(directory: Path, max_items: int = 0, seed: int = 0, perplexity: 
     model = load_model(directory)
     emb = model.item_embeddings()
     if emb is None:
-        raise ValueError(f"{directory}: model {model.name!r} has no item embeddings to draw")
+        raise ConfigError(f"{directory}: model {model.name!r} has no item embeddings to draw")
     emb = emb.float().cpu().numpy()
     norms = np.linalg.norm(emb, axis=1)
     ok = np.isfinite(norms) & (norms > 0)
@@ -43,7 +44,7 @@ def item_points(directory: Path, max_items: int = 0, seed: int = 0, perplexity: 
         items = items[np.argsort(-popularity[items], kind="stable")[:max_items]]
         items.sort()
     if len(items) < 5:
-        raise ValueError(f"{directory}: only {len(items)} items have a vector; a map needs at least 5")
+        raise ConfigError(f"{directory}: only {len(items)} items have a vector; a map needs at least 5")
     x = emb[items] / norms[items, None]  # cosine geometry
     tsne = TSNE(n_components=2, perplexity=min(perplexity, (len(items) - 1) / 3), init="pca",
                 random_state=seed, metric="euclidean")

@@ -19,14 +19,15 @@ import torch
 
 from ncf.checkpoint import CheckpointError, load_item_info, load_model, load_run_maps, load_train_matrix
 from ncf.data.interactions import IdMap
+from ncf.errors import ConfigError, UnknownIdError
 from ncf.models.base import Model
 
 
-class UnknownItemError(KeyError):
+class UnknownItemError(UnknownIdError):
     """A raw item id that is not in the model's catalogue."""
 
 
-class RerankUnavailable(ValueError):
+class RerankUnavailable(ConfigError):
     """Re-ranking was asked for, but the run has no (valid) ``rerank.json``."""
 
 
@@ -89,7 +90,7 @@ class Recommender:
     def __init__(self, model: Model, user_map: IdMap, item_map: IdMap, seen: sp.csr_matrix,
                  item_info: dict | None = None, reranker=None, rerank_reason: str | None = None):
         if seen.shape != (model.n_users, model.n_items):
-            raise ValueError(f"seen matrix {seen.shape} does not match the model ({model.n_users}, {model.n_items})")
+            raise ConfigError(f"seen matrix {seen.shape} does not match the model ({model.n_users}, {model.n_items})")
         if (len(user_map), len(item_map)) != (model.n_users, model.n_items):
             raise CheckpointError(f"id maps hold {len(user_map)} users / {len(item_map)} items, the model "
                                   f"{model.n_users} / {model.n_items}: idmap.json does not belong to these weights")
@@ -164,7 +165,7 @@ class Recommender:
         item indexes), ``exclude`` [n_items] left out; ``rerank`` applies the run's multipliers
         (each item then carries its ``utility``, the order it was chosen by)."""
         if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
+            raise ConfigError(f"k must be >= 1, got {k}")
         scores = np.asarray(scores, dtype=np.float64)
         if candidates is None:
             candidates = np.arange(self.n_items)
@@ -202,10 +203,10 @@ class Recommender:
         per user, raw item ids to leave out too; ``items``: only these raw item ids are candidates.
         Users unknown to the model get the most popular items, marked ``fallback``."""
         if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
+            raise ConfigError(f"k must be >= 1, got {k}")
         users = list(users)
         if extra_seen is not None and len(extra_seen) != len(users):
-            raise ValueError(f"extra_seen has {len(extra_seen)} entries for {len(users)} users")
+            raise ConfigError(f"extra_seen has {len(extra_seen)} entries for {len(users)} users")
         base = np.zeros(self.n_items, dtype=bool) if items is None else ~self.candidates_mask(items)
         index = [self.user_map.get(u) for u in users]
         out: list[Recommendation | None] = [None] * len(users)
@@ -235,9 +236,9 @@ class Recommender:
         from a model that scores features (``score_all_features``: widedeep). Unknown feature
         names or values raise ``ValueError`` listing the valid ones."""
         if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
+            raise ConfigError(f"k must be >= 1, got {k}")
         if not hasattr(self.model, "score_all_features"):
-            raise ValueError(f"model {self.model.name!r} does not use user features: --features needs a "
+            raise ConfigError(f"model {self.model.name!r} does not use user features: --features needs a "
                              "widedeep run (ncf train --model widedeep)")
         scores = self.model.score_all_features(self.model.encode_features(features), 1)[0].double().cpu().numpy()
         return Recommendation(dict(features), self.slate(scores, None, k), False)
@@ -245,18 +246,18 @@ class Recommender:
     def similar(self, item, k: int = 10) -> list[dict]:
         """Nearest items to raw item id ``item`` by cosine of the model's item embeddings."""
         if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
+            raise ConfigError(f"k must be >= 1, got {k}")
         i = self.item_map.get(item)
         if i is None:
             raise UnknownItemError(f"unknown item {item!r}: not in the model's training data")
         emb = self.model.item_embeddings()
         if emb is None:
-            raise ValueError(f"model {self.model.name!r} has no item embeddings to compare")
+            raise ConfigError(f"model {self.model.name!r} has no item embeddings to compare")
         norms = emb.float().norm(dim=1).cpu().numpy()
         if not norms[i] > 0 or not np.isfinite(norms[i]):  # e.g. item2vec items below min_count
             why = f"fewer than min_count={self.model.hparams()['min_count']} training interactions" \
                 if "min_count" in self.model.hparams() else "its embedding is zero"
-            raise ValueError(f"item {item!r} has no vector in this {self.model.name} run ({why})")
+            raise ConfigError(f"item {item!r} has no vector in this {self.model.name} run ({why})")
         emb = torch.nn.functional.normalize(emb.float(), dim=1)
         sims = (emb @ emb[i]).double().cpu().numpy()
         exclude = ~np.isfinite(sims) | ~(norms > 0)

@@ -199,9 +199,13 @@ def _cli(args):
 @pytest.mark.parametrize("name", sorted(ALL))
 def test_cli_train_evaluate_recommend(name, ratings_file, tmp_path):
     out = tmp_path / "run"
+    from ncf.models import get_model_class
+
     params = [a for k, v in FITTED.get(name, {}).items() for a in ("--param", f"{k}={v}")]
-    _cli(["train", "--dataset", str(ratings_file), "--model", name, "--out", str(out), "--epochs", "2",
-          "--factors", "4", "--quiet", *params])
+    cls = get_model_class(name)  # only the flags that apply: the others are refused
+    params += ["--epochs", "2"] if cls.trainable else []
+    params += ["--factors", "4"] if "factors" in cls.config_fields else []
+    _cli(["train", "--dataset", str(ratings_file), "--model", name, "--out", str(out), "--quiet", *params])
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["model"] == name
     if name == "bpr":

@@ -57,7 +57,7 @@ def test_malformed_files(tmp_path, text, says):
 
 
 def test_missing_file_and_column(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no such attributes file"):
+    with pytest.raises(DataError, match="no such attributes file"):
         load_attributes(tmp_path / "nope.csv", ITEMS)
     p = write(tmp_path, "item,price\n10,1\n")
     with pytest.raises(DataError, match="no category column 'genre'"):

@@ -10,32 +10,26 @@ import sys
 
 import typer
 
-app = typer.Typer(
-    name="ncf",
-    help="Neural collaborative filtering: train, evaluate and serve recommenders.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
-)
-
 # explicit registration, no discovery: each import adds its commands to `app`
-from ncf.cli import compare as _compare  # noqa: E402,F401
-from ncf.cli import data as _data  # noqa: E402,F401
-from ncf.cli import items as _items  # noqa: E402,F401
-from ncf.cli import rerank as _rerank  # noqa: E402,F401
-from ncf.cli import serve as _serve  # noqa: E402,F401
-from ncf.cli import train as _train  # noqa: E402,F401
+from ncf.cli import compare as _compare  # noqa: F401
+from ncf.cli import data as _data  # noqa: F401
+from ncf.cli import items as _items  # noqa: F401
+from ncf.cli import rerank as _rerank  # noqa: F401
+from ncf.cli import serve as _serve  # noqa: F401
+from ncf.cli import train as _train  # noqa: F401
+from ncf.cli.app import app
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: usage errors and errors a user can cause print one line, exit status 2."""
+    """Entry point: usage errors and ncf's own errors (:mod:`ncf.errors`: bad files, flags, ids,
+    run directories) print one line and exit with status 2; anything else is a bug and keeps
+    its traceback. Ctrl-C exits with 130."""
     try:  # recent typer releases vendor click under typer._click
         from typer._click import exceptions as cx
     except ImportError:  # older typer uses click itself
         from click import exceptions as cx
 
-    from ncf.checkpoint import CheckpointError
-    from ncf.data.readers import DataError
+    from ncf.errors import NcfError
 
     try:
         result = app(args=argv, prog_name="ncf", standalone_mode=False)
@@ -45,13 +39,12 @@ def main(argv: list[str] | None = None) -> None:
         where = f" (see: {e.ctx.command_path} --help)" if e.ctx else ""
         typer.echo(f"error: {e.format_message()}{where}", err=True)
         sys.exit(2)
-    except typer.Abort:
-        typer.echo("aborted", err=True)
+    except (typer.Abort, KeyboardInterrupt):
+        typer.echo("interrupted", err=True)
         sys.exit(130)
     except typer.Exit as e:
         sys.exit(e.exit_code)
-    except (DataError, CheckpointError, ValueError, KeyError, FileNotFoundError) as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        typer.echo(f"error: {msg}", err=True)
+    except NcfError as e:
+        typer.echo(f"error: {e}", err=True)
         sys.exit(2)
     sys.exit(result if isinstance(result, int) else 0)

@@ -8,11 +8,24 @@ import sys
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from ncf.cli import app
-from ncf.cli.common import DataDirOpt, data_config
+from ncf.cli.app import app
+from ncf.cli.common import (
+    DataDirOpt,
+    ItemColOpt,
+    JsonOpt,
+    MinRatingOpt,
+    OnBadLinesOpt,
+    RatingColOpt,
+    SepOpt,
+    TimeColOpt,
+    UserColOpt,
+    data_config,
+    print_json,
+)
+from ncf.console import tables
+from ncf.errors import ConfigError
 
 DEFAULT_MODELS = "pop,itemknn,ease,bpr,ials,gmf,mlp,neumf"
 
@@ -31,19 +44,31 @@ def compare_cmd(
     threads: int = typer.Option(0, "--threads", help="CPU threads (0: all cores)."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
     data_dir: str = DataDirOpt,
+    min_rating: float = MinRatingOpt,
+    user_col: str = UserColOpt,
+    item_col: str = ItemColOpt,
+    rating_col: str = RatingColOpt,
+    time_col: str = TimeColOpt,
+    sep: str = SepOpt,
+    on_bad_lines: str = OnBadLinesOpt,
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+    json_out: bool = JsonOpt,
 ):
     """Compare models, each tuned on the validation holdout, under the sampled and full protocols."""
     from ncf.compare import compare, parse_models
 
     names = parse_models(models)
     if epochs < 1:
-        raise ValueError(f"--epochs must be >= 1, got {epochs}")
-    dcfg = data_config(dataset, data_dir, seed=seed)
+        raise ConfigError(f"--epochs must be >= 1, got {epochs}")
+    dcfg = data_config(dataset, data_dir, seed=seed, min_rating=min_rating, user_col=user_col, item_col=item_col,
+                       rating_col=rating_col, time_col=time_col, sep=sep, on_bad_lines=on_bad_lines)
     command = "ncf " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["compare"] else None
     results = compare(dcfg, names, out, tune_budget=tune_budget, epochs=epochs, patience=patience, seed=seed,
                       threads=threads, device=device, progress=not quiet, command=command,
                       sgd_budget=sgd_budget)
+    if json_out:
+        print_json(results)
+        return
     t = Table(title=f"{dataset}: test metrics (tuned on validation)")
     for col in ("model", "sampled HR@10", "sampled NDCG@10", "full HR@10", "full NDCG@10", "order flips with"):
         t.add_column(col, justify="left" if col in ("model", "order flips with") else "right")
@@ -51,5 +76,5 @@ def compare_cmd(
         flips = sorted(set(r["reversed_with"]["hr@10"]) | set(r["reversed_with"]["ndcg@10"]))
         t.add_row(n, *(f"{r[p][m]:.4f}" for p in ("sampled", "full") for m in ("hr@10", "ndcg@10")),
                   ", ".join(flips) or "-")
-    Console().print(t)
+    tables.print(t)
     typer.echo(f"results written to {out}/results.json, results.md, results.png")

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from ncf.cli import app
+from ncf.cli.app import app
 from ncf.cli.common import DataDirOpt, JsonOpt, data_config, print_json
+from ncf.console import tables
 
 data_app = typer.Typer(help="Download and inspect datasets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
@@ -19,12 +19,20 @@ def download(
     data_dir: str = DataDirOpt,
     url: str = typer.Option(None, "--url", help="Base URL of the archives (default: $NCF_DOWNLOAD_URL, or GroupLens)"),
     force: bool = typer.Option(False, "--force", help="Download again and replace an existing folder."),
+    json_out: bool = JsonOpt,
 ):
-    """Fetch NAME.zip, verify its published MD5 and unpack it into DATA_DIR/NAME atomically."""
+    """Fetch NAME.zip, verify its published MD5 and unpack it into DATA_DIR/NAME atomically.
+
+    Offline, or behind a firewall: point --url (or $NCF_DOWNLOAD_URL) at a mirror holding
+    NAME.zip (and NAME.zip.md5)."""
     from ncf.data.datasets import data_dir as resolve
+    from ncf.data.download import archive_url
     from ncf.data.download import download as fetch
 
     folder = fetch(name, resolve(data_dir), url, force=force)
+    if json_out:
+        print_json({"dataset": name, "folder": str(folder), "url": archive_url(name, url)})
+        return
     typer.echo(f"{name}: ready in {folder}")
 
 
@@ -104,4 +112,4 @@ def info(
     if cand:
         t.add_row("positives removed from their negatives", f"{cand['rows_with_positive_in_negatives']:,}")
         t.add_row("duplicate / seen negatives removed", f"{cand['duplicate_negatives']:,} / {cand['seen_negatives']:,}")
-    Console().print(t)
+    tables.print(t)

@@ -6,11 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from ncf.cli import app
+from ncf.cli.app import app
 from ncf.cli.common import JsonOpt, print_json, run_dir
+from ncf.console import console, tables
+from ncf.errors import ConfigError
 
 plot_app = typer.Typer(help="Pictures of a run.", no_args_is_help=True)
 app.add_typer(plot_app, name="plot")
@@ -19,16 +20,19 @@ app.add_typer(plot_app, name="plot")
 @app.command("similar")
 def similar_cmd(
     directory: Path = typer.Argument(..., help="Run directory (item2vec, gmf, neumf, ... with item embeddings)."),
-    item: str = typer.Option(..., "--item", help="Raw item id."),
+    item: str = typer.Option(..., "--item", help="Raw item id of the item to find neighbours of (as in the "
+                             "ratings file, e.g. 50 for Star Wars in ml-100k)."),
     k: int = typer.Option(10, "-k", help="Number of items."),
     json_out: bool = JsonOpt,
 ):
-    """Items nearest to ITEM by cosine of the run's item embeddings (raw ids in and out)."""
+    """Items nearest to --item ID by cosine of the run's item embeddings (raw ids in and out).
+
+    Example: ncf similar runs/gmf --item 50 -k 10"""
     from ncf.recommend import Recommender
 
     run_dir(directory)
     if k < 1:
-        raise ValueError(f"-k must be >= 1, got {k}")
+        raise ConfigError(f"-k must be >= 1, got {k}")
     rec = Recommender.from_run(directory)
     items = rec.similar(item, k)
     if json_out:
@@ -42,7 +46,7 @@ def similar_cmd(
     t.add_column("cosine", justify="right")
     for n, it in enumerate(items, 1):
         t.add_row(str(n), str(it["item"]), it["title"] or "", f"{it['score']:.4f}")
-    Console().print(t)
+    tables.print(t)
 
 
 @plot_app.command("items")
@@ -58,8 +62,7 @@ def plot_items_cmd(
 
     run_dir(directory)
     if max_items < 0:
-        raise ValueError(f"--max-items must be >= 0, got {max_items}")
-    console = Console(stderr=True)
+        raise ConfigError(f"--max-items must be >= 0, got {max_items}")
     with console.status("t-SNE of the item embeddings ..."):
         res = plot_items(directory, out, max_items=max_items, seed=seed)
     if json_out:

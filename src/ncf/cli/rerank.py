@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from ncf.cli import app
+from ncf.cli.app import app
 from ncf.cli.common import DataDirOpt, JsonOpt, print_json, run_dir
+from ncf.console import console, tables
 
 
 @app.command("rerank")
@@ -33,7 +33,7 @@ def rerank_cmd(
     from ncf.rerank.offline import RunReranker
 
     run_dir(directory)
-    err = Console(stderr=True)
+    err = console
     with err.status("re-ranking") as status:
         def say(msg: str) -> None:
             status.update(f"re-ranking: {msg}")
@@ -68,7 +68,7 @@ def _fmt(x) -> str:
 
 
 def _print(r: dict, k: int) -> None:
-    con = Console()
+    con = tables
     t = Table(title="constraints")
     for col in ("constraint", "target", "achieved", "met", "multiplier"):
         t.add_column(col, justify="left" if col == "constraint" else "right")

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import typer
 
-from ncf.cli import app
-from ncf.cli.common import run_dir
+from ncf.cli.app import app
+from ncf.cli.common import print_json, run_dir
 from ncf.serve.limits import MAX_BODY_BYTES, MAX_EVENTS_PER_USER, MAX_ITEMS_PER_REQUEST
 
 store_app = typer.Typer(help="The feature store that `ncf serve` reads (Redis).", no_args_is_help=True)
@@ -91,6 +91,7 @@ def store_load_cmd(
     directory: Path = typer.Argument(..., help="Run directory (from `ncf train`)."),
     redis: str = typer.Option(..., "--redis", help="redis://host:port/db"),
     prefix: str = PrefixOpt,
+    json_out: bool = typer.Option(False, "--json", help="Print what was loaded as JSON."),
 ):
     """Write a run's user embeddings, seen-sets and item embeddings into Redis."""
     from rich.progress import Progress
@@ -108,5 +109,9 @@ def store_load_cmd(
             service.load_store(lambda done, total: prog.update(task, completed=done, total=total))
     except StoreUnavailable as e:
         _fail(str(e))
+    if json_out:
+        print_json({"run": service.run_id, "users": service.rec.model.n_users, "items": service.rec.n_items,
+                    "redis": store.describe()["url"], "prefix": prefix})
+        return
     typer.echo(f"loaded run {service.run_id} ({service.rec.model.n_users} users, {service.rec.n_items} items) "
                f"into {store.describe()['url']} under prefix {prefix!r}")

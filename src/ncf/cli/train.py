@@ -6,19 +6,34 @@ import json
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from ncf.cli import app
-from ncf.cli.common import DataDirOpt, JsonOpt, data_config, print_json, run_dir
+from ncf.cli.app import app
+from ncf.cli.common import (
+    DataDirOpt,
+    ItemColOpt,
+    JsonOpt,
+    MinRatingOpt,
+    OnBadLinesOpt,
+    RatingColOpt,
+    SepOpt,
+    TimeColOpt,
+    UserColOpt,
+    data_config,
+    parse_ks,
+    print_json,
+    run_dir,
+)
 from ncf.config import TrainConfig
+from ncf.console import console, tables
+from ncf.errors import ConfigError
 
 
 def _parse_params(items: list[str] | None) -> dict:
     out = {}
     for it in items or []:
         if "=" not in it:
-            raise ValueError(f"--param expects KEY=VALUE, got {it!r}")
+            raise ConfigError(f"--param expects KEY=VALUE, got {it!r}")
         k, v = it.split("=", 1)
         try:
             out[k] = json.loads(v)
@@ -33,28 +48,30 @@ def train_cmd(
     model: str = typer.Option("neumf", "--model", help="gmf | mlp | neumf | ..."),
     out: Path = typer.Option(None, "--out", help="Run directory to write."),
     resume: Path = typer.Option(None, "--resume", help="Continue an interrupted run directory."),
-    factors: int = typer.Option(TrainConfig.factors, "--factors"),
-    layers: str = typer.Option("64,32,16,8", "--layers", help="MLP tower, first = concatenated embedding size."),
-    epochs: int = typer.Option(TrainConfig.epochs, "--epochs"),
-    neg: int = typer.Option(TrainConfig.neg, "--neg", help="Negatives per positive, per epoch."),
-    batch_size: int = typer.Option(TrainConfig.batch_size, "--batch-size", help="0: auto from the data size."),
-    lr: float = typer.Option(TrainConfig.lr, "--lr", help="0: auto (scaled with the batch)."),
-    optimizer: str = typer.Option(TrainConfig.optimizer, "--optimizer", help="adam | sgd | adagrad"),
+    factors: int = typer.Option(None, "--factors", help=f"Embedding size (default {TrainConfig.factors})."),
+    layers: str = typer.Option(None, "--layers", help="MLP tower, first = concatenated embedding size "
+                                "(default 64,32,16,8)."),
+    epochs: int = typer.Option(None, "--epochs", help=f"Epochs (default {TrainConfig.epochs})."),
+    neg: int = typer.Option(None, "--neg", help=f"Negatives per positive, per epoch (default {TrainConfig.neg})."),
+    batch_size: int = typer.Option(None, "--batch-size", help="Default 0: auto from the data size."),
+    lr: float = typer.Option(None, "--lr", help="Default 0: auto (scaled with the batch)."),
+    optimizer: str = typer.Option(None, "--optimizer", help="adam (default) | sgd | adagrad"),
     loss: str = typer.Option(None, "--loss", help="bce (log loss) | bpr (pairwise); default: the model's own "
                              "(bpr for --model bpr, else bce)"),
-    l2: float = typer.Option(TrainConfig.l2, "--l2", help="L2 penalty on the batch's embeddings."),
-    dropout: float = typer.Option(TrainConfig.dropout, "--dropout"),
-    patience: int = typer.Option(TrainConfig.patience, "--patience", help="Early-stop patience (0: off)."),
-    seed: int = typer.Option(TrainConfig.seed, "--seed"),
-    device: str = typer.Option(TrainConfig.device, "--device", help="auto | cpu | cuda"),
-    threads: int = typer.Option(0, "--threads", help="CPU threads (0: all cores)."),
-    sparse: str = typer.Option(TrainConfig.sparse, "--sparse", help="Sparse row updates of the embedding tables: "
-                               "auto (CPU, tables larger than a batch and 100k+ rows) | on | off."),
+    l2: float = typer.Option(None, "--l2", help="L2 penalty on the batch's embeddings (EASE: its ridge)."),
+    dropout: float = typer.Option(None, "--dropout", help=f"MLP tower dropout (default {TrainConfig.dropout})."),
+    patience: int = typer.Option(None, "--patience",
+                                 help=f"Early-stop patience (0: off; default {TrainConfig.patience})."),
+    seed: int = typer.Option(None, "--seed", help="Seed of the split, the sampler and the weights (default 0)."),
+    device: str = typer.Option(None, "--device", help="auto (default) | cpu | cuda"),
+    threads: int = typer.Option(None, "--threads", help="CPU threads (default 0: all cores)."),
+    sparse: str = typer.Option(None, "--sparse", help="Sparse row updates of the embedding tables: "
+                               "auto (default; CPU, tables larger than a batch and 100k+ rows) | on | off."),
     pretrain: bool = typer.Option(False, "--pretrain", help="NeuMF: pre-train GMF and MLP, then fuse."),
-    alpha: float = typer.Option(0.5, "--alpha", help="Weight of GMF when fusing pre-trained models."),
-    finetune_optimizer: str = typer.Option(TrainConfig.finetune_optimizer, "--finetune-optimizer",
+    alpha: float = typer.Option(None, "--alpha", help="Weight of GMF when fusing pre-trained models (default 0.5)."),
+    finetune_optimizer: str = typer.Option(None, "--finetune-optimizer",
                                            help="--pretrain: optimizer of the fused model's fine-tuning."),
-    finetune_lr: float = typer.Option(TrainConfig.finetune_lr, "--finetune-lr",
+    finetune_lr: float = typer.Option(None, "--finetune-lr",
                                       help="--pretrain: learning rate of the fine-tuning (0: --lr)."),
     pretrained_gmf: Path = typer.Option(None, "--pretrained-gmf", help="--pretrain: fuse this finished GMF run "
                                         "instead of training one (same dataset and split)."),
@@ -67,14 +84,15 @@ def train_cmd(
                                     "this run's item vectors (item2vec), matched by raw item id."),
     data_dir: str = DataDirOpt,
     no_valid: bool = typer.Option(False, "--no-valid", help="No validation holdout (no early stopping)."),
-    min_rating: float = typer.Option(None, "--min-rating"),
-    user_col: str = typer.Option(None, "--user-col"),
-    item_col: str = typer.Option(None, "--item-col"),
-    rating_col: str = typer.Option(None, "--rating-col"),
-    time_col: str = typer.Option(None, "--time-col"),
-    sep: str = typer.Option(None, "--sep"),
-    on_bad_lines: str = typer.Option("error", "--on-bad-lines"),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+    min_rating: float = MinRatingOpt,
+    user_col: str = UserColOpt,
+    item_col: str = ItemColOpt,
+    rating_col: str = RatingColOpt,
+    time_col: str = TimeColOpt,
+    sep: str = SepOpt,
+    on_bad_lines: str = OnBadLinesOpt,
+    quiet: bool = typer.Option(False, "--quiet", help="No progress output."),
+    json_out: bool = typer.Option(False, "--json", help="Print the run's summary as JSON on stdout."),
     nproc: int = typer.Option(1, "--nproc", help="Data-parallel processes (DDP, launched through torchrun)."),
 ):
     """Train a model and write a run directory (config, weights, id maps, metrics, plot)."""
@@ -86,53 +104,69 @@ def train_cmd(
         raise typer.Exit(relaunch(nproc))
     if resume is not None:
         if init_items is not None:
-            raise ValueError("--init-items applies to a new run, not to --resume")
-        summary = resume_run(resume, progress=not quiet)
+            raise ConfigError("--init-items applies to a new run, not to --resume")
+        summary = _interruptible(resume, lambda: resume_run(resume, progress=not quiet))
         if summary is not None:  # None: a non-zero rank of a distributed run (rank 0 reports)
-            _print_summary(summary)
+            _print_summary(summary, json_out)
         return
     if dataset is None or out is None:
-        raise ValueError("ncf train needs --dataset SOURCE and --out DIR (or --resume DIR)")
-    if loss is None:  # an explicit --loss always wins; else the model's default (BPR-MF: bpr)
-        from ncf.models import get_model_class
-
-        loss = getattr(get_model_class(model), "default_loss", TrainConfig.loss)
-    cfg = TrainConfig(model=model, factors=factors, layers=layers, epochs=epochs, neg=neg,
-                      batch_size=batch_size, lr=lr, optimizer=optimizer, loss=loss, l2=l2,
-                      dropout=dropout, patience=patience, seed=seed, device=device, threads=threads,
-                      sparse=sparse, pretrain=pretrain or bool(pretrained_gmf or pretrained_mlp), alpha=alpha,
-                      finetune_optimizer=finetune_optimizer, finetune_lr=finetune_lr,
-                      pretrained_gmf=str(pretrained_gmf.resolve()) if pretrained_gmf else "",
-                      pretrained_mlp=str(pretrained_mlp.resolve()) if pretrained_mlp else "",
-                      params={**_parse_params(param), **{k: str(v) for k, v in (
-                          ("user_features", user_features), ("item_features", item_features)) if v}})
-    dcfg = data_config(dataset, data_dir, valid=not no_valid, seed=seed, min_rating=min_rating,
+        raise ConfigError("ncf train needs --dataset SOURCE and --out DIR (or --resume DIR)")
+    given = {"factors": factors, "layers": layers, "epochs": epochs, "neg": neg, "batch_size": batch_size,
+             "lr": lr, "optimizer": optimizer, "loss": loss, "l2": l2, "dropout": dropout, "patience": patience,
+             "seed": seed, "device": device, "threads": threads, "sparse": sparse, "alpha": alpha,
+             "finetune_optimizer": finetune_optimizer, "finetune_lr": finetune_lr,
+             "pretrain": True if pretrain or pretrained_gmf or pretrained_mlp else None,
+             "pretrained_gmf": str(pretrained_gmf.resolve()) if pretrained_gmf else None,
+             "pretrained_mlp": str(pretrained_mlp.resolve()) if pretrained_mlp else None,
+             **_parse_params(param),
+             **{k: str(v) for k, v in (("user_features", user_features), ("item_features", item_features)) if v}}
+    # only the options given: each must apply to the model (--dropout for gmf is refused)
+    cfg = TrainConfig.for_model(model, {k: v for k, v in given.items() if v is not None})
+    dcfg = data_config(dataset, data_dir, valid=not no_valid, seed=cfg.seed, min_rating=min_rating,
                        user_col=user_col, item_col=item_col, rating_col=rating_col, time_col=time_col,
                        sep=sep, on_bad_lines=on_bad_lines)
-    summary = train(dcfg, cfg, out, progress=not quiet, init_items=init_items)
+    summary = _interruptible(out, lambda: train(dcfg, cfg, out, progress=not quiet, init_items=init_items))
     if summary is not None:  # None: a non-zero rank of a distributed run (rank 0 reports)
-        _print_summary(summary)
-        typer.echo(f"run written to {out}")
+        _print_summary(summary, json_out)
+        console.print(f"run written to {out}")
 
 
-def _print_summary(s: dict) -> None:
+def _interruptible(out: Path, run):
+    """``run()``; on Ctrl-C say how to continue (every finished epoch is saved), exit 130."""
+    try:
+        return run()
+    except KeyboardInterrupt:
+        console.print(f"\ninterrupted: every finished epoch is saved; continue with `ncf train --resume {out}`")
+        raise typer.Exit(130) from None
+
+
+# what each row of the summary is: the protocol of its metrics
+SPLIT_LABELS = {"valid": "valid (1 + 99 sampled)", "test": "test (1 + 99 sampled)", "test_full": "test (full ranking)"}
+
+
+def _print_summary(s: dict, json_out: bool = False) -> None:
+    if json_out:
+        print_json(s)
+        return
     t = Table(title=f"{s['model']} on {s['dataset']}: best epoch {s['best_epoch']}")
-    t.add_column("split")
+    t.add_column("split (protocol)")
     for k in ("hr@10", "ndcg@10"):
         t.add_column(k, justify="right")
-    for name in ("valid", "test", "test_full"):
+    for name, label in SPLIT_LABELS.items():
         if s.get(name):
-            t.add_row(name, *(f"{s[name][k]:.4f}" for k in ("hr@10", "ndcg@10")))
-    Console(stderr=True).print(t)
-    Console(stderr=True).print(f"train seconds: {s['train_seconds']:.1f}")
+            t.add_row(label, *(f"{s[name][k]:.4f}" for k in ("hr@10", "ndcg@10")))
+    console.print(t)
+    console.print(f"train seconds: {s['train_seconds']:.1f}")
 
 
 @app.command("evaluate")
 def evaluate_cmd(
     directory: Path = typer.Argument(..., help="Run directory."),
     protocol: str = typer.Option("sampled", "--protocol", help="sampled (1 + 99 negatives) | full"),
-    k: list[int] = typer.Option([10], "-k", help="Cut-offs (repeatable)."),
+    k: list[str] = typer.Option(["10"], "-k", help="Cut-offs: -k 10, -k 5,20 or -k 5 -k 20."),
     split: str = typer.Option("test", "--split", help="test | valid"),
+    data_dir: str = typer.Option(None, "--data-dir", help="Data directory (default: the one the run was "
+                                 "trained from, else $NCF_DATA_DIR, else ~/.cache/ncf)."),
     json_out: bool = JsonOpt,
 ):
     """Evaluate a trained run on its dataset's held-out items."""
@@ -141,19 +175,21 @@ def evaluate_cmd(
     from ncf.eval.evaluator import evaluate
 
     run_dir(directory)
-    if any(x < 1 for x in k):
-        raise ValueError("-k must be >= 1")
+    ks = parse_ks(k)
     cfg = load_config(directory)
     model = load_model(directory)
-    ds = load_dataset(DataConfig(**cfg["data"]))
+    data = dict(cfg["data"])
+    if data_dir is not None:
+        data["data_dir"] = data_dir
+    ds = load_dataset(DataConfig(**data))
     if (ds.n_users, ds.n_items) != (model.n_users, model.n_items):
-        raise ValueError(f"{directory}: the dataset now has {ds.n_users} users / {ds.n_items} items, "
+        raise ConfigError(f"{directory}: the dataset now has {ds.n_users} users / {ds.n_items} items, "
                          f"the model {model.n_users} / {model.n_items}")
     holdout = ds.test if split == "test" else ds.valid
     if holdout is None:
-        raise ValueError(f"the run has no {split} holdout")
+        raise ConfigError(f"the run has no {split} holdout")
     seen = ds.seen(include_valid=split == "test")
-    res = evaluate(model, holdout, protocol, seen=seen, ks=tuple(k))
+    res = evaluate(model, holdout, protocol, seen=seen, ks=ks)
     out = {"run": str(directory), "protocol": protocol, "split": split, "metrics": res}
     if json_out:
         print_json(out)
@@ -163,7 +199,7 @@ def evaluate_cmd(
     t.add_column("value", justify="right")
     for m, v in res.items():
         t.add_row(m, f"{v:.4f}")
-    Console().print(t)
+    tables.print(t)
 
 
 @app.command("recommend")
@@ -181,9 +217,9 @@ def recommend_cmd(
 
     run_dir(directory)
     if k < 1:
-        raise ValueError(f"-k must be >= 1, got {k}")
+        raise ConfigError(f"-k must be >= 1, got {k}")
     if (user is None) == (features is None):
-        raise ValueError("ncf recommend needs exactly one of --user ID and --features NAME=VALUE,...")
+        raise ConfigError("ncf recommend needs exactly one of --user ID and --features NAME=VALUE,...")
     rec = Recommender.from_run(directory)
     if features is not None:
         from ncf.data.features import parse_feature_spec
@@ -208,4 +244,4 @@ def recommend_cmd(
     for n, it in enumerate(r.items, 1):
         idx = rec.item_map.index(it["item"])
         t.add_row(str(n), str(it["item"]), rec.title(idx) or "", f"{it['score']:.4f}")
-    Console().print(t)
+    tables.print(t)

@@ -6,7 +6,6 @@ A named dataset lives in ``DATA_DIR/NAME/`` with the files of its GroupLens arch
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from ncf.data import readers
+from ncf.data.download import data_dir  # noqa: F401 (where datasets live; re-exported)
 from ncf.data.interactions import IdMap, Interactions
 from ncf.data.readers import DataError, Ratings
 from ncf.data.split import (
@@ -23,6 +23,7 @@ from ncf.data.split import (
     leave_one_out,
     sample_candidates,
 )
+from ncf.errors import ConfigError
 
 # name -> (ratings file inside DATA_DIR/NAME, reader)
 RATINGS_FILES = {
@@ -37,14 +38,6 @@ RATINGS_FILES = {
 NCF_NAMES = {"ncf-ml-1m": "ml-1m"}  # name -> file prefix in DATA_DIR/NAME
 DATASETS = sorted([*RATINGS_FILES, *NCF_NAMES])
 
-
-def data_dir(explicit: str | Path | None = None) -> Path:
-    if explicit:
-        return Path(explicit).expanduser()
-    env = os.environ.get("NCF_DATA_DIR")
-    if env:
-        return Path(env).expanduser()
-    return Path.home() / ".cache" / "ncf"
 
 
 @dataclass
@@ -67,11 +60,11 @@ class DataConfig:
 
     def __post_init__(self):
         if self.n_neg_eval < 1:
-            raise ValueError(f"n_neg_eval must be >= 1, got {self.n_neg_eval}")
+            raise ConfigError(f"n_neg_eval must be >= 1, got {self.n_neg_eval}")
         if self.on_bad_lines not in readers.BAD_LINES:
-            raise ValueError(f"--on-bad-lines must be 'error' or 'skip', not {self.on_bad_lines!r}")
+            raise ConfigError(f"--on-bad-lines must be 'error' or 'skip', not {self.on_bad_lines!r}")
         if self.min_train < 1:
-            raise ValueError(f"min_train must be >= 1, got {self.min_train}")
+            raise ConfigError(f"min_train must be >= 1, got {self.min_train}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -110,9 +103,14 @@ def ensure_available(name: str, root: Path, download: bool = True) -> Path:
 
     where = (
         f"put {fname} (from {archive_url(name)}, unpacked) at {folder / fname}, "
-        f"or pass --data-dir / set NCF_DATA_DIR to a folder holding {name}/{fname}"
+        f"or pass --data-dir / set NCF_DATA_DIR to a folder holding {name}/{fname}, "
+        f"or download from a mirror: set NCF_DOWNLOAD_URL (or `ncf data download {name} --url BASE`) "
+        f"to a server holding {name}.zip"
     )
     if download:
+        from ncf.console import console
+
+        console.print(f"dataset {name!r} is not in {folder}: downloading it from {archive_url(name)}")
         try:
             fetch(name, root)
         except DownloadError as e:
@@ -120,14 +118,21 @@ def ensure_available(name: str, root: Path, download: bool = True) -> Path:
                 f"dataset {name!r} is missing and could not be downloaded ({e}); offline: {where}"
             ) from None
         if (folder / fname).exists():
+            console.print(f"dataset {name!r} downloaded into {folder}")
             return folder
     raise DataError(f"dataset {name!r} is missing: run `ncf data download {name}`, or {where}")
 
 
+IN_MEMORY = "<DataFrame>"  # the source of a dataset made by ncf.from_pandas
+
+
 def read_source(cfg: DataConfig) -> tuple[str, Ratings | None, Path]:
     """Resolve a source to (name, ratings-or-None-for-NCF-presplit, folder)."""
-    root = data_dir(cfg.data_dir)
     src = cfg.source
+    if src == IN_MEMORY:
+        raise DataError("this run was fit on an in-memory DataFrame (ncf.from_pandas): there is no file to "
+                        "re-read; evaluate it from Python with ncf.evaluate(ncf.load(DIR), data)")
+    root = data_dir(cfg.data_dir)
     kw = {"on_bad_lines": cfg.on_bad_lines, "min_rating": cfg.min_rating}
     layout = [f"--{k.replace('_', '-')}" for k in ("user_col", "item_col", "rating_col", "time_col", "sep")
               if getattr(cfg, k) is not None]
@@ -178,6 +183,14 @@ def load_dataset(cfg: DataConfig | str) -> Dataset:
     name, ratings, folder = read_source(cfg)
     if ratings is None:
         return _load_ncf(cfg, name, folder)
+    ds = split_ratings(ratings, cfg, name)
+    ds.item_info = _item_info(name, folder, ds.train.item_map)
+    return ds
+
+
+def split_ratings(ratings: Ratings, cfg: DataConfig, name: str) -> Dataset:
+    """Raw interactions -> a split :class:`Dataset`: leave-one-out by time for test, then for
+    validation (``cfg.valid``), each holdout with ``cfg.n_neg_eval`` sampled negatives."""
     rng = np.random.default_rng(cfg.seed)
     full = Interactions.from_raw(ratings.users, ratings.items, ratings.timestamps, ratings.ratings)
     if full.nnz == 0:
@@ -197,7 +210,7 @@ def load_dataset(cfg: DataConfig | str) -> Dataset:
         "users_without_valid": few_valid,
         "timestamps": full.timestamps is not None,
     }
-    return Dataset(name, train, test, valid, full.nnz, report, _item_info(name, folder, train.item_map))
+    return Dataset(name, train, test, valid, full.nnz, report, None, cfg.to_dict())
 
 
 def _load_ncf(cfg: DataConfig, name: str, folder: Path) -> Dataset:
@@ -260,7 +273,7 @@ def _load_ncf(cfg: DataConfig, name: str, folder: Path) -> Dataset:
         "split_sizes": {"train": int(train_all.nnz), "test": int(len(te_u)), "candidate_lists": int(len(nu))},
     }
     return Dataset(name, train, test, valid, int(train_all.nnz + len(te_u)), report,
-                   _item_info(name, folder, item_map))
+                   _item_info(name, folder, item_map), cfg.to_dict())
 
 
 def _ncf_maps(folder: Path, n_users: int, n_items: int) -> tuple[IdMap, IdMap]:

@@ -59,6 +59,16 @@ def base_url(explicit: str | None = None) -> str:
     return (explicit or os.environ.get(ENV_URL) or BASE_URL).rstrip("/")
 
 
+def data_dir(explicit: str | Path | None = None) -> Path:
+    """Where datasets live: ``explicit`` (``--data-dir``), else ``$NCF_DATA_DIR``, else ``~/.cache/ncf``."""
+    if explicit:
+        return Path(explicit).expanduser()
+    env = os.environ.get("NCF_DATA_DIR")
+    if env:
+        return Path(env).expanduser()
+    return Path.home() / ".cache" / "ncf"
+
+
 def archive_url(name: str, base: str | None = None) -> str:
     return f"{base_url(base)}/{name}.zip"
 
@@ -105,8 +115,9 @@ def published_md5(name: str, base: str | None = None, timeout: float = 30.0) -> 
 def _fetch(url: str, dest: Path, progress: bool, timeout: float) -> str:
     """Stream ``url`` into ``dest``; returns the MD5 hex digest. A body shorter than its
     Content-Length (a dropped connection) is an error."""
-    from rich.console import Console
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+
+    from ncf.console import console as _console
 
     md5 = hashlib.md5()  # noqa: S324 - the checksum GroupLens publishes
     got = 0
@@ -115,7 +126,7 @@ def _fetch(url: str, dest: Path, progress: bool, timeout: float) -> str:
         total = int(size) if size and size.isdigit() else None
         columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                    TimeRemainingColumn())
-        console = Console(stderr=True)
+        console = _console
         show = progress and console.is_terminal  # a bar only where someone watches; logs stay clean
         with Progress(*columns, console=console, disable=not show, transient=True) as bar, \
                 open(dest, "wb") as out:
@@ -172,8 +183,6 @@ def download(name: str, root: str | Path | None = None, base_url: str | None = N
     An already complete folder is returned as is (``force=True`` replaces it). ``root``
     defaults to the data directory (``$NCF_DATA_DIR``, else ``~/.cache/ncf``).
     """
-    from ncf.data.datasets import data_dir
-
     _check_name(name)
     root = data_dir(root)
     dest = root / name

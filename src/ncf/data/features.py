@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from ncf.data.readers import DataError, sniff_sep
+from ncf.errors import ConfigError
 
 ML100K_GENRES = [
     "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime",
@@ -141,10 +142,10 @@ class Field:
 
     def __post_init__(self):
         if self.kind not in KINDS:
-            raise ValueError(f"feature {self.name!r}: kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
+            raise ConfigError(f"feature {self.name!r}: kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
         if self.kind == "bucket":
             if not self.edges or sorted(self.edges) != list(self.edges):
-                raise ValueError(f"feature {self.name!r}: bucket edges must be sorted and non-empty")
+                raise ConfigError(f"feature {self.name!r}: bucket edges must be sorted and non-empty")
             self.vocab = bucket_labels(list(self.edges))
         elif not self.vocab or self.vocab[0] != UNKNOWN:
             self.vocab = [UNKNOWN, *[v for v in self.vocab if v != UNKNOWN]]
@@ -192,7 +193,7 @@ class Field:
         """Like :meth:`parse`, but an unknown or unparseable value is an error naming the valid ones."""
         codes, status = self.parse(value)
         if status != "ok":
-            raise ValueError(f"feature {self.name!r}: cannot use {value!r}; valid: {self.valid_values()}")
+            raise ConfigError(f"feature {self.name!r}: cannot use {value!r}; valid: {self.valid_values()}")
         return codes
 
     def to_dict(self) -> dict[str, Any]:
@@ -208,7 +209,7 @@ class Field:
         try:
             return cls(d["name"], d["kind"], list(d.get("vocab", [])), d.get("edges"))
         except (KeyError, TypeError) as e:
-            raise ValueError(f"not a feature description: {d!r} ({e})") from None
+            raise ConfigError(f"not a feature description: {d!r} ({e})") from None
 
 
 @dataclass
@@ -238,7 +239,7 @@ def encode_features(fields: list[Field], features: dict[str, str]) -> list[np.nd
     unknown = [k for k in features if k.lower() not in by_name]
     if unknown:
         valid = "; ".join(f"{f.name}: {f.valid_values()}" for f in fields) or "none (the model has no user features)"
-        raise ValueError(f"unknown feature(s) {', '.join(map(repr, unknown))}; valid features: {valid}")
+        raise ConfigError(f"unknown feature(s) {', '.join(map(repr, unknown))}; valid features: {valid}")
     given = {k.lower(): v for k, v in features.items()}
     row = []
     for f in fields:
@@ -261,12 +262,12 @@ def parse_feature_spec(spec: str) -> dict[str, str]:
             continue
         key, eq, value = part.partition("=")
         if not eq or not key.strip():
-            raise ValueError(f"--features expects NAME=VALUE pairs separated by commas, got {part.strip()!r}")
+            raise ConfigError(f"--features expects NAME=VALUE pairs separated by commas, got {part.strip()!r}")
         if key.strip() in out:
-            raise ValueError(f"--features names {key.strip()!r} twice")
+            raise ConfigError(f"--features names {key.strip()!r} twice")
         out[key.strip()] = value.strip()
     if not out:
-        raise ValueError("--features is empty: give NAME=VALUE pairs, e.g. age=25,gender=F")
+        raise ConfigError("--features is empty: give NAME=VALUE pairs, e.g. age=25,gender=F")
     return out
 
 

@@ -15,6 +15,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from ncf.data.ids import canonical_id, canonical_ids
+from ncf.errors import ConfigError, UnknownIdError
 
 
 class IdMap:
@@ -27,7 +28,7 @@ class IdMap:
     def __init__(self, raw_ids: list | np.ndarray):
         raw = list(raw_ids.tolist() if isinstance(raw_ids, np.ndarray) else raw_ids)
         if len(set(raw)) != len(raw):
-            raise ValueError("IdMap: raw ids must be unique")
+            raise ConfigError("IdMap: raw ids must be unique")
         self._raw: list = raw
         self._index: dict = {r: i for i, r in enumerate(raw)}
         self._integer: bool | None = None
@@ -75,7 +76,7 @@ class IdMap:
     def index(self, raw_id, what: str = "id") -> int:
         idx = self.get(raw_id)
         if idx is None:
-            raise KeyError(f"unknown {what} {raw_id!r}")
+            raise UnknownIdError(f"unknown {what} {raw_id!r}")
         return idx
 
     def to_json(self) -> list:
@@ -84,7 +85,7 @@ class IdMap:
     @classmethod
     def from_json(cls, data: list) -> IdMap:
         if not isinstance(data, list):
-            raise ValueError("IdMap JSON must be a list of raw ids")
+            raise ConfigError("IdMap JSON must be a list of raw ids")
         return cls(data)
 
 
@@ -121,14 +122,14 @@ class Interactions:
     def __post_init__(self):
         m = self.matrix
         if m.shape != (len(self.user_map), len(self.item_map)):
-            raise ValueError(
+            raise ConfigError(
                 f"matrix shape {m.shape} does not match id maps "
                 f"({len(self.user_map)} users, {len(self.item_map)} items)"
             )
         for name in ("timestamps", "ratings"):
             arr = getattr(self, name)
             if arr is not None and len(arr) != m.nnz:
-                raise ValueError(f"{name} has {len(arr)} values for {m.nnz} interactions")
+                raise ConfigError(f"{name} has {len(arr)} values for {m.nnz} interactions")
 
     @property
     def n_users(self) -> int:
@@ -163,11 +164,11 @@ class Interactions:
         items = np.asarray(items, dtype=np.int64)
         n_users, n_items = len(user_map), len(item_map)
         if len(users) != len(items):
-            raise ValueError("users and items differ in length")
+            raise ConfigError("users and items differ in length")
         if len(users) and (users.min() < 0 or users.max() >= n_users):
-            raise ValueError("user index out of range of the user map")
+            raise ConfigError("user index out of range of the user map")
         if len(items) and (items.min() < 0 or items.max() >= n_items):
-            raise ValueError("item index out of range of the item map")
+            raise ConfigError("item index out of range of the item map")
         key = users * n_items + items
         pos = np.arange(len(key))
         if timestamps is not None:
@@ -243,4 +244,4 @@ def load_idmaps(directory: str | Path) -> tuple[IdMap, IdMap]:
     except FileNotFoundError:
         raise
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-        raise ValueError(f"{path}: not a valid id map ({e})") from e
+        raise ConfigError(f"{path}: not a valid id map ({e})") from e

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from ncf.data.ids import canonical_ids
+from ncf.errors import DataError  # noqa: F401 (re-exported)
 
 BAD_LINES = ("error", "skip")
 ROLES = ("user", "item", "rating", "timestamp")
@@ -32,8 +33,6 @@ _SAMPLE = 50  # non-blank lines looked at to detect a header row
 _UNIT_SEP = "\x1f"  # stands in for multi-character separators (the C parser takes one character)
 
 
-class DataError(ValueError):
-    """A problem with an input file; the message names the file and, where known, the line."""
 
 
 @dataclass
@@ -463,6 +462,14 @@ def _read_parquet(path: Path, cols: dict, on_bad_lines: str, min_rating: float |
         raise DataError(f"{path}: file not found") from None
     except Exception as e:  # noqa: BLE001 - pyarrow raises many types for corrupt files
         raise DataError(f"{path}: cannot read Parquet ({e})") from None
+    return read_frame(frame, cols, path, on_bad_lines, min_rating)
+
+
+def read_frame(frame: pd.DataFrame, cols: dict, path: Path, on_bad_lines: str = "error",
+               min_rating: float | None = None) -> Ratings:
+    """A DataFrame (from Parquet, or a user's own through ``ncf.from_pandas``) through the same
+    validation as a text file; ``cols`` maps user/item/rating/timestamp to column names or
+    positions; row i is reported as "line" i + 1 of ``path``."""
     names = [str(c) for c in frame.columns]
     positions = _resolve_columns(path, cols, names)
     for key, p in positions.items():

@@ -22,6 +22,8 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from ncf.errors import ConfigError
+
 DENSE_LIMIT = 1 << 30  # bytes for the users x items bool bitmap
 _M32 = 0xFFFFFFFF
 
@@ -113,7 +115,7 @@ class EpochPlan:
         self.n_negs = s.n_sampleable * (max(1, s.n_neg) if pairwise else s.n_neg)
         n = self.n_pos + self.n_negs
         if n >= 1 << 32:
-            raise ValueError(f"an epoch of {n} samples is more than this sampler supports (2^32)")
+            raise ConfigError(f"an epoch of {n} samples is more than this sampler supports (2^32)")
         self.perm = torch.randperm(n, generator=s.generator(epoch), device=s.device,
                                    dtype=torch.int32 if n < 1 << 31 else torch.int64)
 
@@ -137,6 +139,19 @@ class EpochPlan:
             items.index_copy_(0, todo, it)
             todo = todo[s.membership.contains(users.index_select(0, todo), it)]
         return items
+
+    def shard_batch(self, step: int, batch_size: int, rank: int = 0, world: int = 1):
+        """``(batch, n_global)`` of global step ``step``: the global batch covers samples
+        ``[step * B * world, (step + 1) * B * world)`` and rank ``r`` takes its ``r``-th slice
+        of ``B`` (short or empty at the end of the epoch); ``n_global`` is the global batch's
+        size, which weights the loss. The trainer and :meth:`NegativeSampler.batches` both
+        take their batches here."""
+        if not 0 <= rank < world:
+            raise ConfigError(f"shard rank {rank} is outside world size {world}")
+        n = len(self)
+        g = step * batch_size * world
+        lo = min(g + rank * batch_size, n)
+        return self.batch(lo, min(lo + batch_size, n)), max(0, min(batch_size * world, n - g))
 
     def batch(self, lo: int, hi: int) -> tuple[torch.Tensor, ...]:
         s = self.s
@@ -174,7 +189,7 @@ class NegativeSampler:
     def __init__(self, train: sp.csr_matrix, n_neg: int = 4, seed: int = 0,
                  device: torch.device | str = "cpu", dense_limit: int = DENSE_LIMIT):
         if n_neg < 0:
-            raise ValueError(f"n_neg must be >= 0, got {n_neg}")
+            raise ConfigError(f"n_neg must be >= 0, got {n_neg}")
         self.n_neg = n_neg
         self.seed = seed
         self.device = torch.device(device)
@@ -225,12 +240,10 @@ class NegativeSampler:
         epoch a rank's batch may be short or empty."""
         rank, world = shard
         if not 0 <= rank < world:
-            raise ValueError(f"shard rank {rank} is outside world size {world}")
+            raise ConfigError(f"shard rank {rank} is outside world size {world}")
         p = self.plan(epoch, pairwise)
-        n = len(p)
-        for g in range(0, n, batch_size * world):
-            lo = min(g + rank * batch_size, n)
-            yield p.batch(lo, min(lo + batch_size, n))
+        for step in range(self.n_batches(batch_size, pairwise, world)):
+            yield p.shard_batch(step, batch_size, rank, world)[0]
 
     def n_samples(self, pairwise: bool = False) -> int:
         return self.n_sampleable * max(1, self.n_neg) if pairwise else self.nnz + self.n_sampleable * self.n_neg

@@ -14,6 +14,7 @@ holdout; :func:`leave_one_out` returns how many there were.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -22,6 +23,7 @@ import torch
 
 from ncf.data.interactions import Interactions
 from ncf.data.sampling import Membership
+from ncf.errors import ConfigError
 
 PAD = -1  # padding in candidate matrices (a row with fewer distinct negatives)
 
@@ -48,11 +50,16 @@ class Dataset:
 
     name: str
     train: Interactions
-    test: HoldOut
+    test: HoldOut | None
     valid: HoldOut | None
     n_interactions: int  # everything the source held (train + valid + test)
     report: dict = field(default_factory=dict)
     item_info: dict | None = None  # optional: {"titles": [...], "genres": [[...], ...]} by item index
+    config: dict | None = None  # how it was made (DataConfig.to_dict()), saved with every run
+
+    def without_test(self) -> Dataset:
+        """This dataset with no test holdout: what fitting gets, so that it cannot read test."""
+        return dataclasses.replace(self, test=None)
 
     @property
     def n_users(self) -> int:
@@ -186,13 +193,13 @@ def candidates_from_lists(users: np.ndarray, items: np.ndarray, negatives: np.nd
         negatives = padded
     neg = np.array(negatives, dtype=np.int64, copy=True)
     if neg.ndim != 2 or len(neg) != len(users) or len(items) != len(users):
-        raise ValueError(f"candidate lists: {len(users)} users, {len(items)} items and negatives of shape "
+        raise ConfigError(f"candidate lists: {len(users)} users, {len(items)} items and negatives of shape "
                          f"{neg.shape} do not line up")
     present = neg != PAD
     out_of_range = present & ((neg < 0) | (neg >= n_items))
     if out_of_range.any():
         r = int(np.flatnonzero(out_of_range.any(axis=1))[0])
-        raise ValueError(f"candidate row {r} (user {users[r]}): negative item index out of range 0..{n_items - 1}")
+        raise ConfigError(f"candidate row {r} (user {users[r]}): negative item index out of range 0..{n_items - 1}")
     is_pos = present & (neg == items[:, None])
     stats = {"rows_with_positive_in_negatives": int(is_pos.any(axis=1).sum())}
     present &= ~is_pos

@@ -15,6 +15,7 @@ import scipy.sparse as sp
 import torch
 
 from ncf.data.split import PAD, HoldOut
+from ncf.errors import ConfigError
 from ncf.eval.metrics import pessimistic_rank, summarize
 
 PROTOCOLS = ("sampled", "full")
@@ -66,9 +67,9 @@ def full_ranks(model, holdout: HoldOut, seen: sp.csr_matrix, batch_users: int = 
 def evaluate(model, holdout: HoldOut, protocol: str = "sampled", seen: sp.csr_matrix | None = None,
              ks: tuple[int, ...] = (10,)) -> dict[str, float]:
     if protocol not in PROTOCOLS:
-        raise ValueError(f"unknown protocol {protocol!r} (known: {', '.join(PROTOCOLS)})")
+        raise ConfigError(f"unknown protocol {protocol!r} (known: {', '.join(PROTOCOLS)})")
     if not len(holdout):
-        raise ValueError("nothing to evaluate: the holdout is empty")
+        raise ConfigError("nothing to evaluate: the holdout is empty")
     was_training = getattr(model, "training", False)
     if hasattr(model, "eval"):
         model.eval()
@@ -76,7 +77,7 @@ def evaluate(model, holdout: HoldOut, protocol: str = "sampled", seen: sp.csr_ma
         if protocol == "sampled":
             return summarize(sampled_ranks(model, holdout), ks)
         if seen is None:
-            raise ValueError("the full protocol needs the users' seen items")
+            raise ConfigError("the full protocol needs the users' seen items")
         return summarize(full_ranks(model, holdout, seen), ks, full=True)
     finally:
         if was_training:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 
+from ncf.errors import ConfigError
 from ncf.models.base import Model, Scorer
 from ncf.models.gmf import GMF
 from ncf.models.mlp import MLP
@@ -31,12 +32,12 @@ def get_model_class(name: str) -> type[Model]:
     try:
         path = MODELS[name]
     except KeyError:
-        raise ValueError(f"unknown model {name!r} (known: {', '.join(sorted(MODELS))})") from None
+        raise ConfigError(f"unknown model {name!r} (known: {', '.join(sorted(MODELS))})") from None
     module, cls = path.split(":")
     try:
         return getattr(importlib.import_module(module), cls)
     except ImportError as e:
-        raise ValueError(f"model {name!r} needs an optional dependency: {e} (pip install 'ncf[all]')") from None
+        raise ConfigError(f"model {name!r} needs an optional dependency: {e} (pip install 'ncf[all]')") from None
 
 
 __all__ = ["MODELS", "Model", "Scorer", "GMF", "MLP", "NeuMF", "get_model_class"]

@@ -12,6 +12,8 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 import torch
 from torch import nn
 
+from ncf.errors import ConfigError
+
 
 @runtime_checkable
 class Scorer(Protocol):
@@ -42,7 +44,7 @@ class Model(nn.Module):
     def __init__(self, n_users: int, n_items: int):
         super().__init__()
         if n_users < 1 or n_items < 1:
-            raise ValueError(f"need at least one user and one item, got {n_users}, {n_items}")
+            raise ConfigError(f"need at least one user and one item, got {n_users}, {n_items}")
         self.n_users = int(n_users)
         self.n_items = int(n_items)
 
@@ -50,7 +52,7 @@ class Model(nn.Module):
     def check_params(cls, params: dict[str, Any]) -> dict[str, Any]:
         unknown = sorted(set(params) - set(cls.params))
         if unknown:
-            raise ValueError(
+            raise ConfigError(
                 f"unknown parameter(s) for model {cls.name!r}: {', '.join(unknown)} "
                 f"(known: {', '.join(sorted(cls.params)) or 'none'})"
             )

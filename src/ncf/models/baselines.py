@@ -21,6 +21,7 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 
+from ncf.errors import ConfigError
 from ncf.models.base import Model
 
 
@@ -85,7 +86,7 @@ class HistoryModel(FittedModel):
 
     def set_history(self, matrix: sp.csr_matrix) -> None:
         if matrix.shape != (self.n_users, self.n_items):
-            raise ValueError(f"training matrix {matrix.shape} does not match the model ({self.n_users}, "
+            raise ConfigError(f"training matrix {matrix.shape} does not match the model ({self.n_users}, "
                              f"{self.n_items})")
         m = binary_matrix(matrix)
         m.sort_indices()
@@ -140,6 +141,13 @@ class Popularity(FittedModel):
         self._put("counts", np.bincount(m.indices, minlength=self.n_items).astype(np.float32))
         return self
 
+    @classmethod
+    def from_matrix(cls, train: sp.csr_matrix) -> Popularity:
+        """Fitted on a users x items training matrix (no Dataset needed: cold-start benchmarks)."""
+        model = cls(*train.shape)
+        model._put("counts", np.bincount(binary_matrix(train).indices, minlength=train.shape[1]).astype(np.float32))
+        return model
+
     def forward(self, users, items):
         return self.counts[items]
 
@@ -163,9 +171,9 @@ class ItemKNN(HistoryModel):
     def __init__(self, n_users: int, n_items: int, k: int = 100, shrink: float = 10.0):
         super().__init__(n_users, n_items)
         if int(k) != k or k < 1:
-            raise ValueError(f"itemknn: k must be a positive integer, got {k!r}")
+            raise ConfigError(f"itemknn: k must be a positive integer, got {k!r}")
         if shrink < 0:
-            raise ValueError(f"itemknn: shrink must be >= 0, got {shrink!r}")
+            raise ConfigError(f"itemknn: shrink must be >= 0, got {shrink!r}")
         self._hparams = {"k": int(k), "shrink": float(shrink)}
         kk = min(int(k), n_items - 1)
         self.k, self.shrink = kk, float(shrink)
@@ -241,7 +249,7 @@ class EASE(HistoryModel):
     def __init__(self, n_users: int, n_items: int, l2: float = 500.0):
         super().__init__(n_users, n_items)
         if not l2 > 0:
-            raise ValueError(f"ease: l2 must be > 0, got {l2!r}")
+            raise ConfigError(f"ease: l2 must be > 0, got {l2!r}")
         self._hparams = {"l2": float(l2)}
         self.l2 = float(l2)
         self.B = _frozen(torch.zeros(n_items, n_items))
@@ -280,9 +288,9 @@ class BPRMF(Model):
     def __init__(self, n_users: int, n_items: int, factors: int = 8, l2: float = 0.0):
         super().__init__(n_users, n_items)
         if int(factors) != factors or factors < 1:
-            raise ValueError(f"bpr: factors must be a positive integer, got {factors!r}")
+            raise ConfigError(f"bpr: factors must be a positive integer, got {factors!r}")
         if l2 < 0:
-            raise ValueError(f"bpr: l2 must be >= 0, got {l2!r}")
+            raise ConfigError(f"bpr: l2 must be >= 0, got {l2!r}")
         self._hparams = {"factors": int(factors), "l2": float(l2)}
         self.l2 = float(l2)
         self.user_emb = nn.Embedding(n_users, int(factors))

@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ncf.errors import ConfigError
 from ncf.models.base import Model
 from ncf.models.kernels import gather
 
@@ -22,7 +23,7 @@ class GMF(Model):
     def __init__(self, n_users: int, n_items: int, factors: int = 8, l2: float = 0.0):
         super().__init__(n_users, n_items)
         if factors < 1:
-            raise ValueError(f"factors must be >= 1, got {factors}")
+            raise ConfigError(f"factors must be >= 1, got {factors}")
         self._hparams = {"factors": factors, "l2": l2}
         self.l2 = l2
         self.user_emb = nn.Embedding(n_users, factors)

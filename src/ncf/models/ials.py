@@ -19,6 +19,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 
+from ncf.errors import ConfigError
 from ncf.models.baselines import FittedModel, _frozen, binary_matrix
 
 
@@ -49,7 +50,7 @@ class ImplicitALS(FittedModel):
         ]
         for ok, msg in checks:
             if not ok:
-                raise ValueError(f"ials: {msg}")
+                raise ConfigError(f"ials: {msg}")
         self._hparams = {"factors": int(factors), "regularization": float(regularization),
                          "alpha": float(alpha), "iterations": int(iterations)}
         self.user_factors = _frozen(torch.zeros(n_users, int(factors)))
@@ -61,7 +62,7 @@ class ImplicitALS(FittedModel):
 
         x = binary_matrix(dataset.train.matrix)
         if x.shape != (self.n_users, self.n_items):
-            raise ValueError(f"training matrix {x.shape} does not match the model ({self.n_users}, {self.n_items})")
+            raise ConfigError(f"training matrix {x.shape} does not match the model ({self.n_users}, {self.n_items})")
         hp = self._hparams
         threads = int(getattr(cfg, "threads", 0) or 0) or _cores()
         with threadpool_limits(1, "blas"):  # implicit checks this when the model is built

@@ -27,12 +27,14 @@ work as for the neural models)::
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import ClassVar
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 from torch import nn
 
+from ncf.errors import ConfigError
 from ncf.models.base import Model
 
 NO_VECTOR = -2.0  # score of an item without a vector: below every cosine
@@ -124,6 +126,8 @@ class Item2Vec(Model):
         "workers": 1,  # > 1 is faster but not reproducible
     }
     config_fields = ()
+    # a quick fit on a tiny dataset (the registry contract tests): small vectors, more passes
+    contract_options: ClassVar[dict] = {"vector_size": 8, "epochs": 30, "sample": 0.0, "recent": 0}
 
     def __init__(self, n_users: int, n_items: int, vector_size: int = 64, window: int = 0, min_count: int = 1,
                  negative: int = 5, ns_exponent: float = 0.75, sample: float = 1e-3, alpha: float = 0.025,
@@ -143,7 +147,7 @@ class Item2Vec(Model):
         ]
         for ok, msg in checks:
             if not ok:
-                raise ValueError(f"item2vec: {msg}")
+                raise ConfigError(f"item2vec: {msg}")
         self._hparams = {"vector_size": int(vector_size), "window": int(window), "min_count": int(min_count),
                          "negative": int(negative), "ns_exponent": float(ns_exponent), "sample": float(sample),
                          "alpha": float(alpha), "epochs": int(epochs), "recent": int(recent),
@@ -159,12 +163,12 @@ class Item2Vec(Model):
         from gensim.models import Word2Vec
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-        from ncf.train.trainer import console
+        from ncf.console import console
 
         hp = self._hparams
         train = dataset.train
         if (train.n_users, train.n_items) != (self.n_users, self.n_items):
-            raise ValueError(f"item2vec: built for {self.n_users} users / {self.n_items} items, "
+            raise ConfigError(f"item2vec: built for {self.n_users} users / {self.n_items} items, "
                              f"the dataset has {train.n_users} / {train.n_items}")
         ordered = train.timestamps is not None
         hist = histories(train.matrix, train.timestamps)
@@ -172,7 +176,7 @@ class Item2Vec(Model):
         window = hp["window"] or max(longest, 1)
         corpus = _Sentences(hist, shuffle=not ordered, seed=cfg.seed)
         if len(corpus) == 0:
-            raise ValueError("item2vec: the training data has no interactions")
+            raise ConfigError("item2vec: the training data has no interactions")
         columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
         show = getattr(cfg, "progress", True)
         with Progress(*columns, console=console, transient=True, disable=not show) as prog:
@@ -185,7 +189,7 @@ class Item2Vec(Model):
             )
             w2v.build_vocab(corpus)
             if not len(w2v.wv):
-                raise ValueError(f"item2vec: no item has min_count={hp['min_count']} training interactions")
+                raise ConfigError(f"item2vec: no item has min_count={hp['min_count']} training interactions")
             w2v.train(corpus, total_examples=w2v.corpus_count, epochs=hp["epochs"],
                       callbacks=[_Progress(prog, task)])
         vectors = np.zeros((self.n_items, hp["vector_size"]), np.float32)

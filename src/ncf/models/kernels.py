@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import torch
 
+from ncf.errors import ConfigError
+
 
 class _Gather(torch.autograd.Function):
     @staticmethod
@@ -86,7 +88,7 @@ def relu_dropout(x: torch.Tensor, p: float, generator: torch.Generator | None = 
     global generator)."""
     drop_256 = round(p * 256)
     if not 0 <= drop_256 < 256:
-        raise ValueError(f"dropout must be in [0, 1), got {p}")
+        raise ConfigError(f"dropout must be in [0, 1), got {p}")
     if drop_256 == 0:
         return torch.relu(x)
     return _ReluDropout.apply(x, drop_256, generator)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ncf.errors import ConfigError
 from ncf.models.base import Model
 from ncf.models.kernels import gather, relu_dropout, use_tables
 
@@ -18,12 +19,12 @@ def parse_layers(layers) -> tuple[int, ...]:
         try:
             layers = tuple(int(x) for x in layers.split(",") if x.strip())
         except ValueError:
-            raise ValueError(f"layers must be comma-separated integers like 64,32,16,8, got {layers!r}") from None
+            raise ConfigError(f"layers must be comma-separated integers like 64,32,16,8, got {layers!r}") from None
     layers = tuple(int(x) for x in layers)
     if len(layers) < 1 or any(x < 1 for x in layers):
-        raise ValueError(f"layers must be positive integers, got {layers}")
+        raise ConfigError(f"layers must be positive integers, got {layers}")
     if layers[0] % 2:
-        raise ValueError(f"the first layer size is the concatenated embedding and must be even, got {layers[0]}")
+        raise ConfigError(f"the first layer size is the concatenated embedding and must be even, got {layers[0]}")
     return layers
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ncf.errors import ConfigError
 from ncf.models.base import Model
 from ncf.models.gmf import GMF
 from ncf.models.mlp import MLP, parse_layers
@@ -38,9 +39,9 @@ class NeuMF(Model):
     @classmethod
     def from_pretrained(cls, gmf: GMF, mlp: MLP, alpha: float = 0.5) -> NeuMF:
         if (gmf.n_users, gmf.n_items) != (mlp.n_users, mlp.n_items):
-            raise ValueError("GMF and MLP were trained on different user/item sets")
+            raise ConfigError("GMF and MLP were trained on different user/item sets")
         if not 0.0 <= alpha <= 1.0:
-            raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+            raise ConfigError(f"alpha must be in [0, 1], got {alpha}")
         g, m = gmf.hparams(), mlp.hparams()
         model = cls(gmf.n_users, gmf.n_items, g["factors"], m["layers"], m["dropout"], max(g["l2"], m["l2"]))
         with torch.no_grad():

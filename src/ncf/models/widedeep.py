@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from ncf.data.features import Field, encode_features, side_features
+from ncf.errors import ConfigError
 from ncf.models.base import Model
 from ncf.models.mlp import parse_layers
 
@@ -42,7 +43,7 @@ def _parse_crosses(crosses, user_fields: list[Field], item_fields: list[Field]) 
     for part in (p.strip() for p in parts if p.strip()):
         a, star, b = part.partition("*")
         if not star or a.strip() not in uidx or b.strip() not in iidx:
-            raise ValueError(
+            raise ConfigError(
                 f"cross {part!r}: write USER_FIELD*ITEM_FIELD with user fields {sorted(uidx) or 'none'} "
                 f"and item fields {sorted(iidx) or 'none'} (or crosses=all / none)"
             )
@@ -62,9 +63,9 @@ class WideDeep(Model):
         super().__init__(n_users, n_items)
         layers = parse_layers(layers)
         if factors < 1:
-            raise ValueError(f"factors must be >= 1, got {factors}")
+            raise ConfigError(f"factors must be >= 1, got {factors}")
         if not 0 <= id_dropout <= 1:
-            raise ValueError(f"id_dropout must be in [0, 1], got {id_dropout}")
+            raise ConfigError(f"id_dropout must be in [0, 1], got {id_dropout}")
         self.user_fields = [f if isinstance(f, Field) else Field.from_dict(f) for f in user_fields or []]
         self.item_fields = [f if isinstance(f, Field) else Field.from_dict(f) for f in item_fields or []]
         self.crosses = _parse_crosses(crosses, self.user_fields, self.item_fields)
@@ -139,11 +140,11 @@ class WideDeep(Model):
         for prefix, values, fields in (("ufeat", user_values, self.user_fields),
                                        ("ifeat", item_values, self.item_fields)):
             if len(values) != len(fields):
-                raise ValueError(f"{prefix}: {len(values)} value arrays for {len(fields)} fields")
+                raise ConfigError(f"{prefix}: {len(values)} value arrays for {len(fields)} fields")
             for k, v in enumerate(values):
                 buf = getattr(self, f"{prefix}{k}")
                 if tuple(v.shape) != tuple(buf.shape):
-                    raise ValueError(f"feature {fields[k].name!r}: values of shape {tuple(v.shape)}, "
+                    raise ConfigError(f"feature {fields[k].name!r}: values of shape {tuple(v.shape)}, "
                                      f"expected {tuple(buf.shape)}")
                 buf.copy_(torch.as_tensor(v))
 

@@ -27,6 +27,7 @@ import pandas as pd
 
 from ncf.data.interactions import IdMap
 from ncf.data.readers import DataError
+from ncf.errors import ConfigError
 
 ID_COLUMNS = ("item", "item_id")
 CATEGORY_COLUMNS = ("category", "genres")
@@ -60,12 +61,12 @@ class ItemAttributes:
         """float64 [n_items]: 1 where the item belongs to category ``name``."""
         if name not in self.categories:
             shown = ", ".join(self.categories[:20]) + (" ..." if len(self.categories) > 20 else "")
-            raise ValueError(f"unknown category {name!r} (the attributes have: {shown or 'no categories'})")
+            raise ConfigError(f"unknown category {name!r} (the attributes have: {shown or 'no categories'})")
         return self.category_matrix[:, self.categories.index(name)].astype(np.float64)
 
     def column(self, name: str) -> np.ndarray:
         if name not in self.numeric:
-            raise ValueError(f"no numeric column {name!r} in the attributes "
+            raise ConfigError(f"no numeric column {name!r} in the attributes "
                              f"(numeric columns: {', '.join(self.numeric) or 'none'})")
         return self.numeric[name]
 
@@ -102,7 +103,7 @@ def load_attributes(path: str | Path, item_map: IdMap, id_col: str | None = None
     """Read an attributes CSV and align it with ``item_map`` (the run's raw item ids)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such attributes file")
+        raise DataError(f"{path}: no such attributes file")
     try:
         df = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
     except pd.errors.EmptyDataError:
@@ -176,11 +177,11 @@ def movielens_attributes(item_map: IdMap, item_info: dict | None, seed: int = 0)
     revenue and relevance pull in different directions, as they would in a shop.
     """
     if not item_info or not item_info.get("genres"):
-        raise ValueError("the run has no items.json with genres: categories cannot be derived "
+        raise ConfigError("the run has no items.json with genres: categories cannot be derived "
                          "(MovieLens runs have one; write your own attributes CSV for other data)")
     genres = item_info["genres"]
     if len(genres) != len(item_map):
-        raise ValueError(f"items.json lists {len(genres)} items, the run has {len(item_map)}")
+        raise ConfigError(f"items.json lists {len(genres)} items, the run has {len(item_map)}")
     rng = np.random.default_rng(seed)
     price = np.clip(np.exp(rng.normal(np.log(2.5), 0.5, len(item_map))), 0.99, 9.99).round(2)
     margin = rng.uniform(0.1, 0.6, len(item_map)).round(3)

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ncf.errors import ConfigError
 from ncf.rerank.attributes import ItemAttributes
 
 OPS = (">=", "<=")
@@ -33,7 +34,7 @@ _EXPR = re.compile(r"^\s*([A-Za-z_][\w\-]*)(?::\s*(.+?))?\s*(>=|<=|=>|=<|==|=|>|
 PRICE = "price"
 
 
-class ConstraintError(ValueError):
+class ConstraintError(ConfigError):
     """A constraint that cannot be parsed, or that no choice of slates can meet."""
 
 

@@ -50,6 +50,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ncf.errors import ConfigError
 from ncf.recommend import top_k, top_k_rows
 from ncf.rerank.attributes import ItemAttributes
 from ncf.rerank.constraints import Constraint, ConstraintError, Linear, bind
@@ -121,19 +122,19 @@ class SlateProblem:
                  attrs: ItemAttributes, constraints: list[Constraint], forbidden: np.ndarray | None = None,
                  chunk_rows: int | None = None):
         if relevance.dim() != 2:
-            raise ValueError(f"relevance must be [users, items], got shape {tuple(relevance.shape)}")
+            raise ConfigError(f"relevance must be [users, items], got shape {tuple(relevance.shape)}")
         n_users, n_items = relevance.shape
         if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
+            raise ConfigError(f"k must be >= 1, got {k}")
         if attrs.n_items != n_items:
-            raise ValueError(f"attributes cover {attrs.n_items} items, the relevance matrix {n_items}")
+            raise ConfigError(f"attributes cover {attrs.n_items} items, the relevance matrix {n_items}")
         if not torch.isfinite(relevance).all():
-            raise ValueError("relevance holds NaN or infinite values")
+            raise ConfigError("relevance holds NaN or infinite values")
         self.k = min(k, n_items)
         self.dtype = relevance.dtype
         self.mask = torch.zeros_like(relevance, dtype=torch.bool) if excluded is None else excluded.bool()
         if self.mask.shape != relevance.shape:
-            raise ValueError(f"excluded mask {tuple(self.mask.shape)} != relevance {tuple(relevance.shape)}")
+            raise ConfigError(f"excluded mask {tuple(self.mask.shape)} != relevance {tuple(relevance.shape)}")
         self.P = relevance.masked_fill(self.mask, 0.0)
         self.forbidden = np.zeros(n_items, bool) if forbidden is None else np.asarray(forbidden, bool)
         self.attrs = attrs
@@ -677,7 +678,7 @@ def to_relevance(scores: torch.Tensor | np.ndarray, mode: str) -> torch.Tensor:
         hi = s.max(dim=-1, keepdim=True).values
         span = torch.where(hi > lo, hi - lo, torch.ones_like(hi))
         return (s - lo) / span
-    raise ValueError(f"unknown relevance mode {mode!r} (known: {', '.join(RELEVANCE_MODES)})")
+    raise ConfigError(f"unknown relevance mode {mode!r} (known: {', '.join(RELEVANCE_MODES)})")
 
 
 @dataclass
@@ -697,11 +698,11 @@ class PerRequestReranker:
     def __init__(self, weight: np.ndarray, offset: np.ndarray, relevance: str = "sigmoid", k: int = 10,
                  spec: dict | None = None):
         if relevance not in RELEVANCE_MODES:
-            raise ValueError(f"unknown relevance mode {relevance!r} (known: {', '.join(RELEVANCE_MODES)})")
+            raise ConfigError(f"unknown relevance mode {relevance!r} (known: {', '.join(RELEVANCE_MODES)})")
         self.weight = np.asarray(weight, dtype=np.float64)
         self.offset = np.asarray(offset, dtype=np.float64)
         if self.weight.shape != self.offset.shape or self.weight.ndim != 1:
-            raise ValueError("weight and offset must be 1-d arrays of the same length")
+            raise ConfigError("weight and offset must be 1-d arrays of the same length")
         self.relevance = relevance
         self.k = int(k)
         self.spec = spec or {}
@@ -748,10 +749,10 @@ class PerRequestReranker:
         removed) given the model's raw ``scores`` for them (logits for neural models)."""
         idx = np.asarray(item_indexes, dtype=np.int64)
         if len(idx) != len(np.asarray(scores)):
-            raise ValueError(f"{len(idx)} items but {len(np.asarray(scores))} scores")
+            raise ConfigError(f"{len(idx)} items but {len(np.asarray(scores))} scores")
         k = self.k if k is None else int(k)
         if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
+            raise ConfigError(f"k must be >= 1, got {k}")
         order = np.argsort(idx, kind="stable")  # ties by the lower item index, as everywhere
         idx, scores = idx[order], np.asarray(scores)[order]
         p, u = self.utility(idx, scores)

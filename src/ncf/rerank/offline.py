@@ -16,6 +16,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from ncf.errors import ConfigError
 from ncf.rerank.attributes import ItemAttributes, load_attributes
 from ncf.rerank.constraints import PRICE, Constraint, bind, parse_constraints
 from ncf.rerank.lagrangian import RELEVANCE_MODES, SlateProblem, Solution, save_rerank, to_relevance
@@ -28,12 +29,12 @@ def relevance_mode(model, cfg: dict, mode: str = "auto") -> str:
     if mode in RELEVANCE_MODES:
         return mode
     if mode != "auto":
-        raise ValueError(f"unknown relevance mode {mode!r} (known: auto, {', '.join(RELEVANCE_MODES)})")
+        raise ConfigError(f"unknown relevance mode {mode!r} (known: auto, {', '.join(RELEVANCE_MODES)})")
     loss = (cfg.get("train") or {}).get("loss", "bce")
     if getattr(model, "trainable", False) and loss == "bce":
         return "sigmoid"
     why = "is not trained by SGD" if not getattr(model, "trainable", False) else f"is trained with {loss} loss"
-    raise ValueError(
+    raise ConfigError(
         f"model {model.name!r} {why}: its scores are not probabilities, so expected revenue is undefined; "
         "pass --relevance minmax to rescale each user's scores to [0, 1] (a ranking score, not a probability)")
 
@@ -104,9 +105,9 @@ class RunReranker:
         from ncf.checkpoint import load_config, load_model, load_run_maps, load_train_matrix
 
         if missing not in MISSING:
-            raise ValueError(f"--missing must be one of {', '.join(MISSING)}, got {missing!r}")
+            raise ConfigError(f"--missing must be one of {', '.join(MISSING)}, got {missing!r}")
         if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
+            raise ConfigError(f"k must be >= 1, got {k}")
         self.directory = Path(directory)
         self.cfg = load_config(self.directory)
         self.model = load_model(self.directory)
@@ -126,7 +127,7 @@ class RunReranker:
                 dcfg["data_dir"] = data_dir
             ds = load_dataset(DataConfig(**dcfg))
             if (ds.n_users, ds.n_items) != (self.model.n_users, self.model.n_items):
-                raise ValueError(f"{self.directory}: the dataset now has {ds.n_users} users / {ds.n_items} "
+                raise ConfigError(f"{self.directory}: the dataset now has {ds.n_users} users / {ds.n_items} "
                                  f"items, the model {self.model.n_users} / {self.model.n_items}")
             seen = ds.seen(include_valid=True)
             self.holdout = ds.test

@@ -43,6 +43,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ncf.data.ids import canonical_id
 from ncf.data.interactions import IdMap
+from ncf.errors import ConfigError
 from ncf.recommend import Recommender, RerankUnavailable, UnknownItemError, top_k
 from ncf.rerank.lagrangian import load_reranker
 from ncf.serve.guard import ApiKey, BodyLimit, Unauthorized
@@ -153,20 +154,20 @@ class OnlineService:
         self.rec = Recommender.from_run(self.run_dir)
         self.events_ns = catalog_id(self.rec.item_map) if events_namespace is None else events_namespace
         if not _NAMESPACE.fullmatch(self.events_ns):
-            raise ValueError(f"events namespace {self.events_ns!r}: expected 1-64 letters, digits, _.-")
+            raise ConfigError(f"events namespace {self.events_ns!r}: expected 1-64 letters, digits, _.-")
         if max_events_per_user < 0:
-            raise ValueError(f"max_events_per_user must be >= 0, got {max_events_per_user}")
+            raise ConfigError(f"max_events_per_user must be >= 0, got {max_events_per_user}")
         self.max_events = max_events_per_user
         if max_items_per_request < 1:
-            raise ValueError(f"max_items_per_request must be >= 1, got {max_items_per_request}")
+            raise ConfigError(f"max_items_per_request must be >= 1, got {max_items_per_request}")
         self.max_items = max_items_per_request
         self.ranker = make_ranker(self.rec.model)
         if candidates < 0:
-            raise ValueError(f"candidates must be >= 0, got {candidates}")
+            raise ConfigError(f"candidates must be >= 0, got {candidates}")
         if candidates and not self.ranker.can_retrieve:
-            raise ValueError(f"--candidates needs a gmf, mlp or neumf model, not {self.rec.model.name!r}")
+            raise ConfigError(f"--candidates needs a gmf, mlp or neumf model, not {self.rec.model.name!r}")
         if max_k < 1:
-            raise ValueError(f"max_k must be >= 1, got {max_k}")
+            raise ConfigError(f"max_k must be >= 1, got {max_k}")
         self.store, self.candidates, self.max_k = store, candidates, max_k
         self.run_id = run_fingerprint(self.run_dir)
         self.int_ids = {"user": self.rec.user_map.integer, "item": self.rec.item_map.integer}
@@ -364,7 +365,7 @@ def create_app(run_dir: str | Path, store: FeatureStore | None = None, candidate
     with ``api_key_reads``; ``max_body_bytes``: larger request bodies get 413;
     ``max_events_per_user``, ``max_items_per_request``, ``events_namespace``: see :class:`OnlineService`."""
     if api_key_reads and not api_key:
-        raise ValueError("--api-key-reads needs an API key (--api-key or $NCF_API_KEY)")
+        raise ConfigError("--api-key-reads needs an API key (--api-key or $NCF_API_KEY)")
     service = OnlineService(run_dir, store if store is not None else InMemoryStore(), candidates, max_k,
                             events_namespace, max_events_per_user, max_items_per_request)
     metrics = _Metrics()

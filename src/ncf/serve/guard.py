@@ -21,6 +21,8 @@ from fastapi import Security
 from fastapi.security import APIKeyHeader
 from starlette.exceptions import HTTPException
 
+from ncf.errors import ConfigError
+
 HEADER = "X-API-Key"
 
 
@@ -33,7 +35,7 @@ class ApiKey:
 
     def __init__(self, key: str, reads: bool = False):
         if not key or key != key.strip():
-            raise ValueError("the API key must be a non-empty string without surrounding whitespace")
+            raise ConfigError("the API key must be a non-empty string without surrounding whitespace")
         self._key = key.encode()
         self.reads = reads
         self.scheme = APIKeyHeader(name=HEADER, scheme_name="ApiKey", auto_error=False,
@@ -56,7 +58,7 @@ class BodyLimit:
 
     def __init__(self, app, max_bytes: int):
         if max_bytes < 1:
-            raise ValueError(f"max_bytes must be >= 1, got {max_bytes}")
+            raise ConfigError(f"max_bytes must be >= 1, got {max_bytes}")
         self.app, self.max_bytes = app, max_bytes
 
     async def _reject(self, send) -> None:

@@ -29,6 +29,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ncf.errors import ConfigError
 from ncf.models import GMF, MLP, Model, NeuMF
 from ncf.recommend import top_k
 
@@ -101,7 +102,7 @@ class NCFRanker(Ranker):
             arr = items.get(name)
             if arr is None or arr.shape != shape:
                 got = None if arr is None else arr.shape
-                raise ValueError(f"item features {name!r}: expected shape {shape}, got {got}")
+                raise ConfigError(f"item features {name!r}: expected shape {shape}, got {got}")
             bound[name] = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
         if self.tower is not None and len(self.tower.linears):
             first = self.tower.linears[0]

@@ -51,14 +51,16 @@ from urllib.parse import urlsplit
 import numpy as np
 import scipy.sparse as sp
 
+from ncf.errors import ConfigError, NcfError
+
 log = logging.getLogger("ncf.serve")
 
 
-class StoreUnavailable(RuntimeError):
+class StoreUnavailable(NcfError, RuntimeError):
     """The store cannot be reached now (the service answers 503 and retries later)."""
 
 
-class StoreDataError(ValueError):
+class StoreDataError(NcfError, ValueError):
     """The store holds something that cannot be decoded; the message names the key."""
 
 
@@ -66,7 +68,7 @@ class StoreWriteError(StoreUnavailable):
     """A write failed (full disk, read-only file): nothing was recorded (HTTP 503)."""
 
 
-class EventLimitReached(ValueError):
+class EventLimitReached(NcfError, ValueError):
     """The user already has ``max_events`` recorded interactions (HTTP 409)."""
 
 
@@ -151,7 +153,7 @@ def _unpack(buf: bytes | None, spec: dict, where: str) -> np.ndarray:
 def _check_run(data: RunData) -> None:
     n_users = len(data.users)
     if data.vectors.shape[0] != n_users or data.seen.shape[0] != n_users:
-        raise ValueError(f"run data: {n_users} users but {data.vectors.shape[0]} vectors, {data.seen.shape[0]} rows")
+        raise ConfigError(f"run data: {n_users} users but {data.vectors.shape[0]} vectors, {data.seen.shape[0]} rows")
 
 
 # --- in-process store ----------------------------------------------------------------------
@@ -171,7 +173,7 @@ class InMemoryStore(FeatureStore):
                 with open(self.journal, "a", encoding="utf-8"):
                     pass
             except OSError as e:
-                raise ValueError(f"{self.journal}: cannot write the interaction journal ({e.strerror})") from None
+                raise ConfigError(f"{self.journal}: cannot write the interaction journal ({e.strerror})") from None
 
     def _replay(self, path: Path) -> None:
         data = path.read_bytes()
@@ -329,7 +331,7 @@ class RedisStore(FeatureStore):
         from redis.retry import Retry
 
         if not url.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError(f"--redis must be a redis:// URL, got {redact(url)!r}")
+            raise ConfigError(f"--redis must be a redis:// URL, got {redact(url)!r}")
         self.url, self.prefix, self.cooldown, self.chunk = url, prefix, cooldown, chunk
         self._errors = (redis.ConnectionError, redis.TimeoutError)
         self._response_error = redis.ResponseError

@@ -21,13 +21,15 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from ncf.errors import ConfigError
+
 
 def env_world() -> int:
     """The world size torchrun announced (1 outside torchrun)."""
     try:
         return int(os.environ.get("WORLD_SIZE", "1"))
     except ValueError:
-        raise ValueError(f"WORLD_SIZE={os.environ['WORLD_SIZE']!r} is not an integer") from None
+        raise ConfigError(f"WORLD_SIZE={os.environ['WORLD_SIZE']!r} is not an integer") from None
 
 
 def rank() -> int:
@@ -60,12 +62,12 @@ def setup(device: torch.device, timeout_s: float = 1800) -> torch.device:
         return device
     missing = [k for k in ("RANK", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
     if missing:
-        raise ValueError(f"WORLD_SIZE={env_world()} but {', '.join(missing)} not set: start distributed "
+        raise ConfigError(f"WORLD_SIZE={env_world()} but {', '.join(missing)} not set: start distributed "
                          "training with torchrun or `ncf train --nproc N`")
     if device.type == "cuda":
         local = int(os.environ.get("LOCAL_RANK", "0"))
         if local >= torch.cuda.device_count():
-            raise ValueError(f"LOCAL_RANK {local} but only {torch.cuda.device_count()} CUDA device(s) here")
+            raise ConfigError(f"LOCAL_RANK {local} but only {torch.cuda.device_count()} CUDA device(s) here")
         device = torch.device("cuda", local)
         torch.cuda.set_device(device)
         backend = "nccl"
@@ -122,7 +124,7 @@ def broadcast_flag(flag: bool, device: torch.device) -> bool:
 def launch_command(nproc: int, args: list[str], nnodes: int = 1) -> list[str]:
     """The torchrun command line that runs ``ncf <args>`` on ``nproc`` local processes."""
     if nproc < 1:
-        raise ValueError(f"--nproc must be >= 1, got {nproc}")
+        raise ConfigError(f"--nproc must be >= 1, got {nproc}")
     rdzv = ["--standalone"] if nnodes == 1 else []
     return [sys.executable, "-m", "torch.distributed.run", *rdzv, f"--nproc-per-node={nproc}",
             "-m", "ncf", *args]
@@ -152,5 +154,5 @@ def without_nproc(argv: list[str]) -> list[str]:
 def relaunch(nproc: int, argv: list[str] | None = None) -> int:
     """``ncf train --nproc N ...``: run this process's command line again under torchrun."""
     if world() > 1:
-        raise ValueError("--nproc inside a distributed run: start either torchrun or `ncf train --nproc N`")
+        raise ConfigError("--nproc inside a distributed run: start either torchrun or `ncf train --nproc N`")
     return launch(nproc, without_nproc(sys.argv[1:] if argv is None else argv))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ncf.errors import ConfigError
+
 
 def bce_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Log loss of the NCF paper, on logits (numerically stable)."""
@@ -23,4 +25,4 @@ def make_optimizer(name: str, params, lr: float, weight_decay: float = 0.0) -> t
         return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay)
     if name == "adagrad":
         return torch.optim.Adagrad(params, lr=lr, weight_decay=weight_decay)
-    raise ValueError(f"unknown optimizer {name!r}")
+    raise ConfigError(f"unknown optimizer {name!r}")

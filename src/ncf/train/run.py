@@ -21,11 +21,13 @@ from ncf.checkpoint import (
     save_run_data,
 )
 from ncf.config import TrainConfig
-from ncf.data.datasets import DataConfig, load_dataset
+from ncf.console import console
+from ncf.data.datasets import DATASETS, DataConfig, data_dir, load_dataset
 from ncf.data.split import Dataset
+from ncf.errors import ConfigError
 from ncf.models import MODELS, NeuMF, get_model_class
 from ncf.train import distributed
-from ncf.train.trainer import Trainer, console
+from ncf.train.trainer import Trainer
 
 
 def build(cfg: TrainConfig, dataset: Dataset):
@@ -39,21 +41,47 @@ def build(cfg: TrainConfig, dataset: Dataset):
     return cls.from_params(dataset.n_users, dataset.n_items, **params)
 
 
-def _write_header(out: Path, data_cfg: DataConfig, cfg: TrainConfig, model, dataset: Dataset) -> None:
+def write_header(out: Path, data_cfg: dict, cfg: TrainConfig, model, user_map, item_map, seen,
+                 item_info: dict | None, report: dict) -> None:
+    """The parts of a run directory that do not change while it trains: config.json, id maps,
+    the training interactions ``seen`` (the seen filter) and item titles."""
     if not distributed.is_main():  # rank 0 alone writes the run directory
         return
     out.mkdir(parents=True, exist_ok=True)
-    save_run_data(out, dataset.train.user_map, dataset.train.item_map, dataset.train.matrix, dataset.item_info)
+    save_run_data(out, user_map, item_map, seen, item_info)
     atomic_write_json(out / "config.json", {
         "format": 1, "model": model.name, "model_params": model.hparams(),
         "n_users": model.n_users, "n_items": model.n_items,
-        "train": cfg.to_dict(), "data": data_cfg.to_dict(), "dataset_report": dataset.report,
+        "train": cfg.to_dict(), "data": data_cfg, "dataset_report": report,
     })
+
+
+def _write_header(out: Path, data_cfg: DataConfig, cfg: TrainConfig, model, dataset: Dataset) -> None:
+    t = dataset.train
+    write_header(out, _data_dict(data_cfg, dataset), cfg, model, t.user_map, t.item_map, t.matrix, dataset.item_info,
+                 dataset.report)
+
+
+def _data_dict(data_cfg: DataConfig | None, dataset: Dataset) -> dict:
+    """The data config saved with a run; a named dataset's data directory is resolved now, so
+    that ``ncf evaluate`` finds the data the run was trained on whatever $NCF_DATA_DIR says later."""
+    d = data_cfg.to_dict() if data_cfg is not None else dict(dataset.config or {})
+    if d.get("source") in DATASETS and d.get("data_dir") is None:
+        d["data_dir"] = str(data_dir(None))
+    return d
 
 
 def train(data_cfg: DataConfig, cfg: TrainConfig, out: Path | None, dataset: Dataset | None = None,
           progress: bool = True, init_items: Path | None = None) -> dict[str, Any]:
-    """Train ``cfg.model`` on ``data_cfg``'s dataset, writing the run to ``out``.
+    """Train ``cfg.model`` on ``data_cfg``'s dataset, writing the run to ``out``; the summary.
+    See :func:`train_model`."""
+    return train_model(data_cfg, cfg, out, dataset, progress, init_items)[1]
+
+
+def train_model(data_cfg: DataConfig | None, cfg: TrainConfig, out: Path | None, dataset: Dataset | None = None,
+                progress: bool = True, init_items: Path | None = None):
+    """Train ``cfg.model`` on ``dataset`` (else ``data_cfg``'s), writing the run to ``out``
+    (None: in memory); returns (model with its best-validation weights, summary).
 
     ``init_items``: a run directory (item2vec) whose item vectors initialise GMF / NeuMF item
     embeddings, matched by raw id (:mod:`ncf.train.warmstart`); reported in ``init_items.json``."""
@@ -61,9 +89,9 @@ def train(data_cfg: DataConfig, cfg: TrainConfig, out: Path | None, dataset: Dat
     cfg = cfg.resolved(dataset.train.nnz)
     if cfg.pretrain:
         if cfg.model != "neumf":
-            raise ValueError("--pretrain applies to neumf only")
+            raise ConfigError("--pretrain applies to neumf only")
         if init_items is not None:
-            raise ValueError("--init-items does not combine with --pretrain")
+            raise ConfigError("--init-items does not combine with --pretrain")
         return _train_pretrained(data_cfg, cfg, out, dataset, progress, resume=False)
     model = build(cfg, dataset)
     warm = None
@@ -77,15 +105,16 @@ def train(data_cfg: DataConfig, cfg: TrainConfig, out: Path | None, dataset: Dat
         _write_header(Path(out), data_cfg, cfg, model, dataset)
         if warm is not None:
             atomic_write_json(Path(out) / "init_items.json", warm)
-    summary = _fit(model, dataset, cfg, data_cfg, out, progress, resume=False)
+    model, summary = _fit(model, dataset, cfg, data_cfg, out, progress, resume=False)
     if warm is not None and summary is not None:  # None: a non-zero distributed rank
         summary["init_items"] = warm
         if out is not None:
             atomic_write_json(Path(out) / "summary.json", summary)
-    return summary
+    return model, summary
 
 
 def _fit(model, dataset, cfg, data_cfg, out, progress, resume):
+    """(model, summary): SGD models through the Trainer, the others through their ``fit``."""
     if not model.trainable:
         t0 = time.perf_counter()
         model.fit(dataset, cfg)
@@ -98,14 +127,14 @@ def _fit(model, dataset, cfg, data_cfg, out, progress, resume):
             trainer.best = {"epoch": None, "score": None, "valid": evaluate(model, dataset.valid, "sampled")}
         if out is not None:
             save_model(Path(out), model, _extra(cfg, data_cfg, dataset))
-        return trainer.finish()
+        return model, trainer.finish()
     trainer = Trainer(model, dataset, cfg, out, progress=progress)
     trainer.extra_config = lambda: _extra(cfg, data_cfg, dataset)
-    return trainer.fit(resume=resume)
+    return model, trainer.fit(resume=resume)
 
 
 def _extra(cfg: TrainConfig, data_cfg: DataConfig, dataset: Dataset) -> dict[str, Any]:
-    return {"train": cfg.to_dict(), "data": data_cfg.to_dict(), "dataset_report": dataset.report}
+    return {"train": cfg.to_dict(), "data": _data_dict(data_cfg, dataset), "dataset_report": dataset.report}
 
 
 def _train_pretrained(data_cfg, cfg, out, dataset, progress, resume):
@@ -121,8 +150,7 @@ def _train_pretrained(data_cfg, cfg, out, dataset, progress, resume):
         source = sub_out  # the run directory the model is loaded from (None: trained in memory)
         if sub_out is None and not given:
             console.print(f"[bold]pre-training {name} (in memory)")
-            subs[name] = build(sub_cfg, dataset)
-            _fit(subs[name], dataset, sub_cfg, data_cfg, None, progress, resume=False)  # best epoch's weights
+            subs[name] = train_model(data_cfg, sub_cfg, None, dataset, progress)[0]  # best epoch's weights
         elif sub_out is not None and (sub_out / "summary.json").exists():
             console.print(f"pre-trained {name} found in {sub_out}")
         elif given:
@@ -151,7 +179,7 @@ def _train_pretrained(data_cfg, cfg, out, dataset, progress, resume):
         # the fused model before any fine-tuning is "epoch 0": validation keeps it where
         # fine-tuning does not improve on it
         trainer.evaluate_start()
-    return trainer.fit(resume=resumable)
+    return model, trainer.fit(resume=resumable)
 
 
 def _check_pretrained(run: Path, name: str, dataset: Dataset) -> None:
@@ -189,11 +217,9 @@ def resume_run(out: Path, progress: bool = True) -> dict[str, Any]:
     if (out / "summary.json").exists():
         console.print(f"{out} already finished; evaluating the saved best model")
     if cfg.pretrain:
-        return _train_pretrained(data_cfg, cfg, out, dataset, progress, resume=True)
+        return _train_pretrained(data_cfg, cfg, out, dataset, progress, resume=True)[1]
     model = build(cfg, dataset)
-    if not (out / "state.safetensors").exists():
-        return _fit(model, dataset, cfg, data_cfg, out, progress, resume=False)
-    return _fit(model, dataset, cfg, data_cfg, out, progress, resume=True)
+    return _fit(model, dataset, cfg, data_cfg, out, progress, resume=(out / "state.safetensors").exists())[1]
 
 
-__all__ = ["train", "resume_run", "MODELS"]
+__all__ = ["train", "train_model", "resume_run", "MODELS"]

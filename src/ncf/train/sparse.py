@@ -23,6 +23,7 @@ from torch import nn
 from torch.autograd.graph import increment_version
 
 from ncf.config import TrainConfig
+from ncf.errors import ConfigError
 from ncf.models import Model
 from ncf.models.kernels import distinct
 from ncf.train.losses import make_optimizer
@@ -55,7 +56,7 @@ class RowAdam(torch.optim.Optimizer):
                 if p.grad is None:
                     continue
                 if not p.grad.is_sparse:
-                    raise ValueError("RowAdam takes sparse gradients (embedding tables with sparse=True)")
+                    raise ConfigError("RowAdam takes sparse gradients (embedding tables with sparse=True)")
                 fused = self._fusable(p)
                 if fused:  # the kernel does not check bounds: check first, before any state moves
                     _check_rows(p.grad._indices()[0], p.shape[0])
@@ -226,7 +227,7 @@ class JointOptimizer:
     def load_state_dict(self, sd: dict[str, Any]) -> None:
         groups, offset = list(sd["param_groups"]), 0
         if len(groups) != len(self.param_groups):
-            raise ValueError(f"saved optimizer has {len(groups)} parameter groups, this one {len(self.param_groups)}")
+            raise ConfigError(f"saved optimizer has {len(groups)} parameter groups, this one {len(self.param_groups)}")
         for o in self.optimizers:
             mine, groups = groups[: len(o.param_groups)], groups[len(o.param_groups):]
             n = sum(len(g["params"]) for g in mine)
@@ -241,9 +242,9 @@ def use_sparse(model: Model, cfg: TrainConfig, nccl: bool, cuda: bool = False) -
     """Whether the embedding tables get sparse gradients (see ``TrainConfig.sparse``)."""
     ok = getattr(model, "supports_sparse", False)
     if cfg.sparse == "on" and not ok:
-        raise ValueError(f"--sparse on: model {model.name!r} does not support sparse embedding gradients")
+        raise ConfigError(f"--sparse on: model {model.name!r} does not support sparse embedding gradients")
     if cfg.sparse == "on" and nccl:
-        raise ValueError("--sparse on: NCCL cannot all-reduce sparse gradients; use gloo or --sparse off")
+        raise ConfigError("--sparse on: NCCL cannot all-reduce sparse gradients; use gloo or --sparse off")
     if cfg.sparse != "auto":
         return cfg.sparse == "on"
     # CPU: tables larger than a batch (a dense update would cost more than the batch's rows,

@@ -28,22 +28,26 @@ from ncf.checkpoint import (
     save_tensors,
 )
 from ncf.config import TrainConfig
+from ncf.console import console
 from ncf.data.sampling import NegativeSampler
 from ncf.data.split import Dataset
+from ncf.errors import ConfigError
 from ncf.eval.evaluator import evaluate
 from ncf.models import Model
 from ncf.train import distributed
 from ncf.train.losses import make_optimizer
 from ncf.train.sparse import JointOptimizer, make_sparse_optimizer, use_sparse  # noqa: F401 (re-exported)
 
-console = Console(stderr=True)
+
+def _loss_text(loss: float) -> str:
+    return f"loss {loss:.4f}"
 
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("--device cuda requested but no CUDA device is available")
+        raise ConfigError("--device cuda requested but no CUDA device is available")
     return torch.device(name)
 
 
@@ -194,12 +198,8 @@ class Trainer:
 
     def _batches(self, plan, n_steps: int):
         """``(batch, n_global)`` for each step: this rank's slice of every global batch."""
-        bs, world, n = self.cfg.batch_size, self.world, len(plan)
-
         def make(step):
-            g = step * bs * world
-            lo = min(g + self.rank * bs, n)
-            return plan.batch(lo, min(lo + bs, n)), min(bs * world, n - g)
+            return plan.shard_batch(step, self.cfg.batch_size, self.rank, self.world)
 
         if not self.prefetch:
             yield from (make(k) for k in range(n_steps))
@@ -278,7 +278,8 @@ class Trainer:
             self.opt.step()
             total += loss_sum.detach()
             if progress is not None and step % 10 == 0:  # reading the loss syncs a GPU
-                progress.update(task, completed=step + 1, loss=float(loss_sum.detach()) / max(len(batch[0]), 1))
+                loss = float(loss_sum.detach()) / max(len(batch[0]), 1)
+                progress.update(task, completed=step + 1, loss=_loss_text(loss))
         return total
 
     def _epoch_threads(self, plan, epoch, n_steps, progress, task) -> torch.Tensor:
@@ -322,7 +323,7 @@ class Trainer:
                     loss_sum = sum(losses)
                     total += loss_sum
                     if progress is not None and step % 10 == 0:
-                        progress.update(task, completed=step + 1, loss=float(loss_sum) / max(n_global, 1))
+                        progress.update(task, completed=step + 1, loss=_loss_text(float(loss_sum) / max(n_global, 1)))
         finally:
             torch.set_num_threads(threads)
         return total
@@ -353,21 +354,24 @@ class Trainer:
         if resume:
             self.load_state()
         valid = self.dataset.valid
-        if valid is None and self.main:
+        if valid is None and self.progress:
             self.console.print("[yellow]no validation holdout: the last epoch is kept, no early stopping")
         n_batches = self.sampler.n_batches(cfg.batch_size, self.pairwise, self.world)
         bad_epochs = 0
         for r in self.history:
             bad_epochs = 0 if r["epoch"] == self.best["epoch"] else bad_epochs + 1
         columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TextColumn("loss {task.fields[loss]:.4f}"), TimeRemainingColumn()]
+                   TextColumn("{task.fields[loss]}"), TimeRemainingColumn()]
         with Progress(*columns, console=self.console, disable=not self.progress, transient=True) as prog:
             for epoch in range(self.start_epoch, cfg.epochs + 1):
                 # rank 0 holds the validation history: its decision is everybody's
                 if distributed.broadcast_flag(bool(cfg.patience and bad_epochs >= cfg.patience), self.device):
+                    if self.progress:
+                        self.console.print(f"early stop: no better valid {cfg.monitor} for {bad_epochs} epochs "
+                                           f"(--patience {cfg.patience}); keeping epoch {self.best['epoch']}")
                     break
                 desc = f"{self.model.name} epoch {epoch}/{cfg.epochs}"
-                task = prog.add_task(desc, total=n_batches, loss=float("nan"))
+                task = prog.add_task(desc, total=n_batches, loss="")  # no loss to show before a step
                 t0 = time.perf_counter()
                 loss, n = self.train_epoch(epoch, prog if self.progress else None, task)
                 t_train = time.perf_counter() - t0
@@ -408,7 +412,9 @@ class Trainer:
         v = evaluate(self.model, self.dataset.valid, "sampled")
         self.best = {"epoch": 0, "score": v[self.cfg.monitor], "valid": v}
         self._keep_best()
-        self.console.print(f"epoch   0  (before training)  valid hr@10 {v['hr@10']:.4f} ndcg@10 {v['ndcg@10']:.4f}  *")
+        if self.progress:
+            self.console.print(f"epoch   0  (before training)  valid hr@10 {v['hr@10']:.4f} "
+                               f"ndcg@10 {v['ndcg@10']:.4f}  *")
 
     def _keep_best(self) -> None:
         """The current weights are the best so far: saved in the run directory, or (without one)
@@ -422,6 +428,8 @@ class Trainer:
         return {"train": self.cfg.to_dict()}
 
     def _log(self, r: dict[str, Any], improved: bool) -> None:
+        if not self.progress:
+            return
         v = r.get("valid") or {}
         rate = r["samples"] / max(r["train_seconds"], 1e-9)
         self.console.print(
@@ -443,8 +451,10 @@ class Trainer:
         elif self.best_weights is not None:
             self.model.load_state_dict(self.best_weights)
         ds = self.dataset
-        test = evaluate(self.model, ds.test, "sampled")
-        test_full = evaluate(self.model, ds.test, "full", seen=ds.seen(include_valid=True))
+        test = test_full = None  # fitting through the Python API never reads test (Dataset.without_test)
+        if ds.test is not None:
+            test = evaluate(self.model, ds.test, "sampled")
+            test_full = evaluate(self.model, ds.test, "full", seen=ds.seen(include_valid=True))
         samples = sum(r["samples"] for r in self.history)
         train_s = sum(r["train_seconds"] for r in self.history)
         epoch_s = sum(r["seconds"] for r in self.history)

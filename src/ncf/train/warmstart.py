@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from ncf.data.interactions import IdMap
+from ncf.errors import ConfigError
 
 
 def item_tables(model) -> dict[str, nn.Embedding]:
@@ -35,7 +36,7 @@ def item_tables(model) -> dict[str, nn.Embedding]:
         return {"gmf.item_emb": model.gmf.item_emb, "mlp.item_emb": model.mlp.tower.item_emb}
     if isinstance(model, GMF):
         return {"item_emb": model.item_emb}
-    raise ValueError(f"--init-items applies to gmf and neumf, not {model.name!r}")
+    raise ConfigError(f"--init-items applies to gmf and neumf, not {model.name!r}")
 
 
 def source_vectors(source: Path) -> tuple[np.ndarray, IdMap, str]:
@@ -46,10 +47,10 @@ def source_vectors(source: Path) -> tuple[np.ndarray, IdMap, str]:
     model = load_model(source)
     emb = model.item_embeddings()
     if emb is None:
-        raise ValueError(f"--init-items {source}: model {model.name!r} has no item embeddings")
+        raise ConfigError(f"--init-items {source}: model {model.name!r} has no item embeddings")
     _, items = load_run_maps(source)
     if len(items) != emb.shape[0]:
-        raise ValueError(f"--init-items {source}: idmap.json has {len(items)} items, the weights {emb.shape[0]}")
+        raise ConfigError(f"--init-items {source}: idmap.json has {len(items)} items, the weights {emb.shape[0]}")
     return emb.float().cpu().numpy(), items, model.name
 
 
@@ -64,7 +65,7 @@ def init_item_embeddings(model, item_map: IdMap, source: Path, rescale: bool = F
     chosen = {name: t for name, t in tables.items() if t.embedding_dim == d}
     if not chosen:
         widths = ", ".join(f"{n} {t.embedding_dim}" for n, t in tables.items())
-        raise ValueError(f"--init-items {source}: its vectors have {d} dimensions, the {model.name} item "
+        raise ConfigError(f"--init-items {source}: its vectors have {d} dimensions, the {model.name} item "
                          f"embeddings have {widths} (train with --factors {d}, or item2vec with "
                          f"--param vector_size=<factors>)")
     norms = np.linalg.norm(vectors, axis=1)
@@ -74,7 +75,7 @@ def init_item_embeddings(model, item_map: IdMap, source: Path, rescale: bool = F
     hit[hit] = usable[src_index[hit]]
     n_hit = int(hit.sum())
     if n_hit == 0:
-        raise ValueError(f"--init-items {source}: none of this dataset's {len(item_map)} items has a vector "
+        raise ConfigError(f"--init-items {source}: none of this dataset's {len(item_map)} items has a vector "
                          f"there (different datasets or id spaces?)")
     targets = np.flatnonzero(hit)
     v = vectors[src_index[targets]]

@@ -1,0 +1,232 @@
+"""The Python front door: data in, a fitted model out, recommendations as DataFrames.
+
+    import ncf
+    data = ncf.load_dataset("ml-100k")                      # or ncf.from_pandas(df, user=..., item=...)
+    model = ncf.fit("neumf", data, epochs=20, factors=8)     # any registry name + its options
+    model.recommend([1, 2, 3], k=10)                          # DataFrame user, rank, item, score, ...
+    model.similar_items([50], k=10)                           # DataFrame item, rank, similar, score, ...
+    ncf.evaluate(model, data, protocol="full")                # {"hr@10": ..., "ndcg@10": ...}
+    model.save("runs/x"); ncf.load("runs/x")                  # the run directory the CLI writes
+
+Fitting never reads the test holdout (it gets ``data.without_test()``); ``evaluate`` does.
+Recommendations go through :class:`ncf.recommend.Recommender`, as for every other client.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ncf.checkpoint import CheckpointError, atomic_write_json, load_config, read_json, save_model
+from ncf.config import TrainConfig
+from ncf.console import quiet
+from ncf.data.datasets import IN_MEMORY, DataConfig, split_ratings
+from ncf.data.datasets import load_dataset as _load
+from ncf.data.readers import DataError, read_frame
+from ncf.data.split import Dataset
+from ncf.errors import ConfigError, RunExistsError
+from ncf.recommend import Recommender
+
+
+def load_dataset(source: str, *, data_dir: str | Path | None = None, **options) -> Dataset:
+    """A named dataset (``ml-100k``, ``ml-1m``, ``ncf-ml-1m``, ...) or a ratings file, split for
+    training (leave-one-out by time: test, then validation). ``options`` are those of
+    :class:`ncf.data.datasets.DataConfig` (``user_col``, ``time_col``, ``sep``, ``valid``,
+    ``seed``, ``min_rating``, ...), as the CLI's ``--dataset`` flags."""
+    return _load(DataConfig(source=str(source), data_dir=None if data_dir is None else str(data_dir), **options))
+
+
+def from_pandas(df: pd.DataFrame, user: str = "user", item: str = "item", time: str | None = None,
+                rating: str | None = None, *, name: str = "dataframe", min_rating: float | None = None,
+                valid: bool = True, seed: int = 0, n_neg_eval: int = 99, min_train: int = 1) -> Dataset:
+    """A DataFrame of interactions (one row each; any other columns are ignored) as a split
+    dataset. Without ``time`` the held-out items are drawn at random (seeded); rows with a
+    missing id, a non-number rating or time are refused with the row named."""
+    if not isinstance(df, pd.DataFrame):
+        raise TypeError(f"from_pandas needs a pandas DataFrame, got {type(df).__name__}")
+    cols = {"user": user, "item": item, "rating": rating, "timestamp": time}
+    missing = [f"{role}={c!r}" for role, c in cols.items() if c is not None and c not in df.columns]
+    if missing:
+        raise DataError(f"DataFrame {name!r}: no column {', '.join(missing)} (columns: "
+                        f"{', '.join(map(str, df.columns))})")
+    if rating is None and min_rating is not None:
+        raise DataError("min_rating needs a rating column (rating=...)")
+    pos = {role: (None if c is None else list(df.columns).index(c)) for role, c in cols.items()}
+    ratings = read_frame(df, pos, Path(f"<DataFrame {name}>"), "error", min_rating)
+    cfg = DataConfig(source=IN_MEMORY, valid=valid, seed=seed, n_neg_eval=n_neg_eval, min_train=min_train,
+                     min_rating=min_rating, user_col=user, item_col=item, rating_col=rating, time_col=time)
+    return split_ratings(ratings, cfg, name)
+
+
+class FittedModel:
+    """A trained model with its id maps, training interactions and configuration.
+
+    ``recommend`` and ``similar_items`` take raw ids and return DataFrames; ``model`` is the
+    underlying ``nn.Module`` (a Scorer over indexes), ``recommender`` the shared recommend path.
+    """
+
+    def __init__(self, recommender: Recommender, config: TrainConfig, data_config: dict | None = None,
+                 summary: dict | None = None, report: dict | None = None):
+        self.recommender = recommender
+        self.config = config
+        self.data_config = dict(data_config or {})
+        self.summary = summary
+        self.report = dict(report or {})
+
+    @property
+    def model(self) -> torch.nn.Module:
+        return self.recommender.model
+
+    @property
+    def name(self) -> str:
+        return self.recommender.model.name
+
+    @property
+    def user_ids(self) -> list:
+        return self.recommender.user_map.raw_ids
+
+    @property
+    def item_ids(self) -> list:
+        return self.recommender.item_map.raw_ids
+
+    def __repr__(self) -> str:
+        m = self.model
+        valid = (self.summary or {}).get("valid") or {}
+        v = f", valid ndcg@10 {valid['ndcg@10']:.4f}" if "ndcg@10" in valid else ""
+        return f"FittedModel({self.name!r}, {m.n_users} users, {m.n_items} items{v})"
+
+    def recommend(self, users, k: int = 10, *, filter_seen: bool = True, items: Iterable | None = None,
+                  rerank: bool = False, batch_size: int = 512) -> pd.DataFrame:
+        """Top ``k`` items per raw user id (one id or a list): columns ``user, rank, item, score,
+        fallback`` (+ ``title`` where the dataset has titles, ``utility`` when re-ranked).
+        Users the model does not know get the most popular items, ``fallback=True``."""
+        users = _as_list(users)
+        recs = self.recommender.recommend_many(users, k, filter_seen, None, items, rerank, batch_size)
+        rows = [{"user": r.user, "rank": n, **it, "fallback": r.fallback}
+                for r in recs for n, it in enumerate(r.items, 1)]
+        return _frame(rows, ["user", "rank", "item", "score", "title", "utility", "fallback"])
+
+    def similar_items(self, items, k: int = 10) -> pd.DataFrame:
+        """The ``k`` items nearest each raw item id by cosine of the model's item embeddings:
+        columns ``item, rank, similar, score`` (+ ``title``)."""
+        rows = []
+        for item in _as_list(items):
+            idx = self.recommender.item_map.get(item)
+            raw = self.recommender.item_map.raw(idx) if idx is not None else item
+            for n, it in enumerate(self.recommender.similar(item, k), 1):
+                rows.append({"item": raw, "rank": n, "similar": it["item"], "score": it["score"],
+                             "title": it["title"]})
+        return _frame(rows, ["item", "rank", "similar", "score", "title"])
+
+    def score(self, users, items) -> np.ndarray:
+        """Model scores of (raw user, raw item) pairs (logits for neural models)."""
+        users, items = _as_list(users), _as_list(items)
+        if len(users) != len(items):
+            raise ConfigError(f"{len(users)} users but {len(items)} items: score takes pairs")
+        u = torch.tensor([self.recommender.user_map.index(x, "user") for x in users], dtype=torch.int64)
+        i = torch.tensor([self.recommender.item_map.index(x, "item") for x in items], dtype=torch.int64)
+        dev = self.recommender.device
+        return self.model.score(u.to(dev), i.to(dev)).double().cpu().numpy()
+
+    def save(self, directory: str | Path, overwrite: bool = False) -> Path:
+        """Write the run directory (config.json, weights, id maps, training interactions,
+        summary.json) that ``ncf.load`` and the CLI (``ncf recommend``, ``ncf serve``) read."""
+        from ncf.train.run import write_header
+
+        out = Path(directory)
+        if out.exists() and not out.is_dir():
+            raise RunExistsError(f"{out}: exists and is not a directory")
+        if out.is_dir() and any(out.iterdir()) and not overwrite:
+            raise RunExistsError(f"{out}: not empty (save(..., overwrite=True) to replace it)")
+        rec = self.recommender
+        write_header(out, self.data_config, self.config, self.model, rec.user_map, rec.item_map, rec.seen,
+                     rec.item_info, self.report)
+        save_model(out, self.model, {"train": self.config.to_dict(), "data": self.data_config,
+                                     "dataset_report": self.report})
+        if self.summary is not None:
+            atomic_write_json(out / "summary.json", self.summary)
+        return out
+
+
+def fit(model: str, data: Dataset | str, *, out: str | Path | None = None, progress: bool = True,
+        **options: Any) -> FittedModel:
+    """Train registry model ``model`` on ``data`` (a Dataset, or a source as in
+    :func:`load_dataset`). ``options``: the model's hyperparameters and training settings
+    (``factors``, ``layers``, ``epochs``, ``lr``, ``l2``, ...); one that does not apply to
+    the model is refused. Early stopping and the kept epoch use the validation holdout;
+    the test holdout is not passed to training at all. ``out``: also write the run directory."""
+    from ncf.train.run import train_model
+
+    cfg = TrainConfig.for_model(model, options)
+    if isinstance(data, str | Path):
+        data = load_dataset(str(data))
+    if not isinstance(data, Dataset):
+        raise TypeError(f"fit needs a Dataset (ncf.load_dataset / ncf.from_pandas), got {type(data).__name__}")
+    if out is not None:
+        out = Path(out)
+        if out.is_dir() and any(out.iterdir()):
+            raise RunExistsError(f"{out}: not empty; choose a new run directory")
+    ds = data.without_test()
+    with quiet(not progress):
+        net, summary = train_model(None, cfg, out, ds, progress)
+    t = ds.train
+    rec = Recommender(net.eval(), t.user_map, t.item_map, t.matrix, ds.item_info)
+    return FittedModel(rec, cfg.resolved(t.nnz), ds.config, summary, ds.report)
+
+
+def load(directory: str | Path, device: str = "cpu") -> FittedModel:
+    """A run directory written by ``ncf train``, ``ncf tune`` or ``FittedModel.save``."""
+    directory = Path(directory)
+    rec = Recommender.from_run(directory, device=device)
+    cfg = load_config(directory)
+    try:
+        train_cfg = TrainConfig.from_dict(cfg.get("train") or {"model": rec.model.name})
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{directory / 'config.json'}: bad train section ({e})") from None
+    summary = read_json(directory / "summary.json") if (directory / "summary.json").exists() else None
+    return FittedModel(rec, train_cfg, cfg.get("data"), summary, cfg.get("dataset_report"))
+
+
+def evaluate(model: FittedModel, data: Dataset, protocol: str = "sampled", split: str = "test",
+             k: int | Iterable[int] = 10) -> dict[str, float]:
+    """HR@k and NDCG@k of ``model`` on ``data``'s ``split`` holdout (``test`` or ``valid``):
+    ``sampled`` ranks each held-out item among itself and its sampled negatives (NCF), ``full``
+    among every item the user has not seen. ``data`` must be the dataset the model was fit on
+    (the same ids and training interactions; else the metrics would be meaningless)."""
+    from ncf.eval.evaluator import evaluate as _evaluate
+
+    if not isinstance(model, FittedModel):
+        raise TypeError(f"evaluate needs a FittedModel (ncf.fit / ncf.load), got {type(model).__name__}")
+    rec = model.recommender
+    t = data.train
+    if rec.user_map != t.user_map or rec.item_map != t.item_map:
+        raise ConfigError(f"the model was fit on other ids ({len(rec.user_map)} users / {len(rec.item_map)} items) "
+                         f"than this dataset's ({data.n_users} / {data.n_items})")
+    if (rec.seen != t.matrix).nnz:
+        raise ConfigError("the model was fit on other training interactions than this dataset's "
+                         "(another split, seed or valid setting?)")
+    holdout = {"test": data.test, "valid": data.valid}.get(split, "?")
+    if holdout == "?":
+        raise ConfigError(f"split must be 'test' or 'valid', got {split!r}")
+    if holdout is None:
+        raise ConfigError(f"this dataset has no {split} holdout")
+    ks = (k,) if isinstance(k, int) else tuple(k)
+    return _evaluate(rec.model, holdout, protocol, seen=data.seen(include_valid=split == "test"), ks=ks)
+
+
+def _as_list(x) -> list:
+    if isinstance(x, str | bytes) or not isinstance(x, Iterable):
+        return [x]
+    return list(x.tolist() if isinstance(x, np.ndarray | pd.Series | pd.Index) else x)
+
+
+def _frame(rows: list[dict], columns: list[str]) -> pd.DataFrame:
+    """Rows as a DataFrame; the optional columns (title, utility) only where some row has one."""
+    df = pd.DataFrame(rows, columns=columns)
+    optional = ("title", "utility")
+    return df[[c for c in columns if c not in optional or df[c].notna().any()]]

@@ -1,0 +1,115 @@
+"""The Python front door (``ncf.fit`` and friends) on the planted toy dataset and a DataFrame."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import ncf
+from ncf.errors import ConfigError, DataError, NcfError
+
+
+class _Poison:
+    """A test holdout that fails on any use: fitting must never touch it."""
+
+    def __getattr__(self, name):
+        raise AssertionError(f"fitting read the test holdout ({name})")
+
+    def __len__(self):
+        raise AssertionError("fitting read the test holdout (len)")
+
+
+def test_fit_never_reads_the_test_holdout(toy_dataset):
+    poisoned = dataclasses.replace(toy_dataset, test=_Poison())
+    model = ncf.fit("gmf", poisoned, epochs=2, batch_size=64, progress=False)
+    assert model.summary["test"] is None and model.summary["valid"]["hr@10"] >= 0
+
+
+def test_options_that_do_not_apply_are_refused_by_name(toy_dataset):
+    with pytest.raises(ConfigError, match=r"dropout do not apply to model 'gmf'"):
+        ncf.fit("gmf", toy_dataset, dropout=0.3)
+    with pytest.raises(ConfigError, match=r"factors do not apply to model 'pop'"):
+        ncf.fit("pop", toy_dataset, factors=8)
+    with pytest.raises(ConfigError, match=r"unknown option\(s\) fators"):
+        ncf.fit("gmf", toy_dataset, fators=8)
+    with pytest.raises(ConfigError, match="unknown model"):
+        ncf.fit("nope", toy_dataset)
+
+
+def test_a_model_parameter_of_the_same_name_goes_to_the_model(toy_dataset):
+    cfg = ncf.TrainConfig.for_model("item2vec", {"epochs": 3})  # item2vec's own passes, not SGD epochs
+    assert cfg.params == {"epochs": 3} and cfg.epochs == ncf.TrainConfig.epochs
+    cfg = ncf.TrainConfig.for_model("ease", {"l2": 50.0})
+    assert cfg.params == {"l2": 50.0}
+    cfg = ncf.TrainConfig.for_model("gmf", {"l2": 0.01, "factors": 4})
+    assert cfg.l2 == 0.01 and cfg.factors == 4 and cfg.params == {}
+
+
+def test_progress_false_is_quiet(toy_dataset, capsys):
+    ncf.fit("gmf", toy_dataset, epochs=2, batch_size=64, progress=False)
+    ncf.fit("item2vec", toy_dataset, epochs=2, progress=False)
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == ""
+
+
+def test_recommend_batches_users_and_marks_the_fallback(toy_dataset):
+    model = ncf.fit("ease", toy_dataset, progress=False)
+    users = toy_dataset.train.user_map.raw_ids[:3] + ["stranger"]
+    recs = model.recommend(users, k=4)
+    assert recs["user"].tolist() == [u for u in users for _ in range(4)]
+    assert recs.groupby("user", sort=False)["fallback"].first().tolist() == [False, False, False, True]
+    one = model.recommend(users[0], k=4)  # a single id works as well as a list
+    assert one["item"].tolist() == recs.loc[recs.user == users[0], "item"].tolist()
+    with pytest.raises(NcfError, match="unknown item"):
+        model.recommend(users[:1], k=2, items=["no-such-item"])
+
+
+def test_save_refuses_a_non_empty_directory_then_round_trips(toy_dataset, tmp_path):
+    model = ncf.fit("pop", toy_dataset, progress=False)
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "keep.txt").write_text("mine")
+    with pytest.raises(NcfError, match="not empty"):
+        model.save(tmp_path / "x")
+    run = model.save(tmp_path / "run")
+    back = ncf.load(run)
+    assert back.recommend([0, 1], k=3).equals(model.recommend([0, 1], k=3))
+
+
+def test_evaluate_refuses_another_dataset(toy_dataset):
+    model = ncf.fit("pop", toy_dataset, progress=False)
+    other = dataclasses.replace(toy_dataset, train=dataclasses.replace(
+        toy_dataset.train, matrix=toy_dataset.train.matrix[::-1].tocsr()))
+    with pytest.raises(ValueError, match="other training interactions"):
+        ncf.evaluate(model, other)
+    res = ncf.evaluate(model, toy_dataset, protocol="full", k=[5, 10])
+    assert set(res) >= {"hr@5", "hr@10", "ndcg@5", "ndcg@10"}
+
+
+def test_from_pandas_names_bad_columns_and_rows():
+    df = pd.DataFrame({"customer": ["a", "a", "b", "b", "b"], "product": ["x", "y", "x", "z", "y"],
+                       "ts": [1, 2, 1, 2, 3]})
+    with pytest.raises(DataError, match=r"no column item='item' \(columns: customer, product, ts\)"):
+        ncf.from_pandas(df, user="customer")
+    bad = df.assign(ts=[1, 2, "soon", 2, 3])
+    with pytest.raises(DataError, match=r"DataFrame shop>:3"):
+        ncf.from_pandas(bad, user="customer", item="product", time="ts", name="shop")
+    data = ncf.from_pandas(df, user="customer", item="product", time="ts")
+    assert data.n_users == 2 and data.n_items == 3 and data.report["timestamps"]
+    # the latest interaction of each user is the test item
+    assert sorted(data.train.item_map.raws(data.test.items)) == ["y", "y"]
+    model = ncf.fit("pop", data, progress=False)
+    recs = model.recommend(["a", "new"], k=2)
+    assert recs.loc[recs.user == "new", "fallback"].all()
+    assert np.isfinite(model.score(["a"], ["x"])).all()
+
+
+def test_load_dataset_and_evaluate_on_real_data(ml100k_dir):
+    data = ncf.load_dataset("ml-100k")
+    model = ncf.fit("ease", data, progress=False)
+    res = ncf.evaluate(model, data)  # sampled protocol: EASE is far above popularity here
+    assert res["hr@10"] > 0.5
+    with pytest.raises(ConfigError, match="no item embeddings"):  # EASE has no embeddings to compare
+        model.similar_items([50])
