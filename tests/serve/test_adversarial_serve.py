@@ -430,6 +430,21 @@ def test_serve_cli_options(neumf_run, monkeypatch):
     assert client.get("/healthz").json()["events_namespace"] == "shop"
 
 
+@pytest.mark.parametrize("args, says", [
+    (["--api-key-reads"], "--api-key-reads needs an API key"),
+    (["--events-namespace", "a:b"], "events namespace"),
+    (["--max-items-per-request", "0"], "max_items_per_request"),
+    (["--api-key", " padded "], "API key"),
+])
+def test_serve_cli_refusals_are_one_line(neumf_run, monkeypatch, capsys, args, says):
+    monkeypatch.delenv("NCF_API_KEY", raising=False)
+    monkeypatch.setattr("uvicorn.run", lambda application, **kw: pytest.fail("served"))
+    with pytest.raises(SystemExit) as exit_:
+        cli_main(["serve", str(neumf_run), "--no-journal", *args])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and says in err and "Traceback" not in err
+
+
 def test_serve_process_kill9_keeps_acknowledged_and_repairs_torn_tail(run_copy):
     """Case 1 end to end: acknowledged interactions of a real ``ncf serve`` process survive
     kill -9; a torn tail left behind is cut at the next start and the next write is whole."""
