@@ -452,8 +452,8 @@ def test_serve_process_kill9_keeps_acknowledged_and_repairs_torn_tail(run_copy):
     acked = []
     try:
         for item in range(1001, 1011):
-            if httpx.post(url + "/v1/users/120/interactions", json={"item": item},
-                          headers={"X-API-Key": "k1"}).status_code == 201:
+            if httpx.post(url + "/v1/users/120/interactions", json={"item": item},  # generous: a loaded machine
+                          headers={"X-API-Key": "k1"}, timeout=60).status_code == 201:
                 acked.append(str(item))
     finally:
         proc.kill()  # SIGKILL: no clean shutdown
