@@ -53,6 +53,12 @@ def canonical_id(value, integer: bool) -> int | str:
     return number
 
 
+def integer_literals(col: pd.Series) -> bool:
+    """True when every value of ``col`` (stripped strings) is an integer literal under the rule
+    (ASCII digits with an optional sign; int64 range not checked)."""
+    return bool(col.str.fullmatch(_INT.pattern).all())
+
+
 def canonical_ids(values: pd.Series) -> np.ndarray:
     """A column of id strings under the rule: stripped, then ``int64`` where every value is an
     integer id, else ``str``. (Vectorised form of :func:`canonical_id`; empty values are the
@@ -60,7 +66,7 @@ def canonical_ids(values: pd.Series) -> np.ndarray:
     col = values.astype(str).str.strip()
     if not len(col):
         return np.empty(0, dtype=np.int64)
-    if bool(col.str.fullmatch(_INT.pattern).all()):
+    if integer_literals(col):
         try:
             return col.astype("int64").to_numpy()
         except (ValueError, OverflowError):  # beyond int64: not integer ids
