@@ -92,7 +92,7 @@ def test_memory_unknown_run():
 def test_journal_torn_last_line_is_dropped(tmp_path):
     path = tmp_path / "j.jsonl"
     path.write_text(json.dumps({"user": "1", "item": "5"}) + "\n" + '{"user": "1", "it')
-    with pytest.warns(UserWarning, match="truncated last line"):
+    with pytest.warns(UserWarning, match="torn last line"):
         s = InMemoryStore(path)
     s.load_run("r", _run_data())
     assert s.read_users("r", ["1"])[0].events == ["5"]

@@ -8,6 +8,7 @@ import typer
 
 from ncf.cli.app import app
 from ncf.cli.common import print_json, run_dir
+from ncf.serve.limits import MAX_BODY_BYTES, MAX_EVENTS_PER_USER, MAX_ITEMS_PER_REQUEST
 
 store_app = typer.Typer(help="The feature store that `ncf serve` reads (Redis).", no_args_is_help=True)
 app.add_typer(store_app, name="store")
@@ -36,6 +37,21 @@ def serve_cmd(
     prefix: str = PrefixOpt,
     threads: int = typer.Option(1, "--threads", help="torch threads per process (requests are small: 1 is best)."),
     log_level: str = typer.Option("warning", "--log-level"),
+    api_key: str = typer.Option(None, "--api-key", envvar="NCF_API_KEY", show_envvar=True,
+                                help="Require this key (X-API-Key header) on write endpoints."),
+    api_key_reads: bool = typer.Option(False, "--api-key-reads", help="Require the API key on reads too."),
+    max_body_bytes: int = typer.Option(MAX_BODY_BYTES, "--max-body-bytes",
+                                       help="Larger request bodies are refused (413)."),
+    max_events_per_user: int = typer.Option(MAX_EVENTS_PER_USER, "--max-events-per-user",
+                                            help="Recorded interactions a user may have (409 beyond; 0: no limit)."),
+    max_items_per_request: int = typer.Option(MAX_ITEMS_PER_REQUEST, "--max-items-per-request",
+                                              help='Interactions one POST may record ({"items": [...]}; 422 beyond).'),
+    events_namespace: str = typer.Option(None, "--events-namespace",
+                                         help="Where recorded interactions live in the store (default: a hash "
+                                              "of the run's item catalogue, shared by its retrainings)."),
+    allow_volatile_store: bool = typer.Option(False, "--allow-volatile-store",
+                                              help="Serve from a Redis without persistence (recorded "
+                                                   "interactions are lost when it restarts)."),
 ):
     """Serve recommendations over HTTP (FastAPI; OpenAPI schema at /docs and /openapi.json)."""
     import torch
@@ -49,13 +65,24 @@ def serve_cmd(
         torch.set_num_threads(threads)
     if redis:
         store = RedisStore(redis, prefix=prefix)
+        info = store.describe()
+        if info.get("durability") == "volatile" and not allow_volatile_store:
+            _fail(f"{info['url']}: {info['warning']}. Configure it (docs/RELIABILITY.md) or pass "
+                  "--allow-volatile-store to serve anyway")
     else:
         store = InMemoryStore(None if no_journal else (journal or directory / "interactions.jsonl"))
     try:
-        application = create_app(directory, store, candidates=candidates, max_k=max_k)
+        application = create_app(directory, store, candidates=candidates, max_k=max_k, api_key=api_key or None,
+                                 api_key_reads=api_key_reads, max_body_bytes=max_body_bytes,
+                                 max_events_per_user=max_events_per_user, max_items_per_request=max_items_per_request,
+                                 events_namespace=events_namespace)
     except StoreUnavailable as e:
         _fail(str(e))
-    typer.echo(f"serving {directory} on http://{host}:{port} ({store.describe()['store']} store)", err=True)
+    info = store.describe()
+    typer.echo(f"serving {directory} on http://{host}:{port} ({info['store']} store, durability "
+               f"{info.get('durability')}; API key {'required' if api_key else 'not set'})", err=True)
+    if info.get("warning"):
+        typer.echo(f"warning: {info['warning']}", err=True)
     uvicorn.run(application, host=host, port=port, log_level=log_level, access_log=False)
 
 

@@ -255,7 +255,12 @@ def recommend_cmd(
 
         r = rec.recommend_features(parse_feature_spec(features), k)
     else:
-        raw = rec.user_map.raw(rec.user_map.get(user)) if rec.user_map.get(user) is not None else user
+        from ncf.data.ids import canonical_id
+
+        try:  # the one id rule (ncf.data.ids): " 196 " is user 196, known or not
+            raw = canonical_id(user, rec.user_map.integer)
+        except ValueError:  # not an id of this run's kind: an unknown user all the same
+            raw = user.strip()
         r = rec.recommend(raw, k, filter_seen=not include_seen)
     if json_out:
         print_json(r.to_dict())

@@ -11,8 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 
+from ncf.data.ids import canonical_id, canonical_ids
 from ncf.errors import ConfigError, UnknownIdError
 
 
@@ -29,7 +31,7 @@ class IdMap:
             raise ConfigError("IdMap: raw ids must be unique")
         self._raw: list = raw
         self._index: dict = {r: i for i, r in enumerate(raw)}
-        self._str_index: dict[str, int] | None = None
+        self._integer: bool | None = None
 
     @classmethod
     def from_values(cls, values: np.ndarray) -> tuple[IdMap, np.ndarray]:
@@ -53,19 +55,23 @@ class IdMap:
     def raws(self, indexes) -> list:
         return [self._raw[int(i)] for i in indexes]
 
+    @property
+    def integer(self) -> bool:
+        """True when every raw id is an integer (the map of an integer id column)."""
+        if self._integer is None:
+            self._integer = all(isinstance(r, int) and not isinstance(r, bool) for r in self._raw)
+        return self._integer
+
     def get(self, raw_id) -> int | None:
-        """Index of ``raw_id`` or None; ``"12"`` finds the int id 12 and vice versa."""
-        if raw_id in self._index:
-            return self._index[raw_id]
-        if self._str_index is None:
-            self._str_index = {str(r): i for i, r in enumerate(self._raw)}
-        idx = self._str_index.get(str(raw_id))
-        if idx is None and isinstance(raw_id, str):  # "007" finds 7: integer ids are read as integers
-            try:
-                idx = self._index.get(int(raw_id))
-            except ValueError:
-                pass
-        return idx
+        """Index of ``raw_id`` or None, under the one id rule (``ncf.data.ids``): surrounding
+        whitespace is stripped, ``"12"`` and ``" 012 "`` find the int id 12, 12 finds ``"12"``."""
+        try:
+            if raw_id in self._index:  # exactly as stored (also a map built by hand with mixed types)
+                return self._index[raw_id]
+            key = canonical_id(raw_id, self.integer)
+        except (TypeError, ValueError):  # unhashable, or not an id of this map's kind
+            return None
+        return self._index.get(key)
 
     def index(self, raw_id, what: str = "id") -> int:
         idx = self.get(raw_id)
@@ -84,17 +90,16 @@ class IdMap:
 
 
 def _normalise_raw(values: np.ndarray) -> np.ndarray:
-    """Raw ids as int64 where they all are integers, else as str."""
+    """Raw ids as int64 where they all are integers, else as stripped str (``ncf.data.ids``)."""
     if values.dtype.kind in "iu":
         return values.astype(np.int64)
     if values.dtype.kind == "f":
         if np.all(np.isfinite(values)) and np.all(values == np.round(values)):
             return values.astype(np.int64)
         return values.astype(str)
-    try:
-        return values.astype(np.int64)
-    except (TypeError, ValueError, OverflowError):  # OverflowError: an integer beyond int64 -> strings
-        return values.astype(str)
+    if values.dtype.kind == "S":
+        values = values.astype(str)
+    return canonical_ids(pd.Series(values, dtype=object))  # the one id rule (ncf.data.ids)
 
 
 @dataclass

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ncf.data.ids import canonical_ids, integer_literals
 from ncf.errors import DataError  # noqa: F401 (re-exported)
 
 BAD_LINES = ("error", "skip")
@@ -431,12 +432,13 @@ def _fast_read(body: str, sep: str, positions: dict[str, int | None]) -> dict | 
                     col = col.str.strip()
                     if col.isna().any() or (col == "").any():
                         return None
+                    if not integer_literals(col):  # the one id rule (ncf.data.ids): strings stay strings
+                        out[key] = col.to_numpy(dtype=object).astype(str)
+                        continue
                     try:  # this column may be all integers though the other is not
                         out[key] = col.astype("int64").to_numpy()
-                    except OverflowError:  # an integer beyond int64 (or strings): the exact pass says
+                    except (OverflowError, ValueError):  # an integer beyond int64: the exact pass says
                         return None
-                    except (ValueError, TypeError):
-                        out[key] = col.to_numpy(dtype=object).astype(str)
                 else:
                     out[key] = col.to_numpy(dtype=np.int64)
             elif key == "rating":
@@ -451,11 +453,9 @@ def _fast_read(body: str, sep: str, positions: dict[str, int | None]) -> dict | 
 
 
 def _ids(col: pd.Series) -> np.ndarray:
-    """Stripped id strings -> int64 where every one is an integer, else str."""
-    try:
-        return col.astype("int64").to_numpy()
-    except (ValueError, TypeError, OverflowError):
-        return col.to_numpy(dtype=object).astype(str)
+    """Stripped id strings -> int64 where every one is an integer, else str (the one id rule,
+    ``ncf.data.ids``, shared with the CLI and the HTTP service)."""
+    return canonical_ids(col)
 
 
 def _beyond_int64(col: pd.Series, ignore: np.ndarray) -> np.ndarray:

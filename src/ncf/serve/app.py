@@ -9,7 +9,16 @@ fail fast with 503 and recover by themselves when it returns. ``/similar`` needs
 the item embeddings and keeps answering.
 
 Errors are JSON ``{"error": code, "message": text}``: 422 malformed ids or parameters, 404
-unknown items, 409 re-ranking asked for but not available, 503 store unavailable.
+unknown items, 409 re-ranking asked for but not available (``rerank_unavailable``) or the
+user's recorded interactions at their limit (``user_event_limit``), 401 a missing or wrong
+API key (``unauthorized``), 413 a request body over the limit (``payload_too_large``), 503
+store unavailable (``store_unavailable``; also a write that failed, e.g. a full disk under
+the journal: the interaction was not recorded).
+
+Ids follow the one id rule of ``ncf.data.ids`` (the reader's): surrounding whitespace is
+stripped, integer ids are int64, string ids are kept exactly; URL-encode them in paths
+(``a%2Fb`` is the id ``a/b``). Interactions are recorded per catalogue (``catalog_id``), so
+services of other catalogues sharing a store never see them.
 
 ``rerank=true`` applies the run's ``rerank.json`` multipliers (``ncf.rerank.lagrangian.
 PerRequestReranker``, issue 8) to the request: items come out ordered by utility, each with
@@ -19,6 +28,7 @@ its model ``score`` and its ``utility``.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import re
 import threading
@@ -28,18 +38,29 @@ from pathlib import Path
 from fastapi import Body, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, StrictInt, StrictStr, model_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ncf.data.ids import canonical_id
+from ncf.data.interactions import IdMap
 from ncf.errors import ConfigError
 from ncf.recommend import Recommender, RerankUnavailable, UnknownItemError, top_k
 from ncf.rerank.lagrangian import load_reranker
+from ncf.serve.guard import ApiKey, BodyLimit, Unauthorized
+from ncf.serve.limits import MAX_BODY_BYTES, MAX_EVENTS_PER_USER, MAX_ITEMS_PER_REQUEST
 from ncf.serve.retrieval import make_ranker
-from ncf.serve.store import FeatureStore, InMemoryStore, RunData, StoreDataError, StoreUnavailable
+from ncf.serve.store import (
+    EventLimitReached,
+    FeatureStore,
+    InMemoryStore,
+    RunData,
+    StoreDataError,
+    StoreUnavailable,
+    StoreWriteError,
+)
 
 log = logging.getLogger("ncf.serve")
-_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}")
-_INT_ID = re.compile(r"-?[0-9]{1,18}")
+_NAMESPACE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
 class ApiError(Exception):
@@ -70,13 +91,24 @@ class Similar(BaseModel):
 
 
 class InteractionIn(BaseModel):
+    """One interaction (``item``) or several at once (``items``, at most the service's
+    ``max_items_per_request``); exactly one of the two."""
+
     model_config = ConfigDict(extra="forbid")
-    item: StrictInt | StrictStr
+    item: StrictInt | StrictStr | None = None
+    items: list[StrictInt | StrictStr] | None = None
+
+    @model_validator(mode="after")
+    def _one_of(self):
+        if (self.item is None) == (self.items is None):
+            raise ConfigError("give exactly one of item and items")
+        return self
 
 
 class InteractionOut(BaseModel):
     user: StrictInt | StrictStr
-    item: StrictInt | StrictStr
+    item: StrictInt | StrictStr | None = None
+    items: list[StrictInt | StrictStr] | None = None
     stored: bool
 
 
@@ -101,12 +133,34 @@ def run_fingerprint(run_dir: Path) -> str:
     return h.hexdigest()[:16]
 
 
-class OnlineService:
-    """Recommendations from a run directory with user features read from ``store``."""
+def catalog_id(item_map: IdMap) -> str:
+    """Short hash of a catalogue (the raw item ids, in index order): the events namespace of
+    every run trained on it, so retrainings share recorded interactions and other catalogues
+    (other datasets whose raw ids happen to overlap) never see them."""
+    return "c" + hashlib.sha256(json.dumps(item_map.to_json()).encode()).hexdigest()[:15]
 
-    def __init__(self, run_dir: str | Path, store: FeatureStore, candidates: int = 0, max_k: int = 1000):
+
+class OnlineService:
+    """Recommendations from a run directory with user features read from ``store``.
+
+    ``events_namespace``: where recorded interactions live in the store (default: the run's
+    ``catalog_id``); ``max_events_per_user``: recorded interactions a user may have (0: no limit);
+    ``max_items_per_request``: interactions one POST may record."""
+
+    def __init__(self, run_dir: str | Path, store: FeatureStore, candidates: int = 0, max_k: int = 1000,
+                 events_namespace: str | None = None, max_events_per_user: int = 0,
+                 max_items_per_request: int = MAX_ITEMS_PER_REQUEST):
         self.run_dir = Path(run_dir)
         self.rec = Recommender.from_run(self.run_dir)
+        self.events_ns = catalog_id(self.rec.item_map) if events_namespace is None else events_namespace
+        if not _NAMESPACE.fullmatch(self.events_ns):
+            raise ConfigError(f"events namespace {self.events_ns!r}: expected 1-64 letters, digits, _.-")
+        if max_events_per_user < 0:
+            raise ConfigError(f"max_events_per_user must be >= 0, got {max_events_per_user}")
+        self.max_events = max_events_per_user
+        if max_items_per_request < 1:
+            raise ConfigError(f"max_items_per_request must be >= 1, got {max_items_per_request}")
+        self.max_items = max_items_per_request
         self.ranker = make_ranker(self.rec.model)
         if candidates < 0:
             raise ConfigError(f"candidates must be >= 0, got {candidates}")
@@ -116,8 +170,7 @@ class OnlineService:
             raise ConfigError(f"max_k must be >= 1, got {max_k}")
         self.store, self.candidates, self.max_k = store, candidates, max_k
         self.run_id = run_fingerprint(self.run_dir)
-        self.int_ids = {what: all(isinstance(r, int) for r in m.raw_ids)
-                        for what, m in (("user", self.rec.user_map), ("item", self.rec.item_map))}
+        self.int_ids = {"user": self.rec.user_map.integer, "item": self.rec.item_map.integer}
         self.rec.reranker, self.rec.rerank_reason = load_reranker(self.run_dir)
         if self.rec.reranker is None and (self.run_dir / "rerank.json").exists():
             log.warning("re-ranking disabled: %s", self.rec.rerank_reason)
@@ -156,15 +209,14 @@ class OnlineService:
             self._ready = True
 
     def parse_id(self, text, what: str) -> str:
-        s = str(text)
-        if self.int_ids[what]:
-            if not _INT_ID.fullmatch(s):
-                raise ApiError(422, "malformed_id",
-                               f"malformed {what} id {s[:64]!r}: this model's {what} ids are integers")
-            return str(int(s))
-        if not _ID.fullmatch(s):
-            raise ApiError(422, "malformed_id", f"malformed {what} id {s[:64]!r}: expected letters, digits, _.:@-")
-        return s
+        """The canonical string of a raw id under the one id rule (``ncf.data.ids``): the key
+        the store uses. 422 when it cannot be an id of this model's kind."""
+        try:
+            return str(canonical_id(text, self.int_ids[what]))
+        except ValueError as e:
+            kind = "integers (int64)" if self.int_ids[what] else "strings"
+            message = f"malformed {what} id {str(text)[:64]!r}: {e} (this model's {what} ids are {kind})"
+            raise ApiError(422, "malformed_id", message) from None
 
     def _raw(self, canonical: str, what: str):
         return int(canonical) if self.int_ids[what] else canonical
@@ -176,12 +228,12 @@ class OnlineService:
         return idx
 
     def _read_user(self, user: str):
-        state = self.store.read_users(self.run_id, [user])[0]
+        state = self.store.read_users(self.run_id, [user], ns=self.events_ns)[0]
         if state.index is None and self.rec.user_map.get(user) is not None:
             # the model knows this user but the store does not: it lost its data (flushed, or
             # restarted without persistence); reload the run once and read again
             self.ensure_ready(reload=True)
-            state = self.store.read_users(self.run_id, [user])[0]
+            state = self.store.read_users(self.run_id, [user], ns=self.events_ns)[0]
             if state.index is None:
                 raise StoreDataError(f"user {user!r} is in the model but not in the store after a reload")
         if state.vector is not None and len(state.vector) != self.ranker.user_dim:
@@ -226,8 +278,28 @@ class OnlineService:
         user = self.parse_id(user_text, "user")
         item = self.parse_id(item_value, "item")
         idx = self._item_index(item)
-        self.store.add_interaction(user, str(self.rec.item_map.raw(idx)))
+        try:
+            self.store.add_interaction(user, str(self.rec.item_map.raw(idx)), ns=self.events_ns,
+                                       max_events=self.max_events)
+        except EventLimitReached as e:
+            raise ApiError(409, "user_event_limit", str(e)) from None
         return {"user": self._raw(user, "user"), "item": self.rec.item_map.raw(idx), "stored": True}
+
+    def record_many(self, user_text: str, item_values: list) -> dict:
+        """Several interactions of one user: all ids are checked before anything is written; a
+        store failure part-way leaves the earlier ones recorded (recording is idempotent: retry
+        the whole request)."""
+        if len(item_values) > self.max_items:
+            raise ApiError(422, "too_many_items", f"{len(item_values)} interactions in one request; "
+                                                  f"at most {self.max_items} (--max-items-per-request)")
+        user = self.parse_id(user_text, "user")
+        raws = [self.rec.item_map.raw(self._item_index(self.parse_id(v, "item"))) for v in item_values]
+        for raw in raws:
+            try:
+                self.store.add_interaction(user, str(raw), ns=self.events_ns, max_events=self.max_events)
+            except EventLimitReached as e:
+                raise ApiError(409, "user_event_limit", f"{e}; the items before {raw!r} were recorded") from None
+        return {"user": self._raw(user, "user"), "items": raws, "stored": True}
 
 
 # --- metrics ------------------------------------------------------------------------------
@@ -245,6 +317,8 @@ class _Metrics:
                                  ["method", "route"], registry=self.registry,
                                  buckets=(.0005, .001, .002, .003, .005, .0075, .01, .02, .05, .1, .25, .5, 1, 2.5))
         self.store_errors = Counter("ncf_store_unavailable", "Requests answered 503: store unavailable",
+                                    registry=self.registry)
+        self.write_errors = Counter("ncf_store_write_errors", "Interactions not recorded: the store's write failed",
                                     registry=self.registry)
         self.fallbacks = Counter("ncf_fallback_recommendations", "Popularity answers to unknown users",
                                  registry=self.registry)
@@ -270,7 +344,7 @@ class _MetricsMiddleware:
             await self.app(scope, receive, send_status)
         finally:
             route = scope.get("route")
-            path = getattr(route, "path", "unmatched")
+            path = getattr(route, "path_format", None) or getattr(route, "path", "unmatched")  # {id}, not {id:path}
             self.metrics.requests.labels(scope["method"], path, str(status[0])).inc()
             self.metrics.latency.labels(scope["method"], path).observe(time.perf_counter() - start)
 
@@ -282,14 +356,31 @@ def _error(status: int, code: str, message: str, headers: dict | None = None) ->
 
 
 def create_app(run_dir: str | Path, store: FeatureStore | None = None, candidates: int = 0,
-               max_k: int = 1000) -> FastAPI:
-    """The service over ``run_dir``; ``store`` defaults to an in-process store (no journal)."""
-    service = OnlineService(run_dir, store if store is not None else InMemoryStore(), candidates, max_k)
+               max_k: int = 1000, *, api_key: str | None = None, api_key_reads: bool = False,
+               max_body_bytes: int = MAX_BODY_BYTES, max_events_per_user: int = MAX_EVENTS_PER_USER,
+               max_items_per_request: int = MAX_ITEMS_PER_REQUEST, events_namespace: str | None = None) -> FastAPI:
+    """The service over ``run_dir``; ``store`` defaults to an in-process store (no journal).
+
+    ``api_key``: required (``X-API-Key`` header) on the write endpoints, and on the reads too
+    with ``api_key_reads``; ``max_body_bytes``: larger request bodies get 413;
+    ``max_events_per_user``, ``max_items_per_request``, ``events_namespace``: see :class:`OnlineService`."""
+    if api_key_reads and not api_key:
+        raise ConfigError("--api-key-reads needs an API key (--api-key or $NCF_API_KEY)")
+    service = OnlineService(run_dir, store if store is not None else InMemoryStore(), candidates, max_k,
+                            events_namespace, max_events_per_user, max_items_per_request)
     metrics = _Metrics()
     errors = {422: {"model": ErrorBody}, 503: {"model": ErrorBody}}
+    guard = ApiKey(api_key, api_key_reads) if api_key else None
+    denied = {401: {"model": ErrorBody, "description": "missing or wrong API key"}}
+    write_deps = [guard.dependency()] if guard else []
+    read_deps = [guard.dependency()] if guard and guard.reads else []
+    read_errors = {**errors, **denied} if read_deps else errors
+    write_errors = {**errors, **denied, 404: {"model": ErrorBody}, 409: {"model": ErrorBody},
+                    413: {"model": ErrorBody}}
     app = FastAPI(title="ncf recommender", version="1",
                   description=f"Recommendations from the {service.rec.model.name} run in {service.run_dir.name}.")
     app.state.service, app.state.metrics = service, metrics
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     app.add_middleware(_MetricsMiddleware, metrics=metrics)
 
     @app.exception_handler(ApiError)
@@ -299,7 +390,14 @@ def create_app(run_dir: str | Path, store: FeatureStore | None = None, candidate
     @app.exception_handler(StoreUnavailable)
     async def _unavailable(request: Request, e: StoreUnavailable):
         metrics.store_errors.inc()
+        if isinstance(e, StoreWriteError):
+            metrics.write_errors.inc()
+            log.error("%s", e)
         return _error(503, "store_unavailable", str(e), {"Retry-After": "1"})
+
+    @app.exception_handler(Unauthorized)
+    async def _unauthorized(request: Request, e: Unauthorized):
+        return _error(401, "unauthorized", str(e), {"WWW-Authenticate": "ApiKey"})
 
     @app.exception_handler(StoreDataError)
     async def _store_data(request: Request, e: StoreDataError):
@@ -313,7 +411,8 @@ def create_app(run_dir: str | Path, store: FeatureStore | None = None, candidate
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, e: StarletteHTTPException):
-        return _error(e.status_code, "not_found" if e.status_code == 404 else "http_error", str(e.detail))
+        code = {404: "not_found", 413: "payload_too_large"}.get(e.status_code, "http_error")
+        return _error(e.status_code, code, str(e.detail))
 
     K = Query(10, ge=1, le=max_k, description=f"number of items, 1..{max_k}")
 
@@ -322,8 +421,9 @@ def create_app(run_dir: str | Path, store: FeatureStore | None = None, candidate
     # threadpool hand-off measured ~25 % less CPU per request and a shorter tail (RESULTS.md).
     # The POST stays in the threadpool: the in-process store fsyncs its journal.
 
-    @app.get("/v1/users/{user_id}/recommendations", response_model=Recommendations, responses=errors,
-             response_model_exclude_none=True)
+    # ``:path``: an id may hold a "/" (URL-encoded as %2F, decoded before routing)
+    @app.get("/v1/users/{user_id:path}/recommendations", response_model=Recommendations, responses=read_errors,
+             response_model_exclude_none=True, dependencies=read_deps)
     async def recommendations(user_id: str, k: int = K,
                               rerank: bool = Query(False, description="apply DIR/rerank.json (issue 8)")):
         out = service.recommend(user_id, k, rerank)
@@ -331,19 +431,24 @@ def create_app(run_dir: str | Path, store: FeatureStore | None = None, candidate
             metrics.fallbacks.inc()
         return out
 
-    @app.get("/v1/items/{item_id}/similar", response_model=Similar, responses={**errors, 404: {"model": ErrorBody}},
-             response_model_exclude_none=True)
+    @app.get("/v1/items/{item_id:path}/similar", response_model=Similar,
+             responses={**read_errors, 404: {"model": ErrorBody}}, response_model_exclude_none=True,
+             dependencies=read_deps)
     async def similar(item_id: str, k: int = K):
         return service.similar(item_id, k)
 
-    @app.post("/v1/users/{user_id}/interactions", response_model=InteractionOut, status_code=201,
-              responses={**errors, 404: {"model": ErrorBody}})
+    @app.post("/v1/users/{user_id:path}/interactions", response_model=InteractionOut, status_code=201,
+              responses=write_errors, dependencies=write_deps, response_model_exclude_none=True)
     def interactions(user_id: str, body: InteractionIn = Body(...)):
+        if body.items is not None:
+            return service.record_many(user_id, body.items)
         return service.record(user_id, body.item)
 
     @app.get("/healthz")
     def healthz():
-        info = {"run": service.run_id, "model": service.rec.model.name, **service.store.describe()}
+        info = {"run": service.run_id, "model": service.rec.model.name, "events_namespace": service.events_ns,
+                "api_key": "writes and reads" if read_deps else "writes" if write_deps else "none",
+                **service.store.describe()}
         try:
             service.store.ping()
             service.ensure_ready()
@@ -357,6 +462,9 @@ def create_app(run_dir: str | Path, store: FeatureStore | None = None, candidate
 
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    warning = service.store.describe().get("warning")
+    if warning:
+        log.warning("store: %s", warning)
     try:  # warm up now where the store is reachable; otherwise on the first request
         service.ensure_ready()
     except StoreUnavailable as e:

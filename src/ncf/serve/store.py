@@ -8,15 +8,28 @@ Two implementations behind one interface (and one test suite):
   breaker make requests fail fast (``StoreUnavailable`` -> HTTP 503) while Redis is down;
   the connection pool reconnects by itself once it is back.
 - ``InMemoryStore``: dicts in the process, the embedded default. Interactions recorded
-  online are appended to an optional journal file (JSON lines), replayed on start, so
-  they survive a restart of the service.
+  online are appended to an optional journal file (JSON lines, fsynced before the write is
+  acknowledged), replayed on start, so they survive a restart of the service. A torn last
+  line (a crash mid-write) is cut off at start and kept in ``JOURNAL.torn``; a failed write
+  is rolled back (``StoreWriteError``, HTTP 503) so that the file stays whole.
+
+Recorded interactions live in an *events namespace* (``ns``), one per catalogue: the service
+passes a hash of its item id map (``ncf.serve.app.catalog_id``), so models of the same
+catalogue (retrainings) share a user's events and models of other catalogues never see them.
+``ns=""`` is the namespace of stores written before namespaces existed.
 
 Redis layout (``prefix`` defaults to ``ncf``; ``rid`` is the run's fingerprint)::
 
     {prefix}:run:{rid}:meta      hash  model, n_users, n_items, user_dim, complete
     {prefix}:run:{rid}:items     hash  one field per item array (raw bytes) + "spec" (JSON dtypes/shapes)
     {prefix}:run:{rid}:u:{user}  hash  idx, vec (float32 bytes), seen (int32 item indexes)
-    {prefix}:events:{user}       set   raw item ids recorded through the API (model-independent)
+    {prefix}:ev:{ns}:{user}      set   raw item ids recorded through the API, per events namespace
+    {prefix}:events:{user}       set   the same for ns "" (stores written before namespaces)
+
+``describe()`` says how durable an acknowledged interaction is (``durability``): ``fsync``
+(in-process journal), ``aof`` (Redis append-only file; ``appendfsync`` says how often it is
+synced), ``snapshot`` (Redis RDB only: writes since the last snapshot are lost in a crash),
+``volatile`` (nothing survives a restart) or ``unknown`` (Redis refuses CONFIG GET).
 
 Raw ids are keyed by their string form.
 """
@@ -24,6 +37,7 @@ Raw ids are keyed by their string form.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 import time
@@ -39,6 +53,8 @@ import scipy.sparse as sp
 
 from ncf.errors import ConfigError, NcfError
 
+log = logging.getLogger("ncf.serve")
+
 
 class StoreUnavailable(NcfError, RuntimeError):
     """The store cannot be reached now (the service answers 503 and retries later)."""
@@ -46,6 +62,14 @@ class StoreUnavailable(NcfError, RuntimeError):
 
 class StoreDataError(NcfError, ValueError):
     """The store holds something that cannot be decoded; the message names the key."""
+
+
+class StoreWriteError(StoreUnavailable):
+    """A write failed (full disk, read-only file): nothing was recorded (HTTP 503)."""
+
+
+class EventLimitReached(NcfError, ValueError):
+    """The user already has ``max_events`` recorded interactions (HTTP 409)."""
 
 
 @dataclass
@@ -91,12 +115,14 @@ class FeatureStore(ABC):
         """(meta, item arrays) of a loaded run."""
 
     @abstractmethod
-    def read_users(self, run_id: str, users: list[str]) -> list[UserState]:
-        """One ``UserState`` per raw user id, in one batched read."""
+    def read_users(self, run_id: str, users: list[str], ns: str = "") -> list[UserState]:
+        """One ``UserState`` per raw user id, in one batched read; events from namespace ``ns``."""
 
     @abstractmethod
-    def add_interaction(self, user: str, item: str) -> None:
-        """Record that ``user`` interacted with ``item`` (raw ids), durably, before returning."""
+    def add_interaction(self, user: str, item: str, ns: str = "", max_events: int = 0) -> None:
+        """Record that ``user`` interacted with ``item`` (raw ids) in events namespace ``ns``,
+        durably, before returning. ``max_events`` > 0: raise ``EventLimitReached`` instead when
+        the user already has that many other items recorded (an item already there is fine)."""
 
     def describe(self) -> dict:
         """What kind of store this is, for /healthz."""
@@ -137,7 +163,7 @@ class InMemoryStore(FeatureStore):
 
     def __init__(self, journal: str | Path | None = None):
         self._runs: dict[str, dict] = {}
-        self._events: dict[str, dict[str, None]] = {}  # ordered sets
+        self._events: dict[tuple[str, str], dict[str, None]] = {}  # (ns, user) -> ordered set
         self._lock = threading.Lock()
         self.journal = Path(journal) if journal else None
         if self.journal is not None:
@@ -150,25 +176,61 @@ class InMemoryStore(FeatureStore):
                 raise ConfigError(f"{self.journal}: cannot write the interaction journal ({e.strerror})") from None
 
     def _replay(self, path: Path) -> None:
-        lines = path.read_bytes().split(b"\n")
+        data = path.read_bytes()
+        *lines, tail = data.split(b"\n")  # ``tail``: what follows the last newline (a torn write)
         for n, line in enumerate(lines, 1):
             if not line.strip():
                 continue
-            try:
-                rec = json.loads(line)
-                user, item = str(rec["user"]), str(rec["item"])
-            except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
-                if n == len(lines):  # a torn final write (no newline): drop it, keep the rest
-                    warnings.warn(f"{path}:{n}: ignoring a truncated last line", stacklevel=2)
-                    continue
-                raise StoreDataError(f"{path}:{n}: not an interaction record ({e})") from None
-            self._events.setdefault(user, {})[item] = None
+            rec = self._parse(line)
+            if rec is None:
+                raise StoreDataError(f"{path}:{n}: not an interaction record ({line[:80]!r}); only a last "
+                                     "line can be torn by a crash (an older ncf appended onto torn lines, or the "
+                                     "file was edited): move this line out of the journal to start")
+            self._apply(*rec)
+        if not tail.strip():
+            return
+        rec = self._parse(tail)
+        if rec is not None:  # a whole record whose newline was not written: close the line
+            self._apply(*rec)
+            with open(path, "ab") as f:
+                f.write(b"\n")
+                f.flush()
+                os.fsync(f.fileno())
+            return
+        # a crash mid-write: keep the torn bytes aside, cut the file back to its last whole record
+        side = path.with_name(path.name + ".torn")
+        with open(side, "ab") as f:
+            f.write(tail + b"\n")
+            f.flush()
+            os.fsync(f.fileno())
+        with open(path, "r+b") as f:
+            f.truncate(len(data) - len(tail))
+            f.flush()
+            os.fsync(f.fileno())
+        message = (f"{path}:{len(lines) + 1}: torn last line (a write cut short by a crash; it was never "
+                   f"acknowledged): removed, its {len(tail)} bytes kept in {side}")
+        log.warning(message)
+        warnings.warn(message, stacklevel=3)
+
+    @staticmethod
+    def _parse(line: bytes) -> tuple[str, str, str] | None:
+        try:
+            rec = json.loads(line)
+            return str(rec.get("ns", "")), str(rec["user"]), str(rec["item"])
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError):
+            return None
+
+    def _apply(self, ns: str, user: str, item: str) -> None:
+        self._events.setdefault((ns, user), {})[item] = None
 
     def ping(self) -> None:
         return None
 
     def describe(self) -> dict:
-        return {"store": "memory", "journal": str(self.journal) if self.journal else None}
+        if self.journal is None:
+            return {"store": "memory", "journal": None, "durability": "volatile",
+                    "warning": "no journal (--no-journal): recorded interactions are lost when the service stops"}
+        return {"store": "memory", "journal": str(self.journal), "durability": "fsync"}
 
     def has_run(self, run_id: str) -> bool:
         return run_id in self._runs
@@ -193,11 +255,11 @@ class InMemoryStore(FeatureStore):
         run = self._run(run_id)
         return dict(run["meta"]), dict(run["items"])
 
-    def read_users(self, run_id: str, users: list[str]) -> list[UserState]:
+    def read_users(self, run_id: str, users: list[str], ns: str = "") -> list[UserState]:
         run = self._run(run_id)
         out = []
         for u in users:
-            events = sorted(self._events.get(u, {}))
+            events = sorted(set(self._events.get((ns, u), {})) | set(self._events.get(("", u), {})))
             i = run["index"].get(u)
             if i is None:
                 out.append(UserState(events=events))
@@ -207,15 +269,42 @@ class InMemoryStore(FeatureStore):
             out.append(UserState(i, run["vectors"][i].copy(), row, events))
         return out
 
-    def add_interaction(self, user: str, item: str) -> None:
+    def add_interaction(self, user: str, item: str, ns: str = "", max_events: int = 0) -> None:
         with self._lock:
+            events = self._events.get((ns, user), {})
+            if item in events:
+                return
+            if max_events > 0 and len(events) >= max_events:
+                raise EventLimitReached(f"user {user!r} already has {len(events)} recorded interactions "
+                                        f"(the limit is {max_events})")
             if self.journal is not None:
-                line = json.dumps({"user": user, "item": item, "ts": time.time()}) + "\n"
-                with open(self.journal, "a", encoding="utf-8") as f:
-                    f.write(line)
-                    f.flush()
-                    os.fsync(f.fileno())
-            self._events.setdefault(user, {})[item] = None
+                rec = {"user": user, "item": item, "ts": time.time(), **({"ns": ns} if ns else {})}
+                self._append(json.dumps(rec).encode() + b"\n")
+            self._apply(ns, user, item)
+
+    def _append(self, line: bytes) -> None:
+        """Append one record and fsync it; on failure cut the file back to where it was, so
+        that a later write never lands on a torn line, and raise ``StoreWriteError``."""
+        try:
+            fd = os.open(self.journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise StoreWriteError(f"{self.journal}: cannot open the interaction journal ({e.strerror})") from None
+        try:
+            size = os.fstat(fd).st_size
+            try:
+                view = memoryview(line)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            except OSError as e:
+                try:
+                    os.ftruncate(fd, size)
+                except OSError:
+                    pass  # e.g. a device; the next start repairs a torn tail
+                raise StoreWriteError(f"{self.journal}: cannot write the interaction journal ({e.strerror}); "
+                                      "the interaction was not recorded") from None
+        finally:
+            os.close(fd)
 
 
 # --- Redis -------------------------------------------------------------------------------
@@ -276,12 +365,35 @@ class RedisStore(FeatureStore):
         self._call(self.client.ping)
 
     def describe(self) -> dict:
-        """Store kind, URL (no password) and whether Redis persists writes (append-only file)."""
+        """Store kind, URL (no password) and how durable a recorded interaction is: Redis's
+        ``appendonly``, ``appendfsync`` and ``save`` settings, and a ``warning`` when a restart
+        of Redis can lose acknowledged interactions."""
+        info = {"store": "redis", "url": redact(self.url)}
         try:
-            aof = self._call(lambda: self.client.config_get("appendonly")).get("appendonly")
-        except (StoreUnavailable, self._response_error):
-            aof = None  # CONFIG may be disabled on managed servers
-        return {"store": "redis", "url": redact(self.url), "appendonly": aof}
+            conf = {}
+            for name in ("appendonly", "appendfsync", "save"):
+                conf.update(self._call(lambda name=name: self.client.config_get(name)))
+        except (StoreUnavailable, self._response_error) as e:  # down, or CONFIG disabled (managed servers)
+            return {**info, "appendonly": None, "durability": "unknown",
+                    "warning": f"cannot read Redis's persistence settings ({e}); make sure it runs with "
+                               "appendonly yes (docs/RELIABILITY.md)"}
+        conf = {k.decode() if isinstance(k, bytes) else k: v.decode() if isinstance(v, bytes) else v
+                for k, v in conf.items()}
+        info.update(appendonly=conf.get("appendonly"), appendfsync=conf.get("appendfsync"), save=conf.get("save"))
+        if conf.get("appendonly") == "yes":
+            info["durability"] = "aof"
+            if conf.get("appendfsync") == "no":
+                info["warning"] = ("appendfsync no: the OS decides when the append-only file reaches the disk; a "
+                                   "machine crash can lose recent interactions (appendfsync always or everysec)")
+        elif conf.get("save"):
+            info.update(durability="snapshot",
+                        warning=f"appendonly no, snapshots only (save {conf['save']!r}): a crash of Redis loses "
+                                "the interactions recorded since the last snapshot (use appendonly yes)")
+        else:
+            info.update(durability="volatile",
+                        warning="Redis runs without persistence (appendonly no, no save points): a restart of "
+                                "Redis loses every recorded interaction (use appendonly yes)")
+        return info
 
     def has_run(self, run_id: str) -> bool:
         return self._call(lambda: self.client.hget(self._key("run", run_id, "meta"), "complete")) == b"1"
@@ -328,16 +440,24 @@ class RedisStore(FeatureStore):
         items = {name: _unpack(fields.get(name.encode()), s, f"{key} field {name!r}") for name, s in spec.items()}
         return meta, items
 
-    def read_users(self, run_id: str, users: list[str]) -> list[UserState]:
+    def _events_key(self, user: str, ns: str) -> str:
+        return self._key("ev", ns, user) if ns else self._key("events", user)
+
+    def read_users(self, run_id: str, users: list[str], ns: str = "") -> list[UserState]:
         pipe = self.client.pipeline(transaction=False)
         for u in users:
             pipe.hmget(self._key("run", run_id, "u", u), "idx", "vec", "seen")
-            pipe.smembers(self._key("events", u))
+            # the namespace's events, and those recorded before namespaces existed (ns ""); two
+            # reads rather than SUNION, whose keys a Redis cluster may hold on different nodes
+            pipe.smembers(self._events_key(u, ns))
+            if ns:
+                pipe.smembers(self._events_key(u, ""))
         replies = self._call(pipe.execute)
+        per_user = 3 if ns else 2
         out = []
         for j, u in enumerate(users):
-            (idx, vec, seen), events = replies[2 * j], replies[2 * j + 1]
-            ev = sorted(e.decode() for e in events)
+            (idx, vec, seen), *events = replies[per_user * j: per_user * (j + 1)]
+            ev = sorted({e.decode() for part in events for e in part})
             if idx is None:
                 out.append(UserState(events=ev))
                 continue
@@ -350,8 +470,19 @@ class RedisStore(FeatureStore):
             out.append(state)
         return out
 
-    def add_interaction(self, user: str, item: str) -> None:
-        self._call(lambda: self.client.sadd(self._key("events", user), item))
+    # SADD unless the set already holds ARGV[2] others (ARGV[2] = 0: no limit); -1 when refused
+    _ADD = ("if tonumber(ARGV[2]) > 0 and redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 0 "
+            "and redis.call('SCARD', KEYS[1]) >= tonumber(ARGV[2]) then return -1 end "
+            "return redis.call('SADD', KEYS[1], ARGV[1])")
+
+    def add_interaction(self, user: str, item: str, ns: str = "", max_events: int = 0) -> None:
+        key = self._events_key(user, ns)
+        if max_events <= 0:
+            self._call(lambda: self.client.sadd(key, item))
+            return
+        if self._call(lambda: self.client.eval(self._ADD, 1, key, item, max_events)) == -1:
+            raise EventLimitReached(f"user {user!r} already has {max_events} recorded interactions "
+                                    f"(the limit is {max_events})")
 
     def close(self) -> None:
         self.client.close()
