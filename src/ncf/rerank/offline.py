@@ -17,6 +17,7 @@ import scipy.sparse as sp
 import torch
 
 from ncf.errors import ConfigError
+from ncf.recommend import Recommender
 from ncf.rerank.attributes import ItemAttributes, load_attributes
 from ncf.rerank.constraints import PRICE, Constraint, bind, parse_constraints
 from ncf.rerank.lagrangian import RELEVANCE_MODES, SlateProblem, Solution, save_rerank, to_relevance
@@ -39,19 +40,19 @@ def relevance_mode(model, cfg: dict, mode: str = "auto") -> str:
         "pass --relevance minmax to rescale each user's scores to [0, 1] (a ranking score, not a probability)")
 
 
-def relevance_matrix(model, mode: str, excluded: sp.csr_matrix, batch_users: int = 1024,
+def relevance_matrix(rec: Recommender, mode: str, excluded: sp.csr_matrix, batch_users: int = 1024,
                      progress: Callable[[int, int], None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(relevance [U, I] float32, excluded [U, I] bool) from ``score_all`` in batches of users.
+    """(relevance [U, I] float32, excluded [U, I] bool) from the recommender's scores
+    (``Recommender.scores``, the path every client scores through), in batches of users.
 
     ``minmax`` rescales over each user's unexcluded items."""
-    U, n = model.n_users, model.n_items
+    U, n = rec.model.n_users, rec.model.n_items
     rel = torch.empty((U, n), dtype=torch.float32)
     mask = torch.zeros((U, n), dtype=torch.bool)
     ex = excluded.tocsr()
-    dev = next(model.parameters(), torch.empty(0)).device
     for s in range(0, U, batch_users):
         users = torch.arange(s, min(s + batch_users, U))
-        scores = model.score_all(users.to(dev)).double().cpu()
+        scores = torch.from_numpy(rec.scores(users.numpy()))
         sub = ex[s: s + len(users)]
         rows = np.repeat(np.arange(len(users)), np.diff(sub.indptr))
         m = torch.zeros(scores.shape, dtype=torch.bool)
@@ -102,7 +103,7 @@ class RunReranker:
     def __init__(self, directory: str | Path, attributes: str | Path, k: int = 10, relevance: str = "auto",
                  missing: str = "exclude", data_dir: str | None = None, evaluate: bool = True,
                  progress: Callable[[str], None] | None = None):
-        from ncf.checkpoint import load_config, load_model, load_run_maps, load_train_matrix
+        from ncf.checkpoint import load_config
 
         if missing not in MISSING:
             raise ConfigError(f"--missing must be one of {', '.join(MISSING)}, got {missing!r}")
@@ -110,15 +111,15 @@ class RunReranker:
             raise ConfigError(f"k must be >= 1, got {k}")
         self.directory = Path(directory)
         self.cfg = load_config(self.directory)
-        self.model = load_model(self.directory)
-        _, self.item_map = load_run_maps(self.directory)
+        self.rec = Recommender.from_run(self.directory)  # model, id maps, training interactions
+        self.model, self.item_map = self.rec.model, self.rec.item_map
         self.relevance = relevance_mode(self.model, self.cfg, relevance)
         self.attrs = load_attributes(attributes, self.item_map)
         self.k = k
         self.missing = missing
         self.progress = progress
         self.holdout = None
-        seen = load_train_matrix(self.directory)
+        seen = self.rec.seen
         if evaluate:
             from ncf.data.datasets import DataConfig, load_dataset
 
@@ -132,7 +133,7 @@ class RunReranker:
             seen = ds.seen(include_valid=True)
             self.holdout = ds.test
         self._say("scoring all users")
-        self.P, self.mask = relevance_matrix(self.model, self.relevance, seen)
+        self.P, self.mask = relevance_matrix(self.rec, self.relevance, seen)
         self.forbidden = ~self.attrs.has if missing == "exclude" else None
 
     def _say(self, msg: str) -> None:
