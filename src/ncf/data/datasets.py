@@ -180,6 +180,11 @@ def load_dataset(cfg: DataConfig | str) -> Dataset:
     name, ratings, folder = read_source(cfg)
     if ratings is None:
         return _load_ncf(cfg, name, folder)
+    if ratings.report.warnings:
+        from rich.console import Console
+
+        for w in ratings.report.warnings:  # also kept in the run's dataset_report
+            Console(stderr=True, highlight=False).print(f"[yellow]warning:[/yellow] {w}", soft_wrap=True)
     rng = np.random.default_rng(cfg.seed)
     full = Interactions.from_raw(ratings.users, ratings.items, ratings.timestamps, ratings.ratings)
     if full.nnz == 0:
