@@ -79,6 +79,9 @@ class TestFiles:
         path = _csv(tmp_path / "ids.csv", fmt="c{u},p{i}", header="customer_id,product")
         r = read_table(path)
         assert r.report.header is True and "product" not in set(r.items.tolist())
+        na = tmp_path / "na.csv"  # a missing value above numbers is not a column name
+        na.write_text("alice,apple,NA\nbob,pear,3\ncarol,fig,4\n")
+        assert read_table(na).report.header is False and len(read_table(na)) == 3
 
     def test_header_flag_forces_either_way(self, tmp_path, capsys):
         """Case 6: --header / --no-header override the detection (the library: header=True/False)."""
