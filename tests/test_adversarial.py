@@ -337,3 +337,28 @@ class TestTrainingRuns:
         with pytest.raises(RuntimeError):
             train(dcfg, small(model="mlp"), out, progress=False, overwrite=True)
         assert (out / "model.safetensors").read_bytes() == before and (out / "summary.json").exists()
+
+    def test_interrupted_pretrain_run_resumes_from_its_partial_directory(self, tmp_path, monkeypatch):
+        """Case 5 + 3: a --pretrain run stopped while fine-tuning keeps its finished sub-runs and its
+        state; resume (here given the partial directory's own path) checks the sub-runs, finishes
+        and puts the run in place."""
+        from ncf.train import trainer as trainer_mod
+
+        dcfg = DataConfig(str(_csv(tmp_path / "r.csv")))
+        out = tmp_path / "n"
+        real = trainer_mod.Trainer.save_state
+
+        def crash_in_finetuning(self, epoch):
+            real(self, epoch)
+            if self.model.name == "neumf":
+                raise KeyboardInterrupt
+
+        monkeypatch.setattr(trainer_mod.Trainer, "save_state", crash_in_finetuning)
+        with pytest.raises(KeyboardInterrupt):
+            train(dcfg, small(model="neumf", pretrain=True, layers="16,8", epochs=2), out, progress=False)
+        monkeypatch.setattr(trainer_mod.Trainer, "save_state", real)
+        part = partial_dir(out)
+        assert not out.exists() and (part / "pretrain-gmf" / "summary.json").exists()
+        assert (part / "pretrain-mlp" / "summary.json").exists() and (part / "state.safetensors").exists()
+        s = resume_run(part, progress=False)
+        assert s["epochs_run"] == 2 and (out / "summary.json").exists() and not part.exists()
