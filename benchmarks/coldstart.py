@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = TrainConfig(model="widedeep", factors=a.factors, layers=a.layers, epochs=a.epochs, lr=a.lr, neg=a.neg,
                       batch_size=a.batch_size, patience=a.patience, seed=a.seed, threads=a.threads,
                       params={"id_dropout": a.id_dropout, "crosses": a.crosses})
-    res = coldstart.run(DataConfig(source=a.dataset, seed=a.seed), cfg, a.out, a.fraction, a.seed)
+    res = coldstart.run(DataConfig(source=a.dataset, seed=a.seed), cfg, a.out, a.fraction, a.seed, overwrite=True)
     t = Table(title=f"{res['model']} on {res['dataset']}: {res['warm_test_users']} warm / {res['cold_users']} cold "
                     f"users, best epoch {res['best_epoch']} of {res['epochs_run']}")
     for col in ("users", "scorer", "HR@10 sampled", "NDCG@10 sampled", "HR@10 full", "NDCG@10 full"):

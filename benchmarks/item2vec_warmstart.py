@@ -50,7 +50,7 @@ def main() -> None:
     if not (i2v / "summary.json").exists():
         params = {**_parse_params(args.i2v_param), "vector_size": args.factors}
         console.print(f"[bold]item2vec {params}")
-        train(dcfg, TrainConfig(model="item2vec", params=params), i2v, dataset=ds)
+        train(dcfg, TrainConfig(model="item2vec", params=params), i2v, dataset=ds, overwrite=True)
     seeds = [int(s) for s in args.seeds.split(",")]
     inits = args.inits.split(",")
     real_init = warmstart.init_item_embeddings
@@ -66,7 +66,7 @@ def main() -> None:
                     cfg = TrainConfig(model=model, factors=args.factors, layers=args.layers, epochs=args.epochs,
                                       seed=seed, device="cpu", threads=args.threads)
                     warmstart.init_item_embeddings = functools.partial(real_init, rescale=init == "item2vec-rescaled")
-                    s = train(dcfg, cfg, run, dataset=ds, init_items=None if init == "random" else i2v)
+                    s = train(dcfg, cfg, run, dataset=ds, init_items=None if init == "random" else i2v, overwrite=True)
                 curve = [json.loads(ln)["valid"]["hr@10"] for ln in (run / "metrics.jsonl").read_text().splitlines()]
                 results.append({"model": model, "init": init, "seed": seed, "valid": s["valid"], "test": s["test"],
                                 "best_epoch": s["best_epoch"], "curve": curve})

@@ -82,7 +82,7 @@ def main() -> None:
         print(f"== {name}: ncf train --dataset {args.dataset} {cli_flags(spec, args)} --out {out}",
               file=sys.stderr, flush=True)
         t0 = time.perf_counter()
-        s = train(DataConfig(source=args.dataset), cfg, out, dataset=dataset)
+        s = train(DataConfig(source=args.dataset), cfg, out, dataset=dataset, overwrite=True)
         wall = time.perf_counter() - t0
         rows.append({"name": name, "best_epoch": s["best_epoch"], "valid": s["valid"], "test": s["test"],
                      "wall_seconds": wall, "device": s["device"], "command": f"ncf train --dataset {args.dataset} "

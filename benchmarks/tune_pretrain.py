@@ -65,7 +65,7 @@ def run_one(args, name: str, flags: list[str], out: Path) -> dict:
                 "test": s["test"], "wall_seconds": None, "device": s["device"], "reused": True}
     t0 = time.perf_counter()
     with open(log, "w") as f:
-        rc = subprocess.call(cmd, stdout=f, stderr=subprocess.STDOUT)
+        rc = subprocess.call([*cmd, "--overwrite"], stdout=f, stderr=subprocess.STDOUT)  # a stale run: again
     wall = time.perf_counter() - t0
     if rc != 0 or not (out / "summary.json").exists():
         tail = log.read_text()[-600:]

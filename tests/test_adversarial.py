@@ -79,6 +79,9 @@ class TestFiles:
         path = _csv(tmp_path / "ids.csv", fmt="c{u},p{i}", header="customer_id,product")
         r = read_table(path)
         assert r.report.header is True and "product" not in set(r.items.tolist())
+        na = tmp_path / "na.csv"  # a missing value above numbers is not a column name
+        na.write_text("alice,apple,NA\nbob,pear,3\ncarol,fig,4\n")
+        assert read_table(na).report.header is False and len(read_table(na)) == 3
 
     def test_header_flag_forces_either_way(self, tmp_path, capsys):
         """Case 6: --header / --no-header override the detection (the library: header=True/False)."""
@@ -91,13 +94,16 @@ class TestFiles:
         assert code == 0, err
         assert json.loads(out)["n_users"] == 40
 
-    def test_unused_time_column_is_warned_about(self, tmp_path):
+    def test_unused_time_column_is_warned_about(self, tmp_path, capsys):
         """Case 6: a time-like column that the split does not use is said, not silently ignored."""
         path = _csv(tmp_path / "shop.csv", header="customer_id,product,rating,purchased_at")
         r = read_table(path)
         assert any("purchased_at" in w and "--time-col" in w for w in r.report.warnings), r.report.warnings
         r = read_table(path, time_col="purchased_at")
         assert not r.report.warnings
+        code, out, err = cli(capsys, "data", "info", path, "--json")
+        assert code == 0 and "warning:" in err and "--time-col purchased_at" in err
+        assert json.loads(out)["report"]["read"]["warnings"]
 
     def test_id_beyond_int64_is_a_data_error(self, tmp_path):
         """Case 10: 2^63 among integer ids is not an OverflowError: a DataError naming file:line,
@@ -166,9 +172,23 @@ class TestFiles:
         with pytest.raises(ValueError, match=r"age.*-5.*between 0 and"):
             encode_features([age], {"age": "-5"})
         assert encode_features([age], {"age": "25"})[0][0] > 0
-        again = Field.from_dict(age.to_dict())  # the range travels with the run directory
+        again = Field.from_dict(age.to_dict())
         with pytest.raises(ValueError, match="between 0 and"):
             encode_features([again], {"age": "500"})
+
+    def test_feature_range_travels_with_a_widedeep_run(self, tmp_path):
+        """Case 12: what `ncf recommend --features` / the service use: the model loaded from its run."""
+        from ncf.checkpoint import save_model
+        from ncf.data.features import AGE_EDGES, Field
+        from ncf.models.widedeep import WideDeep
+
+        m = WideDeep.from_params(5, 4, factors=2, layers=(4, 2), user_fields=[Field("age", "bucket", edges=AGE_EDGES)],
+                                 item_fields=[])
+        save_model(tmp_path, m)
+        back = load_model(tmp_path)
+        with pytest.raises(ValueError, match=r"'age': cannot use '-5'; valid: a number between 0 and 120"):
+            back.encode_features({"age": "-5"})
+        assert back.encode_features({"age": "30"})[0].item() > 0
 
 
 # --- CLI ------------------------------------------------------------------------------------
@@ -317,3 +337,28 @@ class TestTrainingRuns:
         with pytest.raises(RuntimeError):
             train(dcfg, small(model="mlp"), out, progress=False, overwrite=True)
         assert (out / "model.safetensors").read_bytes() == before and (out / "summary.json").exists()
+
+    def test_interrupted_pretrain_run_resumes_from_its_partial_directory(self, tmp_path, monkeypatch):
+        """Case 5 + 3: a --pretrain run stopped while fine-tuning keeps its finished sub-runs and its
+        state; resume (here given the partial directory's own path) checks the sub-runs, finishes
+        and puts the run in place."""
+        from ncf.train import trainer as trainer_mod
+
+        dcfg = DataConfig(str(_csv(tmp_path / "r.csv")))
+        out = tmp_path / "n"
+        real = trainer_mod.Trainer.save_state
+
+        def crash_in_finetuning(self, epoch):
+            real(self, epoch)
+            if self.model.name == "neumf":
+                raise KeyboardInterrupt
+
+        monkeypatch.setattr(trainer_mod.Trainer, "save_state", crash_in_finetuning)
+        with pytest.raises(KeyboardInterrupt):
+            train(dcfg, small(model="neumf", pretrain=True, layers="16,8", epochs=2), out, progress=False)
+        monkeypatch.setattr(trainer_mod.Trainer, "save_state", real)
+        part = partial_dir(out)
+        assert not out.exists() and (part / "pretrain-gmf" / "summary.json").exists()
+        assert (part / "pretrain-mlp" / "summary.json").exists() and (part / "state.safetensors").exists()
+        s = resume_run(part, progress=False)
+        assert s["epochs_run"] == 2 and (out / "summary.json").exists() and not part.exists()

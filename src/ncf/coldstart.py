@@ -134,7 +134,8 @@ def evaluate_cold(scorers: list, cold: HoldOut, seen: sp.csr_matrix) -> dict[str
             for s in scorers}
 
 
-def run(data_cfg, train_cfg, out: Path, fraction: float = 0.1, seed: int = 0, progress: bool = True) -> dict:
+def run(data_cfg, train_cfg, out: Path, fraction: float = 0.1, seed: int = 0, progress: bool = True,
+        overwrite: bool = False) -> dict:
     """Split off cold users, train ``train_cfg.model`` (widedeep) on the warm ones into ``out``,
     evaluate warm and cold users against popularity; writes ``coldstart.json`` and ``coldstart.png``."""
     from ncf.checkpoint import load_model
@@ -145,7 +146,7 @@ def run(data_cfg, train_cfg, out: Path, fraction: float = 0.1, seed: int = 0, pr
     out = Path(out)
     full = load_dataset(data_cfg)
     warm, cold = cold_split(full, fraction, seed)
-    summary = train(data_cfg, train_cfg, out, dataset=warm, progress=progress)
+    summary = train(data_cfg, train_cfg, out, dataset=warm, progress=progress, overwrite=overwrite)
     model = load_model(out)
     (out / "cold_users.json").write_text(json.dumps(full.train.user_map.raws(np.unique(cold.users))))
     pop = Popularity.from_matrix(warm.train.matrix)

@@ -185,6 +185,11 @@ def load_dataset(cfg: DataConfig | str) -> Dataset:
     name, ratings, folder = read_source(cfg)
     if ratings is None:
         return _load_ncf(cfg, name, folder)
+    if ratings.report.warnings:
+        from ncf.console import console
+
+        for w in ratings.report.warnings:  # also kept in the run's dataset_report
+            console.print(f"[yellow]warning:[/yellow] {w}", highlight=False)
     ds = split_ratings(ratings, cfg, name)
     ds.item_info = _item_info(name, folder, ds.train.item_map)
     return ds

@@ -269,6 +269,7 @@ _NAME_WORDS = frozenset("""
     movies movieid film book books track song artist video page object rating ratings rate score stars value
     weight count clicks time timestamp ts date datetime when event created updated purchased bought watched
     at name title label""".split())
+_MISSING = frozenset({"na", "n/a", "nan", "null", "none", "nil", "missing", "unknown", "inf", "infinity"})
 _TIME_NAME = re.compile(r"(?i)^(time|timestamp|ts|date|datetime|when|.*[_ .-](at|time|date|ts)|.*(Time|Date|At))$")
 
 
@@ -299,8 +300,9 @@ def _looks_like_header(rows: list[list[str]], positions: dict[str, int | None]) 
         return False
     rest = rows[1:]
     for c, name in enumerate(first):
-        if not name.strip() or _is_number(name) or _is_date(name):
-            continue
+        name = name.strip().strip('"').strip()
+        if not re.match(r"^[A-Za-z_]", name) or name.lower() in _MISSING or _is_date(name):
+            continue  # a column name starts with a letter; "NA" above numbers is a missing value
         values = [r[c] for r in rest if c < len(r) and r[c].strip()]
         if values and (all(_is_number(v) for v in values) or all(_is_date(v) for v in values)):
             return True

@@ -60,6 +60,8 @@ def check_out(out: Path, overwrite: bool = False) -> None:
     """Refuse an ``out`` that is a file, a non-empty directory (unless ``overwrite``) or has an
     interrupted run waiting in its partial directory (unless ``overwrite``, which discards it)."""
     out = Path(out)
+    if out.name in ("", ".", "..") or out.resolve() == Path.cwd():
+        raise RunExistsError(f"--out {out}: name the run directory itself (e.g. runs/gmf), not the current one")
     if out.exists() and not out.is_dir():
         raise RunExistsError(f"--out {out}: is a file, not a run directory; name a new directory")
     part = partial_dir(out)
@@ -96,10 +98,11 @@ def _publish(work: Path, out: Path) -> None:
 
 
 def _abandon(work: Path, out: Path) -> None:
-    """After a failure: keep ``work`` if it holds resumable state, else remove it."""
+    """After a failure: keep ``work`` if it can be resumed (its config and some epoch's state,
+    its own or a ``--pretrain`` sub-run's), else remove it."""
     if not work.exists():
         return
-    if any(work.rglob("state.safetensors")):
+    if (work / "config.json").exists() and any(work.rglob("state.safetensors")):
         console.print(f"[yellow]run not complete; its resumable state is kept in {work}: "
                       f"`ncf train --resume {out}` continues it")
     else:
