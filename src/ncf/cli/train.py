@@ -76,10 +76,26 @@ def train_cmd(
     on_bad_lines: str = typer.Option("error", "--on-bad-lines"),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
     nproc: int = typer.Option(1, "--nproc", help="Data-parallel processes (DDP, launched through torchrun)."),
+    shard_tables: bool = typer.Option(False, "--shard-tables", help="gmf/mlp/neumf: shard the embedding tables "
+                                      "over the ranks with TorchRec (needs ncf[scale]; with --nproc N or torchrun)."),
+    sharding: str = typer.Option(TrainConfig.sharding, "--sharding", help="--shard-tables: auto | table_wise | "
+                                 "column_wise | row_wise (GPUs)."),
+    table_optimizer: str = typer.Option(TrainConfig.table_optimizer, "--table-optimizer",
+                                        help="--shard-tables: optimizer fused into the tables: rowwise_adagrad | "
+                                        "adagrad | sgd | adam, rowwise_adam (GPUs)."),
+    table_lr: float = typer.Option(TrainConfig.table_lr, "--table-lr", help="--shard-tables: the tables' "
+                                   "learning rate (0: 0.05)."),
 ):
     """Train a model and write a run directory (config, weights, id maps, metrics, plot)."""
     from ncf.train.run import resume_run, train
 
+    if shard_tables:
+        import importlib.util
+
+        if importlib.util.find_spec("torchrec") is None or importlib.util.find_spec("fbgemm_gpu") is None:
+            from ncf.train.sharded_hint import INSTALL
+
+            raise ValueError(INSTALL)
     if nproc != 1:
         from ncf.train.distributed import relaunch
 
@@ -100,7 +116,9 @@ def train_cmd(
     cfg = TrainConfig(model=model, factors=factors, layers=layers, epochs=epochs, neg=neg,
                       batch_size=batch_size, lr=lr, optimizer=optimizer, loss=loss, l2=l2,
                       dropout=dropout, patience=patience, seed=seed, device=device, threads=threads,
-                      sparse=sparse, pretrain=pretrain or bool(pretrained_gmf or pretrained_mlp), alpha=alpha,
+                      sparse=sparse, shard_tables=shard_tables, sharding=sharding,
+                      table_optimizer=table_optimizer, table_lr=table_lr,
+                      pretrain=pretrain or bool(pretrained_gmf or pretrained_mlp), alpha=alpha,
                       finetune_optimizer=finetune_optimizer, finetune_lr=finetune_lr,
                       pretrained_gmf=str(pretrained_gmf.resolve()) if pretrained_gmf else "",
                       pretrained_mlp=str(pretrained_mlp.resolve()) if pretrained_mlp else "",
@@ -125,6 +143,16 @@ def _print_summary(s: dict) -> None:
             t.add_row(name, *(f"{s[name][k]:.4f}" for k in ("hr@10", "ndcg@10")))
     Console(stderr=True).print(t)
     Console(stderr=True).print(f"train seconds: {s['train_seconds']:.1f}")
+
+
+@app.command("convert")
+def convert_cmd(directory: Path = typer.Argument(..., help="Run directory of a --shard-tables run.")):
+    """Assemble a sharded run's best-epoch shards into model.safetensors (an ordinary run
+    directory for evaluate / recommend / serve); needs the tables to fit this machine, not TorchRec."""
+    from ncf.train.shardckpt import convert
+
+    model = convert(directory)
+    typer.echo(f"{directory}/model.safetensors written ({model.name}, {model.n_users} users, {model.n_items} items)")
 
 
 @app.command("evaluate")

@@ -34,6 +34,9 @@ def build(cfg: TrainConfig, dataset: Dataset):
     cls = get_model_class(cfg.model)
     params = cfg.model_params(cls)
     torch.manual_seed(cfg.seed)  # initial weights are part of what the seed fixes
+    if cfg.shard_tables:  # the tables live in TorchRec shards: the full-size model only describes them
+        with torch.device("meta"):
+            return cls.from_params(dataset.n_users, dataset.n_items, **params)
     if hasattr(cls, "from_dataset"):
         return cls.from_dataset(dataset, **params)
     return cls.from_params(dataset.n_users, dataset.n_items, **params)
@@ -67,6 +70,8 @@ def train(data_cfg: DataConfig, cfg: TrainConfig, out: Path | None, dataset: Dat
         return _train_pretrained(data_cfg, cfg, out, dataset, progress, resume=False)
     model = build(cfg, dataset)
     warm = None
+    if init_items is not None and cfg.shard_tables:
+        raise ValueError("--init-items does not combine with --shard-tables")
     if init_items is not None:
         from ncf.train.warmstart import init_item_embeddings
 
@@ -99,7 +104,12 @@ def _fit(model, dataset, cfg, data_cfg, out, progress, resume):
         if out is not None:
             save_model(Path(out), model, _extra(cfg, data_cfg, dataset))
         return trainer.finish()
-    trainer = Trainer(model, dataset, cfg, out, progress=progress)
+    if cfg.shard_tables:
+        from ncf.train.sharded import ShardedTrainer  # needs the scale extra (TorchRec)
+
+        trainer = ShardedTrainer(model, dataset, cfg, out, progress=progress)
+    else:
+        trainer = Trainer(model, dataset, cfg, out, progress=progress)
     trainer.extra_config = lambda: _extra(cfg, data_cfg, dataset)
     return trainer.fit(resume=resume)
 
@@ -191,7 +201,7 @@ def resume_run(out: Path, progress: bool = True) -> dict[str, Any]:
     if cfg.pretrain:
         return _train_pretrained(data_cfg, cfg, out, dataset, progress, resume=True)
     model = build(cfg, dataset)
-    if not (out / "state.safetensors").exists():
+    if not ((out / "state.safetensors").exists() or (out / "shards" / "index.json").exists()):
         return _fit(model, dataset, cfg, data_cfg, out, progress, resume=False)
     return _fit(model, dataset, cfg, data_cfg, out, progress, resume=True)
 
