@@ -220,8 +220,8 @@ class ShardedTrainer(Trainer):
         constraints = {}
         for s in SIDES:
             dim = self.dims[s]
-            # column-wise: shards of dim / W columns (as many shards as ranks, where it divides)
-            part = dim // self.world if dim % self.world == 0 and dim // self.world >= 1 else dim
+            # column-wise: blocks of at least dim / W columns (FBGEMM: a multiple of 4 dividing dim)
+            part = next((d for d in range(4, dim + 1, 4) if dim % d == 0 and d * self.world >= dim), dim)
             constraints[s] = ParameterConstraints(sharding_types=types, compute_kernels=["fused"],
                                                   min_partition=part if "column_wise" in types else None)
         fused = {"optimizer": getattr(EmbOptimType, OPTIM[cfg.table_optimizer]), "learning_rate": self.table_lr}
