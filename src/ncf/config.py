@@ -63,7 +63,7 @@ class TrainConfig:
     pretrained_mlp: str = ""
     # embedding tables sharded over the ranks by TorchRec (ncf[scale]; see docs/DISTRIBUTED.md):
     # how the planner may shard them, and the optimizer fused into the tables (the tower keeps
-    # `optimizer` / `lr`); table_lr 0 = 0.05 (row-wise AdaGrad, chosen on ml-100k validation)
+    # `optimizer` / `lr`); table_lr 0 = 0.2 (row-wise AdaGrad, chosen on ml-100k validation)
     shard_tables: bool = False
     sharding: str = "auto"
     table_optimizer: str = "rowwise_adagrad"

@@ -84,7 +84,7 @@ def train_cmd(
                                         help="--shard-tables: optimizer fused into the tables: rowwise_adagrad | "
                                         "adagrad | sgd | adam, rowwise_adam (GPUs)."),
     table_lr: float = typer.Option(TrainConfig.table_lr, "--table-lr", help="--shard-tables: the tables' "
-                                   "learning rate (0: 0.05)."),
+                                   "learning rate (0: 0.2)."),
 ):
     """Train a model and write a run directory (config, weights, id maps, metrics, plot)."""
     from ncf.train.run import resume_run, train
