@@ -90,7 +90,9 @@ def worker(a: argparse.Namespace) -> None:
     mine = torch.zeros(world, 4, dtype=torch.int64)
     mine[rank] = torch.tensor([tables, opt, rss, rss_data])
     if dist.is_initialized():
+        mine = mine.to(t.device)  # NCCL reduces device tensors only
         dist.all_reduce(mine)
+        mine = mine.cpu()
     if rank == 0:
         full = a.users * sum(d for d in (a.factors, a.layers_list[0] // 2)) * 4 + \
             a.items * (a.factors + a.layers_list[0] // 2) * 4

@@ -75,6 +75,16 @@ INIT_STD = 0.01  # the models' embedding init: normal(0, 0.01)
 INIT_BLOCK = 1 << 16
 
 
+CONVERT_FRACTION = 0.25  # assemble the tables at the end of a run when they take at most this of the RAM
+
+
+def _physical_memory() -> int:
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
 def table_parts(model: Model) -> dict[str, list[tuple[str, int]]]:
     """``{"user": [(state key, dim), ...], "item": [...]}``: the model's embedding tables by
     side, in the column order of the sharded tables."""
@@ -293,10 +303,10 @@ class ShardedTrainer(Trainer):
         self.net.fused_optimizer.step()  # hands the rate to the kernels (applied in the next backward)
 
     def _counts(self, n_local: int) -> torch.Tensor:
-        t = torch.zeros(self.world, dtype=torch.int64)
+        t = torch.zeros(self.world, dtype=torch.int64, device=self.device)  # NCCL: device tensors only
         t[self.rank] = n_local
         dist.all_reduce(t)
-        return t
+        return t.cpu()
 
     def train_epoch(self, epoch: int, progress=None, task=None, max_steps: int | None = None) -> tuple[float, int]:
         cfg, bs = self.cfg, self.cfg.batch_size
@@ -312,7 +322,7 @@ class ShardedTrainer(Trainer):
         counts = self._counts(len(plan))
         n_steps = int(-(-counts.max() // bs))
         n_steps = min(n_steps, max_steps) if max_steps else n_steps
-        total = torch.zeros((), dtype=torch.float64)
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
         l2 = self.skeleton.hparams().get("l2", 0.0)
         for step in range(n_steps):
             lo = min(step * bs, len(plan))
@@ -329,7 +339,7 @@ class ShardedTrainer(Trainer):
                 if p.grad is not None:
                     p.grad.mul_(self.world)
             self.opt.step()
-            total += loss_sum.detach().double().cpu()
+            total += loss_sum.detach().double()  # no sync with a GPU
             if progress is not None and step % 10 == 0:
                 progress.update(task, completed=step + 1, loss=float(loss_sum) / max(len(users), 1))
         n = int(counts.clamp(max=n_steps * bs).sum())
@@ -354,9 +364,10 @@ class ShardedTrainer(Trainer):
         self.net.train()
         padded = torch.full((int(sizes.max()),), -1, dtype=torch.int64)
         padded[: len(ranks)] = torch.from_numpy(ranks)
+        padded = padded.to(self.device)
         gathered = [torch.empty_like(padded) for _ in range(self.world)]
         dist.all_gather(gathered, padded)
-        allr = np.concatenate([g[: int(n)].numpy() for g, n in zip(gathered, sizes, strict=True)])
+        allr = np.concatenate([g[: int(n)].cpu().numpy() for g, n in zip(gathered, sizes, strict=True)])
         return summarize(allr, (10,))
 
     # -- state -------------------------------------------------------------------------------
@@ -500,15 +511,21 @@ class ShardedTrainer(Trainer):
         mem = torch.zeros(self.world, 4, dtype=torch.int64)
         mem[self.rank] = torch.tensor([local["tables"], local["table_optimizer"], local["dense"],
                                        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024])
+        mem = mem.to(self.device)
         dist.all_reduce(mem)
+        mem = mem.cpu()
         distributed.barrier()  # every rank's best file is written and read
         if not self.main:
             distributed.barrier()
             return None
-        test_full, model = None, None
-        if self.out:
-            model = shardckpt.convert(self.out)
+        test_full = None
+        full_bytes = 4 * sum(t["rows"] * t["dim"] for t in self.layout()["tables"].values())
+        if self.out and full_bytes <= CONVERT_FRACTION * _physical_memory():
+            model = shardckpt.convert(self.out)  # an ordinary run directory: evaluate / recommend / serve
             test_full = evaluate(model, ds.test, "full", seen=ds.seen(include_valid=True))
+        elif self.out:
+            self.console.print(f"[yellow]tables of {full_bytes / 2**30:.1f} GiB: not assembled here; run `ncf convert "
+                               f"{self.out}` on a machine that holds them for an ordinary run directory")
         samples = sum(r["samples"] for r in self.history)
         train_s = sum(r["train_seconds"] for r in self.history)
         epoch_s = sum(r["seconds"] for r in self.history)
