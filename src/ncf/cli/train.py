@@ -96,6 +96,10 @@ def train_cmd(
             from ncf.train.sharded_hint import INSTALL
 
             raise ValueError(INSTALL)
+        from ncf.train.distributed import launched, relaunch
+
+        if nproc == 1 and not launched():  # TorchRec needs a process group: a one-rank torchrun run
+            raise typer.Exit(relaunch(1))
     if nproc != 1:
         from ncf.train.distributed import relaunch
 
