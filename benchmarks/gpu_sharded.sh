@@ -45,7 +45,9 @@ if ! $PY -c "import torchrec, fbgemm_gpu" 2>/dev/null && [ -n "${WHEELS:-}" ]; t
 fi
 if $PY -c "import torchrec, fbgemm_gpu" 2>/dev/null; then
   run sharded 300 "${TR[@]}" benchmarks/sharded.py --worker --path sharded --sharding auto "${SHAPE[@]}"
-  run sharded_rw 300 "${TR[@]}" benchmarks/sharded.py --worker --path sharded --sharding row_wise "${SHAPE[@]}"
+  if [ "$DEVICE" = cuda ]; then  # TorchRec's planner offers row-wise sharding on GPUs only
+    run sharded_rw 300 "${TR[@]}" benchmarks/sharded.py --worker --path sharded --sharding row_wise "${SHAPE[@]}"
+  fi
 else
   echo "torchrec / fbgemm_gpu not importable here (set WHEELS=dir with the CUDA wheels): sharded steps skipped" \
     | tee "$OUT/sharded_skipped.txt"
