@@ -186,3 +186,26 @@ def test_conversion_assembles_any_layout_without_torchrec(tmp_path, split):
     os.remove(shardckpt.rank_file(tmp_path, "best", 1))
     with pytest.raises(CheckpointError, match="best-rank1.safetensors: missing"):
         shardckpt.convert(tmp_path)
+
+
+@needs_torchrec
+def test_refusals_before_any_process_group():
+    sys.path.insert(0, str(HERE))
+    from ddp_worker import synthetic
+
+    from ncf.config import TrainConfig
+    from ncf.train.run import build
+    from ncf.train.sharded import ShardedTrainer
+
+    ds = synthetic()
+    for cfg, match in [(TrainConfig(model="bpr", loss="bpr", shard_tables=True), "supports gmf, mlp, neumf"),
+                       (TrainConfig(model="gmf", loss="bpr", shard_tables=True), "--loss bce"),
+                       (TrainConfig(model="gmf", shard_tables=True, device="cpu"), "runs under torchrun")]:
+        model = build(cfg, ds)
+        assert all(p.device.type == "meta" for p in model.parameters())  # a description: no table memory
+        with pytest.raises(ValueError, match=match):
+            ShardedTrainer(model, ds, cfg, None, progress=False)
+    with pytest.raises(ValueError, match="does not combine with pretrain"):
+        TrainConfig(model="neumf", shard_tables=True, pretrain=True)
+    with pytest.raises(ValueError, match="table_optimizer must be one of"):
+        TrainConfig(shard_tables=True, table_optimizer="lamb")
