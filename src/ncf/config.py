@@ -15,11 +15,13 @@ DEVICES = ("auto", "cpu", "cuda")
 MONITORS = ("ndcg@10", "hr@10")
 SCHEDULES = ("constant", "cosine", "linear")
 SPARSE = ("auto", "on", "off")
+SHARDINGS = ("auto", "table_wise", "column_wise", "row_wise")
+TABLE_OPTIMIZERS = ("rowwise_adagrad", "adagrad", "sgd", "adam", "rowwise_adam")
 
 # TrainConfig fields by what they apply to (``TrainConfig.for_model`` refuses the rest)
 GENERAL_FIELDS = ("seed", "device", "threads")
 SGD_FIELDS = ("epochs", "neg", "batch_size", "lr", "optimizer", "lr_schedule", "warmup_epochs", "loss",
-              "patience", "monitor", "workers", "sparse")
+              "patience", "monitor", "workers", "sparse", "shard_tables", "sharding", "table_optimizer", "table_lr")
 PRETRAIN_FIELDS = ("pretrain", "alpha", "finetune_optimizer", "finetune_lr", "pretrained_gmf", "pretrained_mlp")
 
 
@@ -67,6 +69,13 @@ class TrainConfig:
     # (each trained with its own flags on the same training data); "" = train it here
     pretrained_gmf: str = ""
     pretrained_mlp: str = ""
+    # embedding tables sharded over the ranks by TorchRec (ncf[scale]; see docs/DISTRIBUTED.md):
+    # how the planner may shard them, and the optimizer fused into the tables (the tower keeps
+    # `optimizer` / `lr`); table_lr 0 = 0.2 (row-wise AdaGrad, chosen on ml-100k validation)
+    shard_tables: bool = False
+    sharding: str = "auto"
+    table_optimizer: str = "rowwise_adagrad"
+    table_lr: float = 0.0
     params: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
@@ -98,6 +107,11 @@ class TrainConfig:
             (self.sparse in SPARSE, f"sparse must be one of {', '.join(SPARSE)}, got {self.sparse!r}"),
             (self.lr_schedule in SCHEDULES,
              f"lr_schedule must be one of {', '.join(SCHEDULES)}, got {self.lr_schedule!r}"),
+            (not (self.shard_tables and self.pretrain), "shard_tables does not combine with pretrain"),
+            (self.sharding in SHARDINGS, f"sharding must be one of {', '.join(SHARDINGS)}, got {self.sharding!r}"),
+            (self.table_optimizer in TABLE_OPTIMIZERS,
+             f"table_optimizer must be one of {', '.join(TABLE_OPTIMIZERS)}, got {self.table_optimizer!r}"),
+            (self.table_lr >= 0, f"table_lr must be > 0 (or 0 for the default), got {self.table_lr}"),
             (0 <= self.warmup_epochs <= self.epochs,
              f"warmup_epochs must be in [0, epochs], got {self.warmup_epochs}"),
         ]

@@ -116,10 +116,30 @@ def train_cmd(
     quiet: bool = typer.Option(False, "--quiet", help="No progress output."),
     json_out: bool = typer.Option(False, "--json", help="Print the run's summary as JSON on stdout."),
     nproc: int = typer.Option(1, "--nproc", help="Data-parallel processes (DDP, launched through torchrun)."),
+    shard_tables: bool = typer.Option(None, "--shard-tables", help="gmf/mlp/neumf: shard the embedding tables "
+                                      "over the ranks with TorchRec (needs ncf[scale]; with --nproc N or torchrun)."),
+    sharding: str = typer.Option(None, "--sharding", help="--shard-tables: auto | table_wise | "
+                                 "column_wise | row_wise (GPUs)."),
+    table_optimizer: str = typer.Option(None, "--table-optimizer",
+                                        help="--shard-tables: optimizer fused into the tables: rowwise_adagrad | "
+                                        "adagrad | sgd | adam, rowwise_adam (GPUs)."),
+    table_lr: float = typer.Option(None, "--table-lr", help="--shard-tables: the tables' "
+                                   "learning rate (0: 0.2)."),
 ):
     """Train a model and write a run directory (config, weights, id maps, metrics, plot)."""
     from ncf.train.run import resume_run, train
 
+    if shard_tables:
+        import importlib.util
+
+        if importlib.util.find_spec("torchrec") is None or importlib.util.find_spec("fbgemm_gpu") is None:
+            from ncf.train.sharded_hint import INSTALL
+
+            raise ConfigError(INSTALL)
+        from ncf.train.distributed import launched, relaunch
+
+        if nproc == 1 and not launched():  # TorchRec needs a process group: a one-rank torchrun run
+            raise typer.Exit(relaunch(1))
     if nproc != 1:
         from ncf.train.distributed import relaunch
 
@@ -143,6 +163,8 @@ def train_cmd(
              "lr": lr, "optimizer": optimizer, "loss": loss, "l2": l2, "dropout": dropout, "patience": patience,
              "seed": seed, "device": device, "threads": threads, "sparse": sparse, "alpha": alpha,
              "finetune_optimizer": finetune_optimizer, "finetune_lr": finetune_lr,
+             "shard_tables": shard_tables or None, "sharding": sharding, "table_optimizer": table_optimizer,
+             "table_lr": table_lr,
              "pretrain": True if pretrain or pretrained_gmf or pretrained_mlp else None,
              "pretrained_gmf": str(pretrained_gmf.resolve()) if pretrained_gmf else None,
              "pretrained_mlp": str(pretrained_mlp.resolve()) if pretrained_mlp else None,
@@ -186,6 +208,16 @@ def _print_summary(s: dict, json_out: bool = False) -> None:
             t.add_row(label, *(f"{s[name][k]:.4f}" for k in ("hr@10", "ndcg@10")))
     console.print(t)
     console.print(f"train seconds: {s['train_seconds']:.1f}")
+
+
+@app.command("convert")
+def convert_cmd(directory: Path = typer.Argument(..., help="Run directory of a --shard-tables run.")):
+    """Assemble a sharded run's best-epoch shards into model.safetensors (an ordinary run
+    directory for evaluate / recommend / serve); needs the tables to fit this machine, not TorchRec."""
+    from ncf.train.shardckpt import convert
+
+    model = convert(directory)
+    typer.echo(f"{directory}/model.safetensors written ({model.name}, {model.n_users} users, {model.n_items} items)")
 
 
 @app.command("evaluate")

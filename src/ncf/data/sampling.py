@@ -103,6 +103,28 @@ class Membership:
         return out
 
 
+def draw_negatives(j: torch.Tensor, users: torch.Tensor, salt: int, n_items: int, membership: Membership,
+                   skip: torch.Tensor | None = None) -> torch.Tensor:
+    """The negative items at negative positions ``j`` (int64) of an epoch salted ``salt``, for
+    ``users`` (as ``membership`` indexes them): a uniform item from a hash of ``(salt, j)``,
+    re-hashed while it is one of the user's positives. Entries where ``skip`` is set get an
+    arbitrary item and are not checked. A function of ``j`` alone (and the user's row), so a
+    rank holding only some users' rows draws what one process holding all of them would."""
+    x = hash32(hash32(j & _M32) ^ salt)
+    items = (x * n_items) >> 32  # uniform over items (multiply-shift, no division)
+    hit = membership.contains(users, items)
+    if skip is not None:
+        hit = hit > skip  # hit and not skip
+    todo = torch.nonzero(hit).squeeze(-1)
+    while len(todo):  # about (density of the user's row) of them each round
+        xt = hash32(x.index_select(0, todo) ^ 0x5851F42D)
+        it = (xt * n_items) >> 32
+        x.index_copy_(0, todo, xt)
+        items.index_copy_(0, todo, it)
+        todo = todo[membership.contains(users.index_select(0, todo), it)]
+    return items
+
+
 class EpochPlan:
     """One epoch of a :class:`NegativeSampler`: ``len(plan)`` samples in shuffled order;
     ``plan.batch(lo, hi)`` builds samples ``lo:hi`` (int64 indexes, float labels)."""
@@ -125,20 +147,7 @@ class EpochPlan:
     def negatives(self, j: torch.Tensor, users: torch.Tensor, skip: torch.Tensor | None = None) -> torch.Tensor:
         """The negative items at negative positions ``j`` (int64) for ``users`` (entries
         where ``skip`` is set get an arbitrary item and are not checked)."""
-        s = self.s
-        x = hash32(hash32(j & _M32) ^ self.salt)
-        items = (x * s.n_items) >> 32  # uniform over items (multiply-shift, no division)
-        hit = s.membership.contains(users, items)
-        if skip is not None:
-            hit = hit > skip  # hit and not skip
-        todo = torch.nonzero(hit).squeeze(-1)
-        while len(todo):  # about (density of the user's row) of them each round
-            xt = hash32(x.index_select(0, todo) ^ 0x5851F42D)
-            it = (xt * s.n_items) >> 32
-            x.index_copy_(0, todo, xt)
-            items.index_copy_(0, todo, it)
-            todo = todo[s.membership.contains(users.index_select(0, todo), it)]
-        return items
+        return draw_negatives(j, users, self.salt, self.s.n_items, self.s.membership, skip)
 
     def shard_batch(self, step: int, batch_size: int, rank: int = 0, world: int = 1):
         """``(batch, n_global)`` of global step ``step``: the global batch covers samples

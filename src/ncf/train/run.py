@@ -136,6 +136,9 @@ def build(cfg: TrainConfig, dataset: Dataset):
     cls = get_model_class(cfg.model)
     params = cfg.model_params(cls)
     torch.manual_seed(cfg.seed)  # initial weights are part of what the seed fixes
+    if cfg.shard_tables:  # the tables live in TorchRec shards: the full-size model only describes them
+        with torch.device("meta"):
+            return cls.from_params(dataset.n_users, dataset.n_items, **params)
     if hasattr(cls, "from_dataset"):
         return cls.from_dataset(dataset, **params)
     return cls.from_params(dataset.n_users, dataset.n_items, **params)
@@ -209,6 +212,8 @@ def _train(data_cfg, cfg, out, dataset, progress, init_items):
         return _train_pretrained(data_cfg, cfg, out, dataset, progress, resume=False)
     model = build(cfg, dataset)
     warm = None
+    if init_items is not None and cfg.shard_tables:
+        raise ConfigError("--init-items does not combine with --shard-tables")
     if init_items is not None:
         from ncf.train.warmstart import init_item_embeddings
 
@@ -242,7 +247,12 @@ def _fit(model, dataset, cfg, data_cfg, out, progress, resume):
         if out is not None:
             save_model(Path(out), model, _extra(cfg, data_cfg, dataset))
         return model, trainer.finish()
-    trainer = Trainer(model, dataset, cfg, out, progress=progress)
+    if cfg.shard_tables:
+        from ncf.train.sharded import ShardedTrainer  # needs the scale extra (TorchRec)
+
+        trainer = ShardedTrainer(model, dataset, cfg, out, progress=progress)
+    else:
+        trainer = Trainer(model, dataset, cfg, out, progress=progress)
     trainer.extra_config = lambda: _extra(cfg, data_cfg, dataset)
     return model, trainer.fit(resume=resume)
 
@@ -385,7 +395,8 @@ def _resume(out: Path, cfg: TrainConfig, data_cfg: DataConfig, progress: bool):
     if cfg.pretrain:
         return _train_pretrained(data_cfg, cfg, out, dataset, progress, resume=True)
     model = build(cfg, dataset)
-    return _fit(model, dataset, cfg, data_cfg, out, progress, resume=(out / "state.safetensors").exists())
+    resumable = (out / "state.safetensors").exists() or (out / "shards" / "index.json").exists()
+    return _fit(model, dataset, cfg, data_cfg, out, progress, resume=resumable)
 
 
 __all__ = ["train", "train_model", "resume_run", "MODELS"]
