@@ -33,6 +33,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ncf.recommend import Recommender, RerankUnavailable, UnknownItemError, top_k
 from ncf.rerank.lagrangian import load_reranker
+from ncf.serve.foldin import FoldIn
 from ncf.serve.retrieval import make_ranker
 from ncf.serve.store import FeatureStore, InMemoryStore, RunData, StoreDataError, StoreUnavailable
 
@@ -103,10 +104,13 @@ def run_fingerprint(run_dir: Path) -> str:
 class OnlineService:
     """Recommendations from a run directory with user features read from ``store``."""
 
-    def __init__(self, run_dir: str | Path, store: FeatureStore, candidates: int = 0, max_k: int = 1000):
+    def __init__(self, run_dir: str | Path, store: FeatureStore, candidates: int = 0, max_k: int = 1000,
+                 foldin: bool = True):
         self.run_dir = Path(run_dir)
         self.rec = Recommender.from_run(self.run_dir)
         self.ranker = make_ranker(self.rec.model)
+        # recorded interactions move the user's recommendations (ncf.serve.foldin); off: they only filter
+        self.foldin = FoldIn(self.rec.model, self.ranker, self.rec.item_map.get) if foldin else None
         if candidates < 0:
             raise ValueError(f"candidates must be >= 0, got {candidates}")
         if candidates and not self.ranker.can_retrieve:
@@ -197,20 +201,26 @@ class OnlineService:
         self.ensure_ready()
         state = self._read_user(user)
         exclude = self.rec.items_mask(state.events)
-        if state.index is None:
+        vector, scores = state.vector, None
+        if self.foldin is not None and state.events:  # the recorded interactions move the user
+            folded, scores = self.foldin.current(self.store, self.run_id, user, state)
+            vector = folded if folded is not None else vector
+        if state.index is None and vector is None and scores is None:
             return {"user": self._raw(user, "user"), "items": self.rec.popular(k, exclude),
                     "fallback": True, "reranked": False}
         exclude[state.seen] = True
         candidates = None
-        if self.candidates and self.ranker.can_retrieve and self.candidates < self.rec.n_items:
-            # two stages: dot-product retrieval of the candidates, then the exact model on them
-            candidates = top_k(self.ranker.retrieval_scores(state.vector), exclude, max(self.candidates, k))
-        scores = self.ranker.score(state.vector, candidates)
+        if scores is None:
+            if self.candidates and self.ranker.can_retrieve and self.candidates < self.rec.n_items:
+                # two stages: dot-product retrieval of the candidates, then the exact model on them
+                candidates = top_k(self.ranker.retrieval_scores(vector), exclude, max(self.candidates, k))
+            scores = self.ranker.score(vector, candidates)
         try:
             items = self.rec.slate(scores, exclude, k, rerank, candidates)
         except RerankUnavailable as e:
             raise ApiError(409, "rerank_unavailable", str(e)) from None
-        return {"user": self.rec.user_map.raw(state.index), "items": items, "fallback": False, "reranked": rerank}
+        raw = self._raw(user, "user") if state.index is None else self.rec.user_map.raw(state.index)
+        return {"user": raw, "items": items, "fallback": False, "reranked": rerank}
 
     def similar(self, item_text: str, k: int) -> dict:
         item = self.parse_id(item_text, "item")
@@ -226,6 +236,8 @@ class OnlineService:
         item = self.parse_id(item_value, "item")
         idx = self._item_index(item)
         self.store.add_interaction(user, str(self.rec.item_map.raw(idx)))
+        if self.foldin is not None:  # inside the request: the next GET sees the new vector
+            self.foldin.update(self.store, self.run_id, user, self._read_user(user))
         return {"user": self._raw(user, "user"), "item": self.rec.item_map.raw(idx), "stored": True}
 
 
@@ -281,9 +293,10 @@ def _error(status: int, code: str, message: str, headers: dict | None = None) ->
 
 
 def create_app(run_dir: str | Path, store: FeatureStore | None = None, candidates: int = 0,
-               max_k: int = 1000) -> FastAPI:
-    """The service over ``run_dir``; ``store`` defaults to an in-process store (no journal)."""
-    service = OnlineService(run_dir, store if store is not None else InMemoryStore(), candidates, max_k)
+               max_k: int = 1000, foldin: bool = True) -> FastAPI:
+    """The service over ``run_dir``; ``store`` defaults to an in-process store (no journal);
+    ``foldin``: recorded interactions update the user's vector (``ncf.serve.foldin``)."""
+    service = OnlineService(run_dir, store if store is not None else InMemoryStore(), candidates, max_k, foldin)
     metrics = _Metrics()
     errors = {422: {"model": ErrorBody}, 503: {"model": ErrorBody}}
     app = FastAPI(title="ncf recommender", version="1",

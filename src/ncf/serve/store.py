@@ -17,6 +17,8 @@ Redis layout (``prefix`` defaults to ``ncf``; ``rid`` is the run's fingerprint):
     {prefix}:run:{rid}:items     hash  one field per item array (raw bytes) + "spec" (JSON dtypes/shapes)
     {prefix}:run:{rid}:u:{user}  hash  idx, vec (float32 bytes), seen (int32 item indexes)
     {prefix}:events:{user}       set   raw item ids recorded through the API (model-independent)
+    {prefix}:run:{rid}:f:{user}  hash  vec (float32 bytes), n: the user's fold-in vector and the
+                                       number of recorded items it covers (ncf.serve.foldin)
 
 Raw ids are keyed by their string form.
 """
@@ -96,6 +98,14 @@ class FeatureStore(ABC):
     def add_interaction(self, user: str, item: str) -> None:
         """Record that ``user`` interacted with ``item`` (raw ids), durably, before returning."""
 
+    def write_foldin(self, run_id: str, user: str, vector: np.ndarray, n_events: int) -> None:
+        """Store the user's fold-in vector for ``run_id``, covering ``n_events`` recorded items."""
+        raise NotImplementedError(f"{type(self).__name__} cannot store fold-in vectors")
+
+    def read_foldin(self, run_id: str, user: str) -> tuple[np.ndarray, int] | None:
+        """(vector, n_events) written by ``write_foldin``, or None."""
+        raise NotImplementedError(f"{type(self).__name__} cannot store fold-in vectors")
+
     def describe(self) -> dict:
         """What kind of store this is, for /healthz."""
         return {"store": type(self).__name__}
@@ -136,6 +146,7 @@ class InMemoryStore(FeatureStore):
     def __init__(self, journal: str | Path | None = None):
         self._runs: dict[str, dict] = {}
         self._events: dict[str, dict[str, None]] = {}  # ordered sets
+        self._foldin: dict[tuple[str, str], tuple[np.ndarray, int]] = {}
         self._lock = threading.Lock()
         self.journal = Path(journal) if journal else None
         if self.journal is not None:
@@ -214,6 +225,15 @@ class InMemoryStore(FeatureStore):
                     f.flush()
                     os.fsync(f.fileno())
             self._events.setdefault(user, {})[item] = None
+
+    # fold-in vectors: not journaled; recomputed from the journaled interactions when missing
+    def write_foldin(self, run_id: str, user: str, vector: np.ndarray, n_events: int) -> None:
+        with self._lock:
+            self._foldin[(run_id, user)] = (np.asarray(vector, np.float32).copy(), int(n_events))
+
+    def read_foldin(self, run_id: str, user: str) -> tuple[np.ndarray, int] | None:
+        got = self._foldin.get((run_id, user))
+        return None if got is None else (got[0].copy(), got[1])
 
 
 # --- Redis -------------------------------------------------------------------------------
@@ -350,6 +370,21 @@ class RedisStore(FeatureStore):
 
     def add_interaction(self, user: str, item: str) -> None:
         self._call(lambda: self.client.sadd(self._key("events", user), item))
+
+    def write_foldin(self, run_id: str, user: str, vector: np.ndarray, n_events: int) -> None:
+        vec = np.ascontiguousarray(vector, dtype=np.float32).tobytes()
+        key = self._key("run", run_id, "f", user)
+        self._call(lambda: self.client.hset(key, mapping={"vec": vec, "n": int(n_events)}))
+
+    def read_foldin(self, run_id: str, user: str) -> tuple[np.ndarray, int] | None:
+        key = self._key("run", run_id, "f", user)
+        vec, n = self._call(lambda: self.client.hmget(key, "vec", "n"))
+        if vec is None or n is None:
+            return None
+        try:
+            return np.frombuffer(vec, np.float32).copy(), int(n)
+        except (TypeError, ValueError) as e:
+            raise StoreDataError(f"{key}: corrupt fold-in record ({e})") from None
 
     def close(self) -> None:
         self.client.close()
