@@ -34,6 +34,11 @@ def serve_cmd(
                                       "(default DIR/interactions.jsonl)."),
     no_journal: bool = typer.Option(False, "--no-journal", help="In-process store: keep interactions in memory only."),
     prefix: str = PrefixOpt,
+    ann: str = typer.Option("auto", "--ann",
+                            help="Approximate first stage (faiss HNSW, persisted beside the run): auto (from "
+                                 "100,000 items on), on, off."),
+    foldin: bool = typer.Option(True, "--fold-in/--no-fold-in",
+                                help="Recorded interactions update the user's vector (off: they only filter)."),
     threads: int = typer.Option(1, "--threads", help="torch threads per process (requests are small: 1 is best)."),
     log_level: str = typer.Option("warning", "--log-level"),
 ):
@@ -52,7 +57,7 @@ def serve_cmd(
     else:
         store = InMemoryStore(None if no_journal else (journal or directory / "interactions.jsonl"))
     try:
-        application = create_app(directory, store, candidates=candidates, max_k=max_k)
+        application = create_app(directory, store, candidates=candidates, max_k=max_k, foldin=foldin, ann=ann)
     except StoreUnavailable as e:
         _fail(str(e))
     typer.echo(f"serving {directory} on http://{host}:{port} ({store.describe()['store']} store)", err=True)

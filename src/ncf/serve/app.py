@@ -33,6 +33,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ncf.recommend import Recommender, RerankUnavailable, UnknownItemError, top_k
 from ncf.rerank.lagrangian import load_reranker
+from ncf.serve.ann import DEFAULT_CANDIDATES as ANN_CANDIDATES
+from ncf.serve.ann import AnnIndex
+from ncf.serve.ann import resolve as resolve_ann
 from ncf.serve.foldin import FoldIn
 from ncf.serve.retrieval import make_ranker
 from ncf.serve.store import FeatureStore, InMemoryStore, RunData, StoreDataError, StoreUnavailable
@@ -105,7 +108,7 @@ class OnlineService:
     """Recommendations from a run directory with user features read from ``store``."""
 
     def __init__(self, run_dir: str | Path, store: FeatureStore, candidates: int = 0, max_k: int = 1000,
-                 foldin: bool = True):
+                 foldin: bool = True, ann: str = "auto"):
         self.run_dir = Path(run_dir)
         self.rec = Recommender.from_run(self.run_dir)
         self.ranker = make_ranker(self.rec.model)
@@ -119,6 +122,9 @@ class OnlineService:
             raise ValueError(f"max_k must be >= 1, got {max_k}")
         self.store, self.candidates, self.max_k = store, candidates, max_k
         self.run_id = run_fingerprint(self.run_dir)
+        # approximate first stage (ncf.serve.ann): HNSW over the dot-product rows, built in ensure_ready
+        self.use_ann = resolve_ann(ann, self.rec.n_items, self.ranker.can_retrieve)
+        self.ann = None
         self.int_ids = {what: all(isinstance(r, int) for r in m.raw_ids)
                         for what, m in (("user", self.rec.user_map), ("item", self.rec.item_map))}
         self.rec.reranker, self.rec.rerank_reason = load_reranker(self.run_dir)
@@ -156,6 +162,8 @@ class OnlineService:
                 self.ranker.bind(items)
             except ValueError as e:
                 raise StoreDataError(f"store run {self.run_id}: {e}") from None
+            if self.use_ann:
+                self.ann = AnnIndex.load_or_build(self.run_dir, self.ranker.retrieval_rows())
             self._ready = True
 
     def parse_id(self, text, what: str) -> str:
@@ -211,7 +219,10 @@ class OnlineService:
         exclude[state.seen] = True
         candidates = None
         if scores is None:
-            if self.candidates and self.ranker.can_retrieve and self.candidates < self.rec.n_items:
+            if self.ann is not None:  # approximate first stage, then the exact model on its candidates
+                want = max(self.candidates or ANN_CANDIDATES, k)
+                candidates = self.ann.search(self.ranker.retrieval_query(vector), want, exclude)
+            elif self.candidates and self.ranker.can_retrieve and self.candidates < self.rec.n_items:
                 # two stages: dot-product retrieval of the candidates, then the exact model on them
                 candidates = top_k(self.ranker.retrieval_scores(vector), exclude, max(self.candidates, k))
             scores = self.ranker.score(vector, candidates)
@@ -293,10 +304,12 @@ def _error(status: int, code: str, message: str, headers: dict | None = None) ->
 
 
 def create_app(run_dir: str | Path, store: FeatureStore | None = None, candidates: int = 0,
-               max_k: int = 1000, foldin: bool = True) -> FastAPI:
+               max_k: int = 1000, foldin: bool = True, ann: str = "auto") -> FastAPI:
     """The service over ``run_dir``; ``store`` defaults to an in-process store (no journal);
-    ``foldin``: recorded interactions update the user's vector (``ncf.serve.foldin``)."""
-    service = OnlineService(run_dir, store if store is not None else InMemoryStore(), candidates, max_k, foldin)
+    ``foldin``: recorded interactions update the user's vector (``ncf.serve.foldin``);
+    ``ann``: approximate first stage (``ncf.serve.ann``): auto, on or off."""
+    service = OnlineService(run_dir, store if store is not None else InMemoryStore(), candidates, max_k, foldin,
+                            ann)
     metrics = _Metrics()
     errors = {422: {"model": ErrorBody}, 503: {"model": ErrorBody}}
     app = FastAPI(title="ncf recommender", version="1",

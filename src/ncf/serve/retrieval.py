@@ -152,15 +152,26 @@ class NCFRanker(Ranker):
         return out.numpy()
 
     @torch.no_grad()
-    def retrieval_scores(self, user: np.ndarray) -> np.ndarray:
-        """[n_items] dot products approximating the scores (exact for GMF)."""
+    def retrieval_query(self, user: np.ndarray) -> np.ndarray:
+        """[f + h + 1] query ``[w_g * p_u ; p'_u - a ; 1]`` of the dot-product stage."""
         if self._items is None:
             raise RuntimeError("NCFRanker.bind() was not called")
         u = torch.from_numpy(np.asarray(user, dtype=np.float32))
         parts = [u[:self.f] * self.w_g] if self.gmf is not None else []
         if self.tower is not None:
             parts += [u[self.f:] - self._items["mlp_anchor"][0], torch.ones(1)]
-        return (self._retrieval @ torch.cat(parts)).numpy()
+        return torch.cat(parts).numpy()
+
+    def retrieval_rows(self) -> np.ndarray:
+        """[n_items, f + h + 1] item rows of the dot-product stage (what an ANN index holds)."""
+        if self._items is None:
+            raise RuntimeError("NCFRanker.bind() was not called")
+        return self._retrieval.numpy()
+
+    @torch.no_grad()
+    def retrieval_scores(self, user: np.ndarray) -> np.ndarray:
+        """[n_items] dot products approximating the scores (exact for GMF)."""
+        return (self._retrieval @ torch.from_numpy(self.retrieval_query(user))).numpy()
 
 
 class IndexRanker(Ranker):
