@@ -230,6 +230,8 @@ def main(argv: list[str] | None = None) -> dict:
               "train": cfg.to_dict(), "base_test": summary.get("test")}
     result["fold-in"] = replay(a.out / "base", seqs, points, True, "fold-in")
     result["popularity"] = replay(a.out / "base", seqs, points, False, "popularity")
+    (a.out / "replay.json").write_text(json.dumps(result, indent=2) + "\n")  # partial: before retraining
+    console.print({n: (result["fold-in"]["hr@10"][n], result["popularity"]["hr@10"][n]) for n in points})
     if not a.no_retrain:
         torch.set_num_threads(a.threads)
         result["retrained"] = retrained(data_cfg, cfg, ds, held, seqs, points, a.out)

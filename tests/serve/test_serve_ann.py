@@ -50,11 +50,12 @@ def test_search_leaves_excluded_items_out(rows):
 def test_index_is_persisted_and_reloaded_only_for_the_same_rows(rows, tmp_path):
     built = AnnIndex.load_or_build(tmp_path, rows, m=16)
     assert (tmp_path / "ann.faiss").exists() and (tmp_path / "ann.json").exists()
-    fp = AnnIndex.fingerprint(rows, 16, 80)
+    fp = AnnIndex.key(rows, 16)
     loaded = AnnIndex.load(tmp_path, fp)
     q = np.linspace(-1, 1, 9).astype(np.float32)
     assert loaded is not None and np.array_equal(loaded.search(q, 20), built.search(q, 20))
-    assert AnnIndex.load(tmp_path, AnnIndex.fingerprint(rows[:-1], 16, 80)) is None  # other rows: rebuild
+    assert AnnIndex.load(tmp_path, AnnIndex.key(rows[:-1], 16)) is None  # other rows: rebuild
+    assert AnnIndex.load(tmp_path, AnnIndex.key(rows, 16, queries=rows[:5])) is None  # other scale: rebuild
     (tmp_path / "ann.faiss").write_bytes(b"torn")
     assert AnnIndex.load(tmp_path, fp) is None
 

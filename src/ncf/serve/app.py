@@ -25,6 +25,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 from fastapi import Body, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -162,8 +163,11 @@ class OnlineService:
                 self.ranker.bind(items)
             except ValueError as e:
                 raise StoreDataError(f"store run {self.run_id}: {e}") from None
-            if self.use_ann:
-                self.ann = AnnIndex.load_or_build(self.run_dir, self.ranker.retrieval_rows())
+            if self.use_ann:  # the queries of (a sample of) the run's users set the index's coordinate scale
+                users = self.ranker.user_vectors()
+                sample = np.random.default_rng(0).permutation(len(users))[:10_000]
+                self.ann = AnnIndex.load_or_build(self.run_dir, self.ranker.retrieval_rows(),
+                                                  queries=self.ranker.retrieval_queries(users[np.sort(sample)]))
             self._ready = True
 
     def parse_id(self, text, what: str) -> str:

@@ -162,6 +162,14 @@ class NCFRanker(Ranker):
             parts += [u[self.f:] - self._items["mlp_anchor"][0], torch.ones(1)]
         return torch.cat(parts).numpy()
 
+    def retrieval_queries(self, users: np.ndarray) -> np.ndarray:
+        """[n, f + h + 1] queries of many user vectors ([n, user_dim]) at once."""
+        u = np.asarray(users, dtype=np.float32)
+        parts = [u[:, :self.f] * self.w_g.numpy()] if self.gmf is not None else []
+        if self.tower is not None:
+            parts += [u[:, self.f:] - self._items["mlp_anchor"].numpy(), np.ones((len(u), 1), np.float32)]
+        return np.concatenate(parts, axis=1)
+
     def retrieval_rows(self) -> np.ndarray:
         """[n_items, f + h + 1] item rows of the dot-product stage (what an ANN index holds)."""
         if self._items is None:
