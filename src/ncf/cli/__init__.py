@@ -21,6 +21,7 @@ app = typer.Typer(
 # explicit registration, no discovery: each import adds its commands to `app`
 from ncf.cli import compare as _compare  # noqa: E402,F401
 from ncf.cli import data as _data  # noqa: E402,F401
+from ncf.cli import export as _export  # noqa: E402,F401
 from ncf.cli import items as _items  # noqa: E402,F401
 from ncf.cli import rerank as _rerank  # noqa: E402,F401
 from ncf.cli import serve as _serve  # noqa: E402,F401
