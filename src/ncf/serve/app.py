@@ -40,6 +40,7 @@ from ncf.serve.ann import resolve as resolve_ann
 from ncf.serve.foldin import FoldIn
 from ncf.serve.retrieval import make_ranker
 from ncf.serve.store import FeatureStore, InMemoryStore, RunData, StoreDataError, StoreUnavailable
+from ncf.serve.web import mount_web
 
 log = logging.getLogger("ncf.serve")
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}")
@@ -316,7 +317,7 @@ def create_app(run_dir: str | Path, store: FeatureStore | None = None, candidate
                             ann)
     metrics = _Metrics()
     errors = {422: {"model": ErrorBody}, 503: {"model": ErrorBody}}
-    app = FastAPI(title="ncf recommender", version="1",
+    app = FastAPI(title="ncf recommender", version="1", docs_url=None, redoc_url=None,  # /docs: mount_web
                   description=f"Recommendations from the {service.rec.model.name} run in {service.run_dir.name}.")
     app.state.service, app.state.metrics = service, metrics
     app.add_middleware(_MetricsMiddleware, metrics=metrics)
@@ -369,6 +370,8 @@ def create_app(run_dir: str | Path, store: FeatureStore | None = None, candidate
               responses={**errors, 404: {"model": ErrorBody}})
     def interactions(user_id: str, body: InteractionIn = Body(...)):
         return service.record(user_id, body.item)
+
+    mount_web(app, service)  # the page at /, /v1/info, /v1/users/{id}/history, offline /docs
 
     @app.get("/healthz")
     def healthz():
