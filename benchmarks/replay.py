@@ -204,6 +204,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--batch-size", type=int, default=0)
     p.add_argument("--params", default="{}", help="model parameters as JSON (e.g. '{\"l2\": 300}' for ease)")
     p.add_argument("--no-retrain", action="store_true", help="skip the retrained baseline")
+    p.add_argument("--reuse", action="store_true", help="reuse OUT/base if it was trained (same arguments!)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2, help="torch threads for training (serving uses 1)")
     a = p.parse_args(argv)
@@ -222,8 +223,12 @@ def main(argv: list[str] | None = None) -> dict:
 
     a.out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    summary = train(data_cfg, cfg, a.out / "base", dataset=without(ds, held))
-    console.print(f"trained {a.model} on {ds.n_users - len(held)} users in {time.perf_counter() - t0:.0f}s")
+    if (a.out / "base" / "summary.json").exists() and a.reuse:
+        summary = json.loads((a.out / "base" / "summary.json").read_text())
+        console.print(f"reusing the trained run {a.out / 'base'}")
+    else:
+        summary = train(data_cfg, cfg, a.out / "base", dataset=without(ds, held))
+        console.print(f"trained {a.model} on {ds.n_users - len(held)} users in {time.perf_counter() - t0:.0f}s")
     torch.set_num_threads(1)
     result = {"dataset": ds.name, "model": a.model, "held_out_users": int(len(held)), "points": points,
               "order": "time" if ds.train.timestamps is not None else "seeded random (no timestamps), test item last",

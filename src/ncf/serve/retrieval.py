@@ -170,6 +170,23 @@ class NCFRanker(Ranker):
             parts += [u[:, self.f:] - self._items["mlp_anchor"].numpy(), np.ones((len(u), 1), np.float32)]
         return np.concatenate(parts, axis=1)
 
+    @torch.no_grad()
+    def linear_terms(self, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The scores of ``items`` as affine functions of the user vector (exact for GMF, the
+        first-order expansion for the MLP term): ``score(u, i) ~ o_i + A_i . u``; returns
+        ``(A [C, user_dim], o [C])`` (float64). Fold-in fits ``u`` to these in closed form."""
+        if self._items is None:
+            raise RuntimeError("NCFRanker.bind() was not called")
+        rows = self._retrieval[torch.from_numpy(np.asarray(items, dtype=np.int64))].double()
+        parts, offset = [], self.bias.double().expand(len(rows)).clone()
+        if self.gmf is not None:
+            parts.append(rows[:, :self.f] * self.w_g.double())
+        if self.tower is not None:
+            jac = rows[:, self.f:self.f + self.h]
+            parts.append(jac)
+            offset += rows[:, -1] - jac @ self._items["mlp_anchor"][0].double()
+        return torch.cat(parts, dim=1).numpy(), offset.numpy()
+
     def retrieval_rows(self) -> np.ndarray:
         """[n_items, f + h + 1] item rows of the dot-product stage (what an ANN index holds)."""
         if self._items is None:
