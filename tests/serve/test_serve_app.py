@@ -23,6 +23,12 @@ def client(neumf_run, store):
     return TestClient(create_app(neumf_run, store))
 
 
+@pytest.fixture
+def plain_client(neumf_run, store):
+    """Without fold-in: recorded interactions only filter (the fold-in tests: test_serve_foldin.py)."""
+    return TestClient(create_app(neumf_run, store, foldin=False))
+
+
 @pytest.fixture(scope="module")
 def reference(neumf_run):
     return Recommender.from_run(neumf_run)
@@ -52,7 +58,8 @@ def test_large_k_returns_every_unseen_item(client, reference):
     assert r.status_code == 200 and len(r.json()["items"]) == reference.n_items - n_seen
 
 
-def test_interaction_excluded_next_time(client):
+def test_interaction_excluded_next_time(plain_client):
+    client = plain_client
     before = _items(client.get("/v1/users/107/recommendations?k=3"))
     r = client.post("/v1/users/107/interactions", json={"item": before[0]})
     assert r.status_code == 201 and r.json() == {"user": 107, "item": before[0], "stored": True}
@@ -62,7 +69,8 @@ def test_interaction_excluded_next_time(client):
     assert before[0] not in after and before[1] not in after and after[0] == before[2]
 
 
-def test_unknown_user_gets_popularity_flagged(client, reference):
+def test_unknown_user_gets_popularity_flagged(plain_client, reference):
+    client = plain_client
     r = client.get("/v1/users/99999/recommendations?k=4")
     body = r.json()
     assert r.status_code == 200 and body["fallback"] is True and body["user"] == 99999

@@ -13,6 +13,7 @@ import typer
 # explicit registration, no discovery: each import adds its commands to `app`
 from ncf.cli import compare as _compare  # noqa: F401
 from ncf.cli import data as _data  # noqa: F401
+from ncf.cli import export as _export  # noqa: F401
 from ncf.cli import items as _items  # noqa: F401
 from ncf.cli import rerank as _rerank  # noqa: F401
 from ncf.cli import serve as _serve  # noqa: F401

@@ -35,6 +35,11 @@ def serve_cmd(
                                       "(default DIR/interactions.jsonl)."),
     no_journal: bool = typer.Option(False, "--no-journal", help="In-process store: keep interactions in memory only."),
     prefix: str = PrefixOpt,
+    ann: str = typer.Option("auto", "--ann",
+                            help="Approximate first stage (faiss HNSW, persisted beside the run): auto (from "
+                                 "100,000 items on), on, off."),
+    foldin: bool = typer.Option(True, "--fold-in/--no-fold-in",
+                                help="Recorded interactions update the user's vector (off: they only filter)."),
     threads: int = typer.Option(1, "--threads", help="torch threads per process (requests are small: 1 is best)."),
     log_level: str = typer.Option("warning", "--log-level"),
     api_key: str = typer.Option(None, "--api-key", envvar="NCF_API_KEY", show_envvar=True,
@@ -72,8 +77,8 @@ def serve_cmd(
     else:
         store = InMemoryStore(None if no_journal else (journal or directory / "interactions.jsonl"))
     try:
-        application = create_app(directory, store, candidates=candidates, max_k=max_k, api_key=api_key or None,
-                                 api_key_reads=api_key_reads, max_body_bytes=max_body_bytes,
+        application = create_app(directory, store, candidates=candidates, max_k=max_k, foldin=foldin, ann=ann,
+                                 api_key=api_key or None, api_key_reads=api_key_reads, max_body_bytes=max_body_bytes,
                                  max_events_per_user=max_events_per_user, max_items_per_request=max_items_per_request,
                                  events_namespace=events_namespace)
     except StoreUnavailable as e:

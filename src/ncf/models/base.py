@@ -3,6 +3,13 @@
 A Scorer has ``score(users, items) -> [B]`` and ``score_all(users) -> [B, n_items]``
 (index tensors in, float scores out; larger is better). Neural models return logits;
 the sigmoid is applied only where a probability is shown (``probability``).
+
+History scoring (issue 18, shared with sasrec): ``score_histories(histories) -> [B, n_items]``
+scores users known only by their item-index histories (oldest first, 1-D int64, possibly
+empty). Item-based models compute it directly; models with user embedding tables name them
+in ``foldin_tables`` and get it from ``fold_in``: a fresh user vector fitted by a few
+gradient steps on the history (the item side and every other weight frozen), then the
+model's own ``score_all`` with that vector in place of a table row.
 """
 
 from __future__ import annotations
@@ -10,6 +17,7 @@ from __future__ import annotations
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ncf.errors import ConfigError
@@ -95,3 +103,109 @@ class Model(nn.Module):
     def regularization(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor | None:
         """Optional L2 penalty on the batch's embeddings (added to the loss by the Trainer)."""
         return None
+
+    # -- users known only by their histories (issue 18) --------------------------------
+
+    # names (as in ``named_parameters``) of the user-indexed tables a fold-in replaces, in
+    # the order their columns are concatenated into one fold-in vector
+    foldin_tables: ClassVar[tuple[str, ...]] = ()
+
+    def foldin_dim(self) -> int:
+        params = dict(self.named_parameters())
+        return sum(params[n].shape[1] for n in self.foldin_tables)
+
+    def mean_user_vector(self) -> torch.Tensor:
+        """[D] mean of the user tables' rows: the starting point of a fresh user's fold-in."""
+        params = dict(self.named_parameters())
+        return torch.cat([params[n].detach().float().mean(0) for n in self.foldin_tables])
+
+    def _swapped(self, vectors: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Every parameter detached (frozen), the user tables replaced by slices of ``vectors``."""
+        params = {n: p.detach() for n, p in self.named_parameters()}
+        start = 0
+        for n in self.foldin_tables:
+            d = params[n].shape[1]
+            params[n] = vectors[:, start:start + d]
+            start += d
+        return params
+
+    def fold_in(self, histories: list[torch.Tensor], init: torch.Tensor | None = None, steps: int = 30,
+                lr: float = 0.05, negatives: int = 4, prior: float = 0.01, max_history: int = 200,
+                seed: int = 0) -> torch.Tensor:
+        """[B, D] user vectors (the ``foldin_tables`` rows, concatenated) fitted to ``histories``.
+
+        Starts at ``init`` ([B, D]; default: the mean user) and takes ``steps`` Adam steps on
+        the model's training loss (``default_loss``: BCE, or BPR) over the history's items
+        (the latest ``max_history``) against ``negatives`` uniform items per positive, drawn
+        from a generator seeded by ``seed`` (the same history gives the same vector), with
+        an L2 pull of strength ``prior`` towards ``init``. Cost: bounded by ``steps *
+        max_history * (1 + negatives)`` model evaluations, whatever the history's length.
+        Nothing of the model changes (its parameters are read, never written)."""
+        if not self.foldin_tables:
+            raise NotImplementedError(f"model {self.name!r} has no user tables to fold a history into")
+        dev = next(self.parameters()).device
+        b = len(histories)
+        if init is None:
+            init = self.mean_user_vector().to(dev).expand(b, -1)
+        init = init.detach().float().to(dev).reshape(b, -1).clone()
+        hist = [torch.as_tensor(h, dtype=torch.int64, device=dev)[-max_history:] for h in histories]
+        lengths = torch.tensor([len(h) for h in hist], device=dev)
+        if b == 0 or int(lengths.sum()) == 0:
+            return init
+        rows = torch.repeat_interleave(torch.arange(b, device=dev), lengths)
+        pos = torch.cat(hist)
+        if int(pos.min()) < 0 or int(pos.max()) >= self.n_items:
+            raise ConfigError(f"history names items outside 0..{self.n_items - 1}")
+        gen = torch.Generator(device=dev).manual_seed(seed)
+        bpr = getattr(self, "default_loss", "bce") == "bpr"
+        u = init.clone().requires_grad_(True)
+        opt = torch.optim.Adam([u], lr=lr)
+        was = self.training
+        self.eval()
+        try:
+            with torch.enable_grad():
+                for _ in range(steps):
+                    neg = torch.randint(self.n_items, (len(pos) * negatives,), generator=gen, device=dev)
+                    users = torch.cat([rows, rows.repeat(negatives)])
+                    logits = torch.func.functional_call(self, self._swapped(u), (users, torch.cat([pos, neg])))
+                    lp, ln = logits[:len(pos)], logits[len(pos):]
+                    if bpr:
+                        loss = -F.logsigmoid(lp.repeat(negatives) - ln).sum()
+                    else:
+                        loss = (F.binary_cross_entropy_with_logits(lp, torch.ones_like(lp), reduction="sum")
+                                + F.binary_cross_entropy_with_logits(ln, torch.zeros_like(ln), reduction="sum"))
+                    loss = loss / len(pos) + prior * (u - init).pow(2).sum()
+                    opt.zero_grad()
+                    loss.backward()
+                    opt.step()
+        finally:
+            self.train(was)
+        return u.detach()
+
+    @torch.no_grad()
+    def score_vectors(self, vectors: torch.Tensor) -> torch.Tensor:
+        """[B, n_items] scores of users given as fold-in vectors [B, D] (``score_all`` with the
+        user tables replaced; the model itself is not modified)."""
+        if not self.foldin_tables:
+            raise NotImplementedError(f"model {self.name!r} has no user tables")
+        users = torch.arange(len(vectors), device=vectors.device)
+        params = {f"model.{n}": t for n, t in self._swapped(vectors.float()).items()}
+        return torch.func.functional_call(_ScoreAll(self), params, (users,))
+
+    def score_histories(self, histories: list[torch.Tensor]) -> torch.Tensor:
+        """[B, n_items] scores of users known only by their item histories (see the module
+        docstring). Default: ``score_vectors(fold_in(histories))``."""
+        if not self.foldin_tables:
+            raise NotImplementedError(f"model {self.name!r} cannot score users by their histories")
+        return self.score_vectors(self.fold_in(histories))
+
+
+class _ScoreAll(nn.Module):
+    """``model.score_all`` as a module's forward, for ``torch.func.functional_call``."""
+
+    def __init__(self, model: Model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, users: torch.Tensor) -> torch.Tensor:
+        return self.model.score_all(users)

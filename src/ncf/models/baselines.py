@@ -74,6 +74,17 @@ class FittedModel(Model):
         return None
 
 
+def history_matrix(histories: list[torch.Tensor], n_items: int, device=None) -> torch.Tensor:
+    """Dense ``[B, n_items]`` 0/1 rows of item-index histories (repeats count once)."""
+    x = torch.zeros(len(histories), n_items, device=device)
+    for row, h in enumerate(histories):
+        h = torch.as_tensor(h, dtype=torch.int64, device=device)
+        if len(h) and (int(h.min()) < 0 or int(h.max()) >= n_items):
+            raise ConfigError(f"history names items outside 0..{n_items - 1}")
+        x[row, h] = 1.0
+    return x
+
+
 class HistoryModel(FittedModel):
     """A fitted model that scores a user from the rows of the training matrix ``X_u``."""
 
@@ -112,6 +123,19 @@ class HistoryModel(FittedModel):
         cols = self.hist_indices[torch.repeat_interleave(starts, counts) + offsets]
         return torch.sparse_coo_tensor(torch.stack([rows, cols]), torch.ones(len(cols), device=users.device),
                                        (len(users), self.n_items), check_invariants=False)
+
+    def item_matrix(self) -> torch.Tensor:
+        """Dense ``[I, I]`` item-item weights: ``score(u, ·) = X_u @ item_matrix()``."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def score_all(self, users):
+        return torch.sparse.mm(self.history_rows(users), self.item_matrix())
+
+    @torch.no_grad()
+    def score_histories(self, histories: list[torch.Tensor]) -> torch.Tensor:
+        """``X_h @ item_matrix()`` with ``X_h`` the 0/1 rows of the histories (no fold-in needed)."""
+        return history_matrix(histories, self.n_items, self.hist_indptr.device) @ self.item_matrix()
 
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """Scores of (user, item) pairs through ``score_all`` of the distinct users."""
@@ -154,6 +178,10 @@ class Popularity(FittedModel):
     @torch.no_grad()
     def score_all(self, users):
         return self.counts.expand(len(users), -1).clone()
+
+    @torch.no_grad()
+    def score_histories(self, histories: list[torch.Tensor]) -> torch.Tensor:
+        return self.counts.expand(len(histories), -1).clone()
 
 
 class ItemKNN(HistoryModel):
@@ -202,10 +230,9 @@ class ItemKNN(HistoryModel):
         s[self.neighbours.reshape(-1), tgt] = self.weights.reshape(-1)
         return s
 
-    @torch.no_grad()
-    def score_all(self, users):
+    def item_matrix(self) -> torch.Tensor:
         # sparse X_u times a dense S: faster here than sparse x sparse; memory n_items²
-        return torch.sparse.mm(self.history_rows(users), self.similarity())
+        return self.similarity()
 
 
 def item_knn(x: sp.csr_matrix, k: int, shrink: float, block: int = 512) -> tuple[np.ndarray, np.ndarray]:
@@ -260,9 +287,8 @@ class EASE(HistoryModel):
         self._put("B", ease_weights(x, self.l2))
         return self
 
-    @torch.no_grad()
-    def score_all(self, users):
-        return torch.sparse.mm(self.history_rows(users), self.B)
+    def item_matrix(self) -> torch.Tensor:
+        return self.B
 
 
 def ease_weights(x: sp.csr_matrix, l2: float) -> np.ndarray:
@@ -284,6 +310,7 @@ class BPRMF(Model):
     params: ClassVar[dict] = {"factors": 8, "l2": 0.0}
     config_fields = ("factors", "l2")
     default_loss: ClassVar[str] = "bpr"
+    foldin_tables = ("user_emb.weight",)
 
     def __init__(self, n_users: int, n_items: int, factors: int = 8, l2: float = 0.0):
         super().__init__(n_users, n_items)

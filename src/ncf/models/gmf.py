@@ -18,6 +18,7 @@ class GMF(Model):
     params = {"factors": 8, "l2": 0.0}
     config_fields = ("factors", "l2")
     supports_sparse = True  # gradients of the embeddings may be sparse (nn.Embedding.sparse)
+    foldin_tables = ("user_emb.weight",)
     thread_parallel = True  # no buffers; dropout only through Tower.dropout_generator: replicas per thread are safe
 
     def __init__(self, n_users: int, n_items: int, factors: int = 8, l2: float = 0.0):

@@ -84,3 +84,22 @@ class ImplicitALS(FittedModel):
 
     def item_embeddings(self):
         return self.item_factors.detach()
+
+    @torch.no_grad()
+    def fold_in(self, histories: list[torch.Tensor], init=None, **_) -> torch.Tensor:
+        """[B, factors]: the ALS user step in closed form, u = (YᵀY + alpha Y_hᵀY_h + reg I)⁻¹
+        (1 + alpha) Y_hᵀ1 for each history h (what one more ALS sweep would give the user)."""
+        y = self.item_factors.double()
+        alpha, reg = self._hparams["alpha"], self._hparams["regularization"]
+        gram = y.T @ y + reg * torch.eye(y.shape[1], dtype=y.dtype, device=y.device)
+        out = torch.zeros(len(histories), y.shape[1], dtype=y.dtype, device=y.device)
+        for row, h in enumerate(histories):
+            h = torch.unique(torch.as_tensor(h, dtype=torch.int64, device=y.device))
+            if len(h):
+                yh = y[h]
+                out[row] = torch.linalg.solve(gram + alpha * yh.T @ yh, (1 + alpha) * yh.sum(0))
+        return out.float()
+
+    @torch.no_grad()
+    def score_histories(self, histories: list[torch.Tensor]) -> torch.Tensor:
+        return self.fold_in(histories) @ self.item_factors.T

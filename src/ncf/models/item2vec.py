@@ -231,6 +231,21 @@ class Item2Vec(Model):
         s = self.profiles[users] @ self._unit().T
         return torch.where(self.has_vector[None, :], s, torch.full_like(s, NO_VECTOR))
 
+    @torch.no_grad()
+    def score_histories(self, histories: list[torch.Tensor]) -> torch.Tensor:  # [B, n_items]
+        """The profile of each history (its ``recent`` latest items; all where ``recent`` is 0),
+        scored like a training user's."""
+        unit = self._unit()
+        recent = self._hparams["recent"]
+        prof = torch.zeros(len(histories), unit.shape[1], device=unit.device)
+        for row, h in enumerate(histories):
+            h = torch.as_tensor(h, dtype=torch.int64, device=unit.device)
+            h = h[-recent:] if recent > 0 else h
+            prof[row] = unit[torch.unique(h)].sum(0)
+        prof = torch.nn.functional.normalize(prof, dim=1)
+        s = prof @ unit.T
+        return torch.where(self.has_vector[None, :], s, torch.full_like(s, NO_VECTOR))
+
     def item_embeddings(self) -> torch.Tensor:
         """The learned vectors [n_items, d]; rows of items without a vector are zeros."""
         return self.vectors.detach()

@@ -111,6 +111,7 @@ class MLP(Model):
     name = "mlp"
     params = {"layers": (64, 32, 16, 8), "dropout": 0.0, "l2": 0.0}
     config_fields = ("layers", "dropout", "l2")
+    foldin_tables = ("tower.user_emb.weight",)
     supports_sparse = True  # gradients of the embeddings may be sparse (nn.Embedding.sparse)
     thread_parallel = True  # no buffers; dropout only through Tower.dropout_generator: replicas per thread are safe
 

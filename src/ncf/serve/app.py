@@ -35,6 +35,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 from fastapi import Body, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -46,6 +47,10 @@ from ncf.data.interactions import IdMap
 from ncf.errors import ConfigError
 from ncf.recommend import Recommender, RerankUnavailable, UnknownItemError, top_k
 from ncf.rerank.lagrangian import load_reranker
+from ncf.serve.ann import DEFAULT_CANDIDATES as ANN_CANDIDATES
+from ncf.serve.ann import AnnIndex
+from ncf.serve.ann import resolve as resolve_ann
+from ncf.serve.foldin import FoldIn
 from ncf.serve.guard import ApiKey, BodyLimit, Unauthorized
 from ncf.serve.limits import MAX_BODY_BYTES, MAX_EVENTS_PER_USER, MAX_ITEMS_PER_REQUEST
 from ncf.serve.retrieval import make_ranker
@@ -58,6 +63,7 @@ from ncf.serve.store import (
     StoreUnavailable,
     StoreWriteError,
 )
+from ncf.serve.web import mount_web
 
 log = logging.getLogger("ncf.serve")
 _NAMESPACE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
@@ -148,8 +154,8 @@ class OnlineService:
     ``max_items_per_request``: interactions one POST may record."""
 
     def __init__(self, run_dir: str | Path, store: FeatureStore, candidates: int = 0, max_k: int = 1000,
-                 events_namespace: str | None = None, max_events_per_user: int = 0,
-                 max_items_per_request: int = MAX_ITEMS_PER_REQUEST):
+                 foldin: bool = True, ann: str = "auto", events_namespace: str | None = None,
+                 max_events_per_user: int = 0, max_items_per_request: int = MAX_ITEMS_PER_REQUEST):
         self.run_dir = Path(run_dir)
         self.rec = Recommender.from_run(self.run_dir)
         self.events_ns = catalog_id(self.rec.item_map) if events_namespace is None else events_namespace
@@ -162,6 +168,8 @@ class OnlineService:
             raise ConfigError(f"max_items_per_request must be >= 1, got {max_items_per_request}")
         self.max_items = max_items_per_request
         self.ranker = make_ranker(self.rec.model)
+        # recorded interactions move the user's recommendations (ncf.serve.foldin); off: they only filter
+        self.foldin = FoldIn(self.rec.model, self.ranker, self.rec.item_map.get) if foldin else None
         if candidates < 0:
             raise ConfigError(f"candidates must be >= 0, got {candidates}")
         if candidates and not self.ranker.can_retrieve:
@@ -170,6 +178,9 @@ class OnlineService:
             raise ConfigError(f"max_k must be >= 1, got {max_k}")
         self.store, self.candidates, self.max_k = store, candidates, max_k
         self.run_id = run_fingerprint(self.run_dir)
+        # approximate first stage (ncf.serve.ann): HNSW over the dot-product rows, built in ensure_ready
+        self.use_ann = resolve_ann(ann, self.rec.n_items, self.ranker.can_retrieve)
+        self.ann = None
         self.int_ids = {"user": self.rec.user_map.integer, "item": self.rec.item_map.integer}
         self.rec.reranker, self.rec.rerank_reason = load_reranker(self.run_dir)
         if self.rec.reranker is None and (self.run_dir / "rerank.json").exists():
@@ -206,6 +217,11 @@ class OnlineService:
                 self.ranker.bind(items)
             except ValueError as e:
                 raise StoreDataError(f"store run {self.run_id}: {e}") from None
+            if self.use_ann:  # the queries of (a sample of) the run's users set the index's coordinate scale
+                users = self.ranker.user_vectors()
+                sample = np.random.default_rng(0).permutation(len(users))[:10_000]
+                self.ann = AnnIndex.load_or_build(self.run_dir, self.ranker.retrieval_rows(),
+                                                  queries=self.ranker.retrieval_queries(users[np.sort(sample)]))
             self._ready = True
 
     def parse_id(self, text, what: str) -> str:
@@ -227,7 +243,7 @@ class OnlineService:
             raise ApiError(404, "unknown_item", f"unknown item {self._raw(item, 'item')!r}: not in the model's catalog")
         return idx
 
-    def _read_user(self, user: str):
+    def read_user(self, user: str):
         state = self.store.read_users(self.run_id, [user], ns=self.events_ns)[0]
         if state.index is None and self.rec.user_map.get(user) is not None:
             # the model knows this user but the store does not: it lost its data (flushed, or
@@ -248,22 +264,31 @@ class OnlineService:
         if rerank and self.rec.reranker is None:
             raise ApiError(409, "rerank_unavailable", f"re-ranking not available: {self.rec.rerank_reason}")
         self.ensure_ready()
-        state = self._read_user(user)
+        state = self.read_user(user)
         exclude = self.rec.items_mask(state.events)
-        if state.index is None:
+        vector, scores = state.vector, None
+        if self.foldin is not None and state.events:  # the recorded interactions move the user
+            folded, scores = self.foldin.current(self.store, self.run_id, user, state)
+            vector = folded if folded is not None else vector
+        if state.index is None and vector is None and scores is None:
             return {"user": self._raw(user, "user"), "items": self.rec.popular(k, exclude),
                     "fallback": True, "reranked": False}
         exclude[state.seen] = True
         candidates = None
-        if self.candidates and self.ranker.can_retrieve and self.candidates < self.rec.n_items:
-            # two stages: dot-product retrieval of the candidates, then the exact model on them
-            candidates = top_k(self.ranker.retrieval_scores(state.vector), exclude, max(self.candidates, k))
-        scores = self.ranker.score(state.vector, candidates)
+        if scores is None:
+            if self.ann is not None:  # approximate first stage, then the exact model on its candidates
+                want = max(self.candidates or ANN_CANDIDATES, k)
+                candidates = self.ann.search(self.ranker.retrieval_query(vector), want, exclude)
+            elif self.candidates and self.ranker.can_retrieve and self.candidates < self.rec.n_items:
+                # two stages: dot-product retrieval of the candidates, then the exact model on them
+                candidates = top_k(self.ranker.retrieval_scores(vector), exclude, max(self.candidates, k))
+            scores = self.ranker.score(vector, candidates)
         try:
             items = self.rec.slate(scores, exclude, k, rerank, candidates)
         except RerankUnavailable as e:
             raise ApiError(409, "rerank_unavailable", str(e)) from None
-        return {"user": self.rec.user_map.raw(state.index), "items": items, "fallback": False, "reranked": rerank}
+        raw = self._raw(user, "user") if state.index is None else self.rec.user_map.raw(state.index)
+        return {"user": raw, "items": items, "fallback": False, "reranked": rerank}
 
     def similar(self, item_text: str, k: int) -> dict:
         item = self.parse_id(item_text, "item")
@@ -283,6 +308,8 @@ class OnlineService:
                                        max_events=self.max_events)
         except EventLimitReached as e:
             raise ApiError(409, "user_event_limit", str(e)) from None
+        if self.foldin is not None:  # inside the request: the next GET sees the new vector
+            self.foldin.update(self.store, self.run_id, user, self.read_user(user))
         return {"user": self._raw(user, "user"), "item": self.rec.item_map.raw(idx), "stored": True}
 
     def record_many(self, user_text: str, item_values: list) -> dict:
@@ -299,6 +326,8 @@ class OnlineService:
                 self.store.add_interaction(user, str(raw), ns=self.events_ns, max_events=self.max_events)
             except EventLimitReached as e:
                 raise ApiError(409, "user_event_limit", f"{e}; the items before {raw!r} were recorded") from None
+        if self.foldin is not None:  # one fold-in for the whole batch
+            self.foldin.update(self.store, self.run_id, user, self.read_user(user))
         return {"user": self._raw(user, "user"), "items": raws, "stored": True}
 
 
@@ -356,18 +385,21 @@ def _error(status: int, code: str, message: str, headers: dict | None = None) ->
 
 
 def create_app(run_dir: str | Path, store: FeatureStore | None = None, candidates: int = 0,
-               max_k: int = 1000, *, api_key: str | None = None, api_key_reads: bool = False,
-               max_body_bytes: int = MAX_BODY_BYTES, max_events_per_user: int = MAX_EVENTS_PER_USER,
-               max_items_per_request: int = MAX_ITEMS_PER_REQUEST, events_namespace: str | None = None) -> FastAPI:
-    """The service over ``run_dir``; ``store`` defaults to an in-process store (no journal).
+               max_k: int = 1000, foldin: bool = True, ann: str = "auto", *, api_key: str | None = None,
+               api_key_reads: bool = False, max_body_bytes: int = MAX_BODY_BYTES,
+               max_events_per_user: int = MAX_EVENTS_PER_USER, max_items_per_request: int = MAX_ITEMS_PER_REQUEST,
+               events_namespace: str | None = None) -> FastAPI:
+    """The service over ``run_dir``; ``store`` defaults to an in-process store (no journal);
+    ``foldin``: recorded interactions update the user's vector (``ncf.serve.foldin``);
+    ``ann``: approximate first stage (``ncf.serve.ann``): auto, on or off.
 
     ``api_key``: required (``X-API-Key`` header) on the write endpoints, and on the reads too
     with ``api_key_reads``; ``max_body_bytes``: larger request bodies get 413;
     ``max_events_per_user``, ``max_items_per_request``, ``events_namespace``: see :class:`OnlineService`."""
     if api_key_reads and not api_key:
         raise ConfigError("--api-key-reads needs an API key (--api-key or $NCF_API_KEY)")
-    service = OnlineService(run_dir, store if store is not None else InMemoryStore(), candidates, max_k,
-                            events_namespace, max_events_per_user, max_items_per_request)
+    service = OnlineService(run_dir, store if store is not None else InMemoryStore(), candidates, max_k, foldin,
+                            ann, events_namespace, max_events_per_user, max_items_per_request)
     metrics = _Metrics()
     errors = {422: {"model": ErrorBody}, 503: {"model": ErrorBody}}
     guard = ApiKey(api_key, api_key_reads) if api_key else None
@@ -377,7 +409,7 @@ def create_app(run_dir: str | Path, store: FeatureStore | None = None, candidate
     read_errors = {**errors, **denied} if read_deps else errors
     write_errors = {**errors, **denied, 404: {"model": ErrorBody}, 409: {"model": ErrorBody},
                     413: {"model": ErrorBody}}
-    app = FastAPI(title="ncf recommender", version="1",
+    app = FastAPI(title="ncf recommender", version="1", docs_url=None, redoc_url=None,  # /docs: mount_web
                   description=f"Recommendations from the {service.rec.model.name} run in {service.run_dir.name}.")
     app.state.service, app.state.metrics = service, metrics
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
@@ -443,6 +475,8 @@ def create_app(run_dir: str | Path, store: FeatureStore | None = None, candidate
         if body.items is not None:
             return service.record_many(user_id, body.items)
         return service.record(user_id, body.item)
+
+    mount_web(app, service, read_deps)  # the page at /, /v1/info, /v1/users/{id}/history, offline /docs
 
     @app.get("/healthz")
     def healthz():

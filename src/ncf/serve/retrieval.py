@@ -153,15 +153,51 @@ class NCFRanker(Ranker):
         return out.numpy()
 
     @torch.no_grad()
-    def retrieval_scores(self, user: np.ndarray) -> np.ndarray:
-        """[n_items] dot products approximating the scores (exact for GMF)."""
+    def retrieval_query(self, user: np.ndarray) -> np.ndarray:
+        """[f + h + 1] query ``[w_g * p_u ; p'_u - a ; 1]`` of the dot-product stage."""
         if self._items is None:
             raise RuntimeError("NCFRanker.bind() was not called")
         u = torch.from_numpy(np.asarray(user, dtype=np.float32))
         parts = [u[:self.f] * self.w_g] if self.gmf is not None else []
         if self.tower is not None:
             parts += [u[self.f:] - self._items["mlp_anchor"][0], torch.ones(1)]
-        return (self._retrieval @ torch.cat(parts)).numpy()
+        return torch.cat(parts).numpy()
+
+    def retrieval_queries(self, users: np.ndarray) -> np.ndarray:
+        """[n, f + h + 1] queries of many user vectors ([n, user_dim]) at once."""
+        u = np.asarray(users, dtype=np.float32)
+        parts = [u[:, :self.f] * self.w_g.numpy()] if self.gmf is not None else []
+        if self.tower is not None:
+            parts += [u[:, self.f:] - self._items["mlp_anchor"].numpy(), np.ones((len(u), 1), np.float32)]
+        return np.concatenate(parts, axis=1)
+
+    @torch.no_grad()
+    def linear_terms(self, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The scores of ``items`` as affine functions of the user vector (exact for GMF, the
+        first-order expansion for the MLP term): ``score(u, i) ~ o_i + A_i . u``; returns
+        ``(A [C, user_dim], o [C])`` (float64). Fold-in fits ``u`` to these in closed form."""
+        if self._items is None:
+            raise RuntimeError("NCFRanker.bind() was not called")
+        rows = self._retrieval[torch.from_numpy(np.asarray(items, dtype=np.int64))].double()
+        parts, offset = [], self.bias.double().expand(len(rows)).clone()
+        if self.gmf is not None:
+            parts.append(rows[:, :self.f] * self.w_g.double())
+        if self.tower is not None:
+            jac = rows[:, self.f:self.f + self.h]
+            parts.append(jac)
+            offset += rows[:, -1] - jac @ self._items["mlp_anchor"][0].double()
+        return torch.cat(parts, dim=1).numpy(), offset.numpy()
+
+    def retrieval_rows(self) -> np.ndarray:
+        """[n_items, f + h + 1] item rows of the dot-product stage (what an ANN index holds)."""
+        if self._items is None:
+            raise RuntimeError("NCFRanker.bind() was not called")
+        return self._retrieval.numpy()
+
+    @torch.no_grad()
+    def retrieval_scores(self, user: np.ndarray) -> np.ndarray:
+        """[n_items] dot products approximating the scores (exact for GMF)."""
+        return (self._retrieval @ torch.from_numpy(self.retrieval_query(user))).numpy()
 
 
 class IndexRanker(Ranker):

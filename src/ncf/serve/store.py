@@ -25,6 +25,8 @@ Redis layout (``prefix`` defaults to ``ncf``; ``rid`` is the run's fingerprint):
     {prefix}:run:{rid}:u:{user}  hash  idx, vec (float32 bytes), seen (int32 item indexes)
     {prefix}:ev:{ns}:{user}      set   raw item ids recorded through the API, per events namespace
     {prefix}:events:{user}       set   the same for ns "" (stores written before namespaces)
+    {prefix}:run:{rid}:f:{user}  hash  vec (float32 bytes), n: the user's fold-in vector and the
+                                       number of recorded items it covers (ncf.serve.foldin)
 
 ``describe()`` says how durable an acknowledged interaction is (``durability``): ``fsync``
 (in-process journal), ``aof`` (Redis append-only file; ``appendfsync`` says how often it is
@@ -124,6 +126,14 @@ class FeatureStore(ABC):
         durably, before returning. ``max_events`` > 0: raise ``EventLimitReached`` instead when
         the user already has that many other items recorded (an item already there is fine)."""
 
+    def write_foldin(self, run_id: str, user: str, vector: np.ndarray, n_events: int) -> None:
+        """Store the user's fold-in vector for ``run_id``, covering ``n_events`` recorded items."""
+        raise NotImplementedError(f"{type(self).__name__} cannot store fold-in vectors")
+
+    def read_foldin(self, run_id: str, user: str) -> tuple[np.ndarray, int] | None:
+        """(vector, n_events) written by ``write_foldin``, or None."""
+        raise NotImplementedError(f"{type(self).__name__} cannot store fold-in vectors")
+
     def describe(self) -> dict:
         """What kind of store this is, for /healthz."""
         return {"store": type(self).__name__}
@@ -164,6 +174,7 @@ class InMemoryStore(FeatureStore):
     def __init__(self, journal: str | Path | None = None):
         self._runs: dict[str, dict] = {}
         self._events: dict[tuple[str, str], dict[str, None]] = {}  # (ns, user) -> ordered set
+        self._foldin: dict[tuple[str, str], tuple[np.ndarray, int]] = {}
         self._lock = threading.Lock()
         self.journal = Path(journal) if journal else None
         if self.journal is not None:
@@ -305,6 +316,15 @@ class InMemoryStore(FeatureStore):
                                       "the interaction was not recorded") from None
         finally:
             os.close(fd)
+
+    # fold-in vectors: not journaled; recomputed from the journaled interactions when missing
+    def write_foldin(self, run_id: str, user: str, vector: np.ndarray, n_events: int) -> None:
+        with self._lock:
+            self._foldin[(run_id, user)] = (np.asarray(vector, np.float32).copy(), int(n_events))
+
+    def read_foldin(self, run_id: str, user: str) -> tuple[np.ndarray, int] | None:
+        got = self._foldin.get((run_id, user))
+        return None if got is None else (got[0].copy(), got[1])
 
 
 # --- Redis -------------------------------------------------------------------------------
@@ -483,6 +503,21 @@ class RedisStore(FeatureStore):
         if self._call(lambda: self.client.eval(self._ADD, 1, key, item, max_events)) == -1:
             raise EventLimitReached(f"user {user!r} already has {max_events} recorded interactions "
                                     f"(the limit is {max_events})")
+
+    def write_foldin(self, run_id: str, user: str, vector: np.ndarray, n_events: int) -> None:
+        vec = np.ascontiguousarray(vector, dtype=np.float32).tobytes()
+        key = self._key("run", run_id, "f", user)
+        self._call(lambda: self.client.hset(key, mapping={"vec": vec, "n": int(n_events)}))
+
+    def read_foldin(self, run_id: str, user: str) -> tuple[np.ndarray, int] | None:
+        key = self._key("run", run_id, "f", user)
+        vec, n = self._call(lambda: self.client.hmget(key, "vec", "n"))
+        if vec is None or n is None:
+            return None
+        try:
+            return np.frombuffer(vec, np.float32).copy(), int(n)
+        except (TypeError, ValueError) as e:
+            raise StoreDataError(f"{key}: corrupt fold-in record ({e})") from None
 
     def close(self) -> None:
         self.client.close()
