@@ -73,9 +73,9 @@ def commit() -> str:
         return "?"
 
 
-def run_one(ds, model_name: str, setting: dict, seed: int, test: bool) -> dict:
+def run_one(ds, model_name: str, setting: dict, seed: int, test: bool, threads: int = 1) -> dict:
     cls = get_model_class(model_name)
-    cfg = TrainConfig(model=model_name, seed=seed, device="cpu", params=setting)
+    cfg = TrainConfig(model=model_name, seed=seed, device="cpu", threads=threads, params=setting)
     torch.manual_seed(seed)
     m = cls.from_params(ds.n_users, ds.n_items, **cfg.model_params(cls))
     t0 = time.perf_counter()
@@ -109,6 +109,7 @@ def main() -> None:
     ap.add_argument("--model", default="sasrec")
     ap.add_argument("--setting", action="append", default=None, help="KEY=VALUE,... model parameters (repeatable)")
     ap.add_argument("--seeds", default="0")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1: no OpenMP waits on shared cores)")
     ap.add_argument("--test", action="store_true", help="also score test (only for the chosen setting)")
     ap.add_argument("--out", type=Path, required=True, help="JSON lines, appended")
     args = ap.parse_args()
@@ -118,7 +119,7 @@ def main() -> None:
     rows = []
     for text in args.setting or [""]:
         for seed in [int(s) for s in args.seeds.split(",")]:
-            rec = run_one(ds, args.model, parse_setting(text), seed, args.test)
+            rec = run_one(ds, args.model, parse_setting(text), seed, args.test, args.threads)
             rec.update({"dataset": args.dataset, "commit": commit()})
             with args.out.open("a") as f:
                 f.write(json.dumps(rec) + "\n")

@@ -16,12 +16,12 @@ from ncf.models import get_model_class
 from ncf.models.sasrec import SASRec
 from ncf.models.sequences import latest, ordered_histories, pad_histories, windows
 
-SMALL = {"max_len": 8, "dim": 16, "blocks": 1, "dropout": 0.0, "epochs": 40, "lr": 0.01, "batch_size": 64}
+SMALL = {"max_len": 8, "dim": 16, "dropout": 0.0, "epochs": 40, "lr": 0.01, "batch_size": 64}
 
 
 def model(n_users=5, n_items=12, **kw):
     torch.manual_seed(0)
-    return SASRec.from_params(n_users, n_items, **{**SMALL, **kw})
+    return SASRec.from_params(n_users, n_items, **{**SMALL, "blocks": 1, **kw})
 
 
 def successor_dataset(n_users=80, n_items=20, length=12, seed=0, times=True) -> Dataset:
@@ -41,11 +41,12 @@ def successor_dataset(n_users=80, n_items=20, length=12, seed=0, times=True) -> 
                    HoldOut(vu, vi, sample_candidates(full.matrix, vu, vi, 10, rng)), full.nnz)
 
 
-def fit(ds, seed=0, **kw):
-    cfg = TrainConfig(model="sasrec", seed=seed, device="cpu", params={**SMALL, **kw})
+def fit(ds, seed=0, name="sasrec", **kw):
+    cls = get_model_class(name)
+    cfg = TrainConfig(model=name, seed=seed, device="cpu", threads=1, params={**SMALL, **kw})
     cfg.progress = False
     torch.manual_seed(seed)
-    m = SASRec.from_params(ds.n_users, ds.n_items, **cfg.model_params(SASRec))
+    m = cls.from_params(ds.n_users, ds.n_items, **cfg.model_params(cls))
     return m.fit(ds, cfg)
 
 
@@ -189,3 +190,22 @@ def test_bad_hyperparameters(bad):
         SASRec.from_params(3, 4, **bad)
     with pytest.raises(ValueError, match="unknown parameter"):
         SASRec.from_params(3, 4, hidden=3)
+
+
+@pytest.mark.parametrize("name", ["gru4rec"])
+def test_other_sequence_models_learn_the_successor_rule_and_round_trip(name, tmp_path):
+    ds = successor_dataset()
+    m = fit(dataclasses.replace(ds, valid=None), name=name, loss="ce")
+    top = m.score_all(torch.as_tensor(ds.valid.users)).argmax(1).numpy()
+    assert (top == ds.valid.items).mean() > 0.8
+    items, ptr = ordered_histories(ds.train.matrix, ds.train.timestamps)
+    hist = [torch.from_numpy(items[ptr[u]: ptr[u + 1]]) for u in range(ds.n_users)]
+    users = torch.arange(ds.n_users)
+    assert torch.allclose(m.score_histories(hist), m.score_all(users), atol=1e-5)
+    save_model(tmp_path, m)
+    back = load_model(tmp_path)
+    assert type(back) is type(m) and torch.equal(back.score_all(users), m.score_all(users))
+    a = torch.tensor([[0, 0, 3, 5, 7, 2, 9, 4]])
+    b = a.clone()
+    b[0, 6:] = torch.tensor([11, 1])
+    assert torch.allclose(back.encode(a)[:, :6], back.encode(b)[:, :6], atol=1e-6)  # causal

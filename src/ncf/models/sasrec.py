@@ -51,6 +51,7 @@ class Block(nn.Module):
 class SASRec(SequenceModel):
     name = "sasrec"
     params: ClassVar[dict] = {**SequenceModel.base_params, "blocks": 2, "heads": 1}
+    contract_options: ClassVar[dict] = {"epochs": 40}  # a quick fit for the registry's contract tests
 
     def __init__(self, n_users: int, n_items: int, blocks: int = 2, heads: int = 1, **hp):
         super().__init__(n_users, n_items)
