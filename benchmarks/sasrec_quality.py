@@ -73,7 +73,8 @@ def commit() -> str:
         return "?"
 
 
-def run_one(ds, model_name: str, setting: dict, seed: int, test: bool, threads: int = 1) -> dict:
+def run_one(ds, model_name: str, setting: dict, seed: int, test: bool, threads: int = 1,
+            save: Path | None = None) -> dict:
     cls = get_model_class(model_name)
     cfg = TrainConfig(model=model_name, seed=seed, device="cpu", threads=threads, params=setting)
     torch.manual_seed(seed)
@@ -85,17 +86,30 @@ def run_one(ds, model_name: str, setting: dict, seed: int, test: bool, threads: 
     rec = {"model": model_name, "setting": setting, "seed": seed, "best_epoch": m.stats["best_epoch"],
            "epochs_run": m.stats["epochs_run"], "fit_seconds": fit_s, "train_seconds": m.stats["train_seconds"],
            "valid": best.get("valid"), "valid_full": best.get("valid_full"), "load": os.getloadavg()[0]}
+    if save is not None:
+        from ncf.checkpoint import save_model
+
+        name = "-".join(f"{k}={v}" for k, v in sorted(setting.items())) or "defaults"
+        rec["saved"] = str(save / f"{name}-seed{seed}")
+        save_model(Path(rec["saved"]), m)
     if test:
-        seen = ds.seen(include_valid=True)
-        rec["test"] = evaluate(m, ds.test, "sampled")
-        rec["test_full"] = evaluate(m, ds.test, "full", seen=seen)
-        items, ptr = ordered_histories(ds.train.matrix, ds.train.timestamps)
-        hist = [torch.from_numpy(items[ptr[u]: ptr[u + 1]]) for u in range(ds.n_users)]
-        for u, i in zip(ds.valid.users, ds.valid.items, strict=True):  # the validation item is the latest
-            hist[u] = torch.cat([hist[u], torch.tensor([i])])
-        hs = HistoryScorer(m, hist)
-        rec["test_with_valid"] = evaluate(hs, ds.test, "sampled")
-        rec["test_full_with_valid"] = evaluate(hs, ds.test, "full", seen=seen)
+        rec.update(score_test(ds, m))
+    return rec
+
+
+def score_test(ds, m) -> dict:
+    """Test under both protocols, from the training sequence and with the validation item appended."""
+    rec = {}
+    seen = ds.seen(include_valid=True)
+    rec["test"] = evaluate(m, ds.test, "sampled")
+    rec["test_full"] = evaluate(m, ds.test, "full", seen=seen)
+    items, ptr = ordered_histories(ds.train.matrix, ds.train.timestamps)
+    hist = [torch.from_numpy(items[ptr[u]: ptr[u + 1]]) for u in range(ds.n_users)]
+    for u, i in zip(ds.valid.users, ds.valid.items, strict=True):  # the validation item is the latest
+        hist[u] = torch.cat([hist[u], torch.tensor([i])])
+    hs = HistoryScorer(m, hist)
+    rec["test_with_valid"] = evaluate(hs, ds.test, "sampled")
+    rec["test_full_with_valid"] = evaluate(hs, ds.test, "full", seen=seen)
     return rec
 
 
@@ -112,14 +126,26 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1: no OpenMP waits on shared cores)")
     ap.add_argument("--test", action="store_true", help="also score test (only for the chosen setting)")
     ap.add_argument("--out", type=Path, required=True, help="JSON lines, appended")
+    ap.add_argument("--save", type=Path, default=None, help="keep each fitted model here (safetensors)")
+    ap.add_argument("--score-saved", nargs="*", type=Path, default=None,
+                    help="score test for these saved models (the settings chosen on validation) and stop")
     args = ap.parse_args()
     ds = load_dataset(DataConfig(source=args.dataset))
+    if args.score_saved:
+        from ncf.checkpoint import load_model
+
+        for run in args.score_saved:
+            rec = {"saved": str(run), "dataset": args.dataset, **score_test(ds, load_model(run))}
+            with args.out.open("a") as f:
+                f.write(json.dumps(rec) + "\n")
+            print(json.dumps({k: rec[k] for k in ("saved", "test", "test_full", "test_full_with_valid")}), flush=True)
+        return
     if ds.train.timestamps is None:
         raise SystemExit(f"{args.dataset}: no timestamps, no sequence")
     rows = []
     for text in args.setting or [""]:
         for seed in [int(s) for s in args.seeds.split(",")]:
-            rec = run_one(ds, args.model, parse_setting(text), seed, args.test, args.threads)
+            rec = run_one(ds, args.model, parse_setting(text), seed, args.test, args.threads, args.save)
             rec.update({"dataset": args.dataset, "commit": commit()})
             with args.out.open("a") as f:
                 f.write(json.dumps(rec) + "\n")
