@@ -103,11 +103,15 @@ def score_test(ds, m) -> dict:
     seen = ds.seen(include_valid=True)
     rec["test"] = evaluate(m, ds.test, "sampled")
     rec["test_full"] = evaluate(m, ds.test, "full", seen=seen)
-    items, ptr = ordered_histories(ds.train.matrix, ds.train.timestamps)
-    hist = [torch.from_numpy(items[ptr[u]: ptr[u + 1]]) for u in range(ds.n_users)]
-    for u, i in zip(ds.valid.users, ds.valid.items, strict=True):  # the validation item is the latest
-        hist[u] = torch.cat([hist[u], torch.tensor([i])])
-    hs = HistoryScorer(m, hist)
+    if not hasattr(m, "score_histories") and hasattr(m, "set_history"):  # ease / itemknn: X_u plus the item
+        m.set_history(seen)
+        hs = m
+    else:
+        items, ptr = ordered_histories(ds.train.matrix, ds.train.timestamps)
+        hist = [torch.from_numpy(items[ptr[u]: ptr[u + 1]]) for u in range(ds.n_users)]
+        for u, i in zip(ds.valid.users, ds.valid.items, strict=True):  # the validation item is the latest
+            hist[u] = torch.cat([hist[u], torch.tensor([i])])
+        hs = HistoryScorer(m, hist)
     rec["test_with_valid"] = evaluate(hs, ds.test, "sampled")
     rec["test_full_with_valid"] = evaluate(hs, ds.test, "full", seen=seen)
     return rec
@@ -128,7 +132,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True, help="JSON lines, appended")
     ap.add_argument("--save", type=Path, default=None, help="keep each fitted model here (safetensors)")
     ap.add_argument("--score-saved", nargs="*", type=Path, default=None,
-                    help="score test for these saved models (the settings chosen on validation) and stop")
+                    help="score test for these saved models or run directories (chosen on validation; "
+                         "also ease / itemknn runs, whose history then gains the validation item) and stop")
     args = ap.parse_args()
     ds = load_dataset(DataConfig(source=args.dataset))
     if args.score_saved:

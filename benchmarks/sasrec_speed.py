@@ -56,7 +56,7 @@ def case(args) -> dict:
         ds = synthetic(args.users, args.length, args.items)
     cls = get_model_class(args.model)
     params = {"loss": args.loss_one, "epochs": args.epochs, "max_len": args.max_len, "batch_size": args.batch_size}
-    cfg = TrainConfig(model=args.model, seed=0, device="cpu", params=params)
+    cfg = TrainConfig(model=args.model, seed=0, device="cpu", threads=args.threads, params=params)
     cfg.progress = False
     torch.manual_seed(0)
     m = cls.from_params(ds.n_users, ds.n_items, **cfg.model_params(cls))
@@ -85,6 +85,7 @@ def main() -> None:
     ap.add_argument("--users", type=int, default=10_000)
     ap.add_argument("--length", type=int, default=100)
     ap.add_argument("--items", type=int, default=5_000)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1: no OpenMP waits on shared cores)")
     ap.add_argument("--case", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--loss-one", default="bce", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -96,13 +97,15 @@ def main() -> None:
         for loss in args.loss.split(","):
             cmd = [sys.executable, __file__, "--case", "--data", data, "--model", args.model, "--loss-one", loss,
                    "--epochs", str(args.epochs), "--max-len", str(args.max_len), "--batch-size", str(args.batch_size),
-                   "--users", str(args.users), "--length", str(args.length), "--items", str(args.items)]
+                   "--threads", str(args.threads), "--users", str(args.users), "--length", str(args.length),
+                   "--items", str(args.items)]
             out = subprocess.run(cmd, capture_output=True, text=True)
             if out.returncode:
                 raise SystemExit(out.stderr[-2000:])
             rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
             print(json.dumps(rows[-1]), flush=True)
-    print(f"\n{args.model}, max_len {args.max_len}, batch {args.batch_size} windows, {args.epochs} epochs "
+    print(f"\n{args.model}, max_len {args.max_len}, batch {args.batch_size} windows, {args.epochs} epochs, "
+          f"{args.threads} thread(s) "
           f"(mean epoch after the first); load average {os.getloadavg()}\n")
     print("| data | interactions | users / items | loss | windows | targets/epoch | epoch s | targets/s "
           "| peak RSS MB | load |")
