@@ -60,9 +60,9 @@ def case(args) -> dict:
     cfg.progress = False
     torch.manual_seed(0)
     m = cls.from_params(ds.n_users, ds.n_items, **cfg.model_params(cls))
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     m.fit(ds, cfg)
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     hist = m.stats["history"]
     timed = hist[1:] if len(hist) > 1 else hist
     epoch_s = sum(r["train_seconds"] for r in timed) / len(timed)
@@ -70,6 +70,7 @@ def case(args) -> dict:
             "users": ds.n_users, "items": ds.n_items, "windows": m.stats["windows"],
             "targets": m.stats["targets_per_epoch"], "epoch_s": epoch_s,
             "targets_per_s": m.stats["targets_per_epoch"] / epoch_s, "fit_s": wall,
+            "fit_cpu_s_per_epoch": cpu / len(hist),
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "threads": torch.get_num_threads(), "load": os.getloadavg()[0]}
 
@@ -108,11 +109,12 @@ def main() -> None:
           f"{args.threads} thread(s) "
           f"(mean epoch after the first); load average {os.getloadavg()}\n")
     print("| data | interactions | users / items | loss | windows | targets/epoch | epoch s | targets/s "
-          "| peak RSS MB | load |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "| CPU s / epoch (fit) | peak RSS MB | load |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['data']} | {r['interactions']:,} | {r['users']:,} / {r['items']:,} | {r['loss']} | "
               f"{r['windows']:,} | {r['targets']:,} | {r['epoch_s']:.1f} | {r['targets_per_s']:,.0f} | "
+              f"{r.get('fit_cpu_s_per_epoch', float('nan')):.1f} | "
               f"{r['peak_rss_mb']:.0f} | {r['load']:.1f} |")
 
 
