@@ -64,13 +64,25 @@ def case(args) -> dict:
     m.fit(ds, cfg)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     hist = m.stats["history"]
+    # scoring a batch of 256 users: from the stored sequences, and from histories given as tensors
+    users = torch.arange(min(256, ds.n_users))
+    seqs = [row[row > 0] - 1 for row in m.seq[users]]
+    t1 = time.perf_counter()
+    for _ in range(5):
+        m.score_all(users)
+    score_all_ms = (time.perf_counter() - t1) / 5 * 1000
+    t1 = time.perf_counter()
+    for _ in range(5):
+        m.score_histories(seqs)
+    histories_ms = (time.perf_counter() - t1) / 5 * 1000
     timed = hist[1:] if len(hist) > 1 else hist
     epoch_s = sum(r["train_seconds"] for r in timed) / len(timed)
     return {"data": args.data, "model": args.model, "loss": args.loss_one, "interactions": int(ds.train.nnz),
             "users": ds.n_users, "items": ds.n_items, "windows": m.stats["windows"],
             "targets": m.stats["targets_per_epoch"], "epoch_s": epoch_s,
             "targets_per_s": m.stats["targets_per_epoch"] / epoch_s, "fit_s": wall,
-            "fit_cpu_s_per_epoch": cpu / len(hist),
+            "fit_cpu_s_per_epoch": cpu / len(hist), "score_all_256_ms": score_all_ms,
+            "score_histories_256_ms": histories_ms,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "threads": torch.get_num_threads(), "load": os.getloadavg()[0]}
 
@@ -109,12 +121,13 @@ def main() -> None:
           f"{args.threads} thread(s) "
           f"(mean epoch after the first); load average {os.getloadavg()}\n")
     print("| data | interactions | users / items | loss | windows | targets/epoch | epoch s | targets/s "
-          "| CPU s / epoch (fit) | peak RSS MB | load |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "| CPU s / epoch (fit) | score 256 users: score_all / score_histories ms | peak RSS MB | load |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['data']} | {r['interactions']:,} | {r['users']:,} / {r['items']:,} | {r['loss']} | "
               f"{r['windows']:,} | {r['targets']:,} | {r['epoch_s']:.1f} | {r['targets_per_s']:,.0f} | "
               f"{r.get('fit_cpu_s_per_epoch', float('nan')):.1f} | "
+              f"{r.get('score_all_256_ms', float('nan')):.0f} / {r.get('score_histories_256_ms', float('nan')):.0f} | "
               f"{r['peak_rss_mb']:.0f} | {r['load']:.1f} |")
 
 
