@@ -154,6 +154,9 @@ def test_score_histories_agrees_with_score_all_for_own_sequence(tmp_path):
     assert torch.allclose(one, m.score_all(users[:4]), atol=1e-5)
     with pytest.raises(ValueError, match="outside"):
         m.score_histories([torch.tensor([ds.n_items])])
+    with pytest.raises(ValueError, match="outside"):
+        m.score_histories([torch.tensor([1, 2]), torch.tensor([-1])])
+    assert m.score_histories([]).shape == (0, ds.n_items)
 
 
 def test_checkpoint_round_trip(tmp_path):

@@ -196,15 +196,15 @@ class SequenceModel(Model):
     def score_histories(self, histories: list[torch.Tensor]) -> torch.Tensor:
         """``[B, n_items]`` scores for users given only by their item-index histories
         (1-D int64, oldest first, possibly empty); the latest ``max_len`` items count."""
+        if not len(histories):
+            return torch.empty(0, self.n_items, device=self.seq.device)
+        flat = torch.cat([torch.as_tensor(h, dtype=torch.int64).reshape(-1) for h in histories])
+        if len(flat) and (int(flat.min()) < 0 or int(flat.max()) >= self.n_items):
+            raise ValueError(f"{self.name}: a history names an item outside 0..{self.n_items - 1}")
         was = self.training
         self.eval()
         try:
-            seq = pad_histories(histories, self.max_len, self.seq.device)
-            if len(seq) and (int(seq.max()) > self.n_items):
-                raise ValueError(f"{self.name}: history names an item outside 0..{self.n_items - 1}")
-            if len(histories) and any(int(torch.as_tensor(h).min()) < 0 for h in histories if len(h)):
-                raise ValueError(f"{self.name}: history names a negative item index")
-            return self.represent(seq) @ self._items().T
+            return self.represent(pad_histories(histories, self.max_len, self.seq.device)) @ self._items().T
         finally:
             self.train(was)
 
