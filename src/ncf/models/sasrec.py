@@ -5,8 +5,9 @@ learned position embeddings, go through ``blocks`` pre-norm transformer blocks w
 self-attention (position ``t`` attends to the positions ``<= t`` holding an item) and a
 position-wise feed-forward layer; the output at position ``t``, dotted with the (shared)
 item embeddings, scores the item at ``t + 1``. Training and scoring are those of
-:class:`ncf.models.sequences.SequenceModel`: next-item targets with one sampled negative
-each and log loss as in the paper (``loss="bce"``), or the full softmax (``loss="ce"``).
+:class:`ncf.models.sequences.SequenceModel`: next-item targets with the full softmax over the
+catalogue (``loss="ce"``, the default: better on ml-100k's validation) or with one sampled
+negative each and log loss as in the paper (``loss="bce"``; cheaper for large catalogues).
 
 Shapes: ``seq [B, L]`` (item + 1, 0 = padding, left-padded) -> ``encode`` ``[B, L, dim]``;
 ``score_all(users)`` and ``score_histories(histories)`` -> ``[B, n_items]``.
