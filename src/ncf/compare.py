@@ -60,6 +60,8 @@ GRIDS: dict[str, list[dict[str, Any]]] = {
     "gmf": _grid(factors=[16, 8, 32, 64], lr=[0.005, 0.001]),
     "mlp": _grid(layers=[(64, 32, 16, 8), (128, 64, 32, 16), (32, 16, 8)], lr=[0.005, 0.001]),
     "neumf": _grid(factors=[16, 8, 32], layers=[(64, 32, 16, 8), (128, 64, 32, 16)], lr=[0.005, 0.001]),
+    "sasrec": _grid(lr=[0.005, 0.001], dropout=[0.2, 0.5]),
+    "gru4rec": _grid(lr=[0.005, 0.001], dropout=[0.2, 0.5]),
 }
 SELECT_BY = "ndcg@10"  # validation, sampled protocol (the Trainer's monitor)
 SAMPLED_KEYS = ("hr@10", "ndcg@10")

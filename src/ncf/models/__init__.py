@@ -25,6 +25,8 @@ MODELS: dict[str, str] = {
     "ials": "ncf.models.ials:ImplicitALS",
     "item2vec": "ncf.models.item2vec:Item2Vec",
     "widedeep": "ncf.models.widedeep:WideDeep",
+    "sasrec": "ncf.models.sasrec:SASRec",
+    "gru4rec": "ncf.models.gru4rec:GRU4Rec",
 }
 
 
