@@ -192,6 +192,12 @@ class Model(nn.Module):
         params = {f"model.{n}": t for n, t in self._swapped(vectors.float()).items()}
         return torch.func.functional_call(_ScoreAll(self), params, (users,))
 
+    def training_history(self, user: int) -> torch.Tensor | None:
+        """The user's training items in the order the model reads them (1-D int64, oldest first),
+        for a model that keeps its own (sequence models: time order); None: use the training
+        matrix's row (no order)."""
+        return None
+
     def score_histories(self, histories: list[torch.Tensor]) -> torch.Tensor:
         """[B, n_items] scores of users known only by their item histories (see the module
         docstring). Default: ``score_vectors(fold_in(histories))``."""

@@ -193,6 +193,11 @@ class SequenceModel(Model):
         finally:
             self.train(was)
 
+    def training_history(self, user: int) -> torch.Tensor:
+        """The user's latest ``max_len`` training items, oldest first (what ``score_all`` reads)."""
+        s = self.seq[int(user)]
+        return (s[s > 0] - 1).cpu()
+
     @torch.no_grad()
     def score_histories(self, histories: list[torch.Tensor]) -> torch.Tensor:
         """``[B, n_items]`` scores for users given only by their item-index histories

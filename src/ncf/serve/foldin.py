@@ -103,9 +103,12 @@ class FoldIn:
             self.mean = ranker.user_vectors().astype(np.float64).mean(axis=0)
 
     def history(self, state: UserState) -> torch.Tensor:
-        """Item indexes of the user's training items, then the recorded ones (unknown ids dropped)."""
+        """Item indexes of the user's training items (in the model's own order where it keeps one:
+        sequence models), then the recorded ones in recording order (unknown ids dropped)."""
         recorded = [i for i in (self.item_index(e) for e in state.events) if i is not None]
-        hist = np.concatenate([np.asarray(state.seen, np.int64), np.asarray(recorded, np.int64)])
+        own = self.model.training_history(state.index) if state.index is not None else None
+        trained = own.numpy() if own is not None else np.asarray(state.seen, np.int64)
+        hist = np.concatenate([trained.astype(np.int64), np.asarray(recorded, np.int64)])
         return torch.from_numpy(hist[-self.max_history:])
 
     def compute(self, state: UserState) -> np.ndarray:

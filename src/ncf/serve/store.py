@@ -23,7 +23,8 @@ Redis layout (``prefix`` defaults to ``ncf``; ``rid`` is the run's fingerprint):
     {prefix}:run:{rid}:meta      hash  model, n_users, n_items, user_dim, complete
     {prefix}:run:{rid}:items     hash  one field per item array (raw bytes) + "spec" (JSON dtypes/shapes)
     {prefix}:run:{rid}:u:{user}  hash  idx, vec (float32 bytes), seen (int32 item indexes)
-    {prefix}:ev:{ns}:{user}      set   raw item ids recorded through the API, per events namespace
+    {prefix}:ev:{ns}:{user}      zset  raw item ids recorded through the API, per events namespace,
+                                       scored by the time first recorded (read in that order)
     {prefix}:events:{user}       set   the same for ns "" (stores written before namespaces)
     {prefix}:run:{rid}:f:{user}  hash  vec (float32 bytes), n: the user's fold-in vector and the
                                        number of recorded items it covers (ncf.serve.foldin)
@@ -270,7 +271,8 @@ class InMemoryStore(FeatureStore):
         run = self._run(run_id)
         out = []
         for u in users:
-            events = sorted(set(self._events.get((ns, u), {})) | set(self._events.get(("", u), {})))
+            # recording order (sequence models read it): those recorded before namespaces first
+            events = list(dict.fromkeys([*self._events.get(("", u), {}), *self._events.get((ns, u), {})]))
             i = run["index"].get(u)
             if i is None:
                 out.append(UserState(events=events))
@@ -469,15 +471,17 @@ class RedisStore(FeatureStore):
             pipe.hmget(self._key("run", run_id, "u", u), "idx", "vec", "seen")
             # the namespace's events, and those recorded before namespaces existed (ns ""); two
             # reads rather than SUNION, whose keys a Redis cluster may hold on different nodes
-            pipe.smembers(self._events_key(u, ns))
-            if ns:
-                pipe.smembers(self._events_key(u, ""))
+            if ns:  # in recording order (a sorted set scored by time); then the older unordered set
+                pipe.zrange(self._events_key(u, ns), 0, -1)
+            pipe.smembers(self._events_key(u, ""))
         replies = self._call(pipe.execute)
         per_user = 3 if ns else 2
         out = []
         for j, u in enumerate(users):
-            (idx, vec, seen), *events = replies[per_user * j: per_user * (j + 1)]
-            ev = sorted({e.decode() for part in events for e in part})
+            (idx, vec, seen), *parts = replies[per_user * j: per_user * (j + 1)]
+            recorded = [e.decode() for e in parts[0]] if ns else []
+            legacy = sorted(e.decode() for e in parts[-1])  # before namespaces: no order kept
+            ev = list(dict.fromkeys([*legacy, *recorded]))
             if idx is None:
                 out.append(UserState(events=ev))
                 continue
@@ -491,16 +495,18 @@ class RedisStore(FeatureStore):
         return out
 
     # SADD unless the set already holds ARGV[2] others (ARGV[2] = 0: no limit); -1 when refused
-    _ADD = ("if tonumber(ARGV[2]) > 0 and redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 0 "
-            "and redis.call('SCARD', KEYS[1]) >= tonumber(ARGV[2]) then return -1 end "
-            "return redis.call('SADD', KEYS[1], ARGV[1])")
+    # namespaced events: a sorted set scored by the time of the first recording (ZADD NX), so
+    # that they read back in recording order; the limit is checked in the same atomic step
+    _ADD = ("if tonumber(ARGV[2]) > 0 and redis.call('ZSCORE', KEYS[1], ARGV[1]) == false "
+            "and redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then return -1 end "
+            "return redis.call('ZADD', KEYS[1], 'NX', ARGV[3], ARGV[1])")
 
     def add_interaction(self, user: str, item: str, ns: str = "", max_events: int = 0) -> None:
         key = self._events_key(user, ns)
-        if max_events <= 0:
+        if not ns:  # the layout before namespaces (a set): kept for stores written then
             self._call(lambda: self.client.sadd(key, item))
             return
-        if self._call(lambda: self.client.eval(self._ADD, 1, key, item, max_events)) == -1:
+        if self._call(lambda: self.client.eval(self._ADD, 1, key, item, max_events, repr(time.time()))) == -1:
             raise EventLimitReached(f"user {user!r} already has {max_events} recorded interactions "
                                     f"(the limit is {max_events})")
 
