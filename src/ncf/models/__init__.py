@@ -21,6 +21,7 @@ MODELS: dict[str, str] = {
     "itemknn": "ncf.models.baselines:ItemKNN",
     "ease": "ncf.models.baselines:EASE",
     "bpr": "ncf.models.baselines:BPRMF",
+    "mf": "ncf.models.mf:MF",
     "ials": "ncf.models.ials:ImplicitALS",
     "item2vec": "ncf.models.item2vec:Item2Vec",
     "widedeep": "ncf.models.widedeep:WideDeep",
