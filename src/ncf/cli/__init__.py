@@ -25,6 +25,7 @@ from ncf.cli import items as _items  # noqa: E402,F401
 from ncf.cli import rerank as _rerank  # noqa: E402,F401
 from ncf.cli import serve as _serve  # noqa: E402,F401
 from ncf.cli import train as _train  # noqa: E402,F401
+from ncf.cli import tune as _tune  # noqa: E402,F401
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -25,6 +25,7 @@ MODELS: dict[str, str] = {
     "ials": "ncf.models.ials:ImplicitALS",
     "item2vec": "ncf.models.item2vec:Item2Vec",
     "widedeep": "ncf.models.widedeep:WideDeep",
+    "ensemble": "ncf.models.ensemble:Ensemble",
 }
 
 

@@ -52,11 +52,12 @@ def _write_header(out: Path, data_cfg: DataConfig, cfg: TrainConfig, model, data
 
 
 def train(data_cfg: DataConfig, cfg: TrainConfig, out: Path | None, dataset: Dataset | None = None,
-          progress: bool = True, init_items: Path | None = None) -> dict[str, Any]:
+          progress: bool = True, init_items: Path | None = None, on_epoch=None) -> dict[str, Any]:
     """Train ``cfg.model`` on ``data_cfg``'s dataset, writing the run to ``out``.
 
     ``init_items``: a run directory (item2vec) whose item vectors initialise GMF / NeuMF item
-    embeddings, matched by raw id (:mod:`ncf.train.warmstart`); reported in ``init_items.json``."""
+    embeddings, matched by raw id (:mod:`ncf.train.warmstart`); reported in ``init_items.json``.
+    ``on_epoch``: the Trainer's per-epoch hook (SGD models; see ``Trainer.on_epoch``)."""
     dataset = dataset or load_dataset(data_cfg)
     cfg = cfg.resolved(dataset.train.nnz)
     if cfg.pretrain:
@@ -77,7 +78,7 @@ def train(data_cfg: DataConfig, cfg: TrainConfig, out: Path | None, dataset: Dat
         _write_header(Path(out), data_cfg, cfg, model, dataset)
         if warm is not None:
             atomic_write_json(Path(out) / "init_items.json", warm)
-    summary = _fit(model, dataset, cfg, data_cfg, out, progress, resume=False)
+    summary = _fit(model, dataset, cfg, data_cfg, out, progress, resume=False, on_epoch=on_epoch)
     if warm is not None and summary is not None:  # None: a non-zero distributed rank
         summary["init_items"] = warm
         if out is not None:
@@ -85,7 +86,7 @@ def train(data_cfg: DataConfig, cfg: TrainConfig, out: Path | None, dataset: Dat
     return summary
 
 
-def _fit(model, dataset, cfg, data_cfg, out, progress, resume):
+def _fit(model, dataset, cfg, data_cfg, out, progress, resume, on_epoch=None):
     if not model.trainable:
         t0 = time.perf_counter()
         model.fit(dataset, cfg)
@@ -101,6 +102,7 @@ def _fit(model, dataset, cfg, data_cfg, out, progress, resume):
         return trainer.finish()
     trainer = Trainer(model, dataset, cfg, out, progress=progress)
     trainer.extra_config = lambda: _extra(cfg, data_cfg, dataset)
+    trainer.on_epoch = on_epoch
     return trainer.fit(resume=resume)
 
 

@@ -11,6 +11,7 @@ import copy
 import json
 import math
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -111,6 +112,9 @@ class Trainer:
         self.start_epoch = 1
         self.elapsed = 0.0
         self.best_weights: dict[str, torch.Tensor] | None = None  # without a run directory
+        # called with each epoch's record (rank 0, after it is logged); returning True stops
+        # training there (the best epoch so far is kept); it may raise to abandon the run
+        self.on_epoch: Callable[[dict[str, Any]], bool] | None = None
         # a thread assembling the next batches while this one trains (CPU only: on a GPU
         # the work is queued asynchronously anyway)
         self.prefetch = 2 if self.device.type == "cpu" else 0
@@ -395,6 +399,8 @@ class Trainer:
                     with open(self.out / "metrics.jsonl", "a") as f:
                         f.write(json.dumps(record) + "\n")
                     self.save_state(epoch)
+                if self.on_epoch is not None and self.on_epoch(record):
+                    break  # the caller (ncf tune: its time budget) stops here; the best epoch is kept
         summary = self.finish()
         distributed.barrier()  # the run directory is complete before any rank goes on
         return summary
