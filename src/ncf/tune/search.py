@@ -43,7 +43,7 @@ from ncf.tune import space
 DEFAULT_MODELS = ("ease", "itemknn", "ials", "mf", "ensemble")
 PROTOCOLS = ("sampled", "full")
 DROP_MARGIN = 0.02  # a model this far behind the best after 3 trials stops getting turns
-ENSEMBLE_RESERVE = 0.1  # share of the budget (20 to 300 s) kept for the ensemble
+ENSEMBLE_RESERVE = 0.1  # share of the budget (20 to 300 s, at most half) kept for the ensemble
 
 
 def _optuna():
@@ -233,7 +233,7 @@ class Tuner:
         if before:
             console.print(f"resuming {self.out / 'study.sqlite3'}: {before:.0f} s of the budget already spent")
         deadline = start + self.budget - before
-        reserve = min(max(ENSEMBLE_RESERVE * self.budget, 20.0), 300.0) if self.ensemble else 0.0
+        reserve = min(max(ENSEMBLE_RESERVE * self.budget, 20.0), 300.0, self.budget / 2) if self.ensemble else 0.0
         exhausted: set[str] = set()
         turn = 0
         while time.time() < deadline - reserve:

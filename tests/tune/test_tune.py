@@ -1,0 +1,92 @@
+"""``ncf tune`` on the planted toy dataset: outputs, resume from the SQLite study, pruning,
+search spaces."""
+
+import csv
+import json
+
+import pytest
+
+optuna = pytest.importorskip("optuna")
+
+from ncf.checkpoint import load_model  # noqa: E402
+from ncf.data.datasets import DataConfig  # noqa: E402
+from ncf.tune import Tuner, space, tune  # noqa: E402
+
+DCFG = DataConfig(source="toy")
+
+
+def _rows(out):
+    with open(out / "trials.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def test_tune_writes_summary_best_trials_and_plot(toy_dataset, tmp_path):
+    out = tmp_path / "t"
+    s = tune(DCFG, out, 12, ["ease", "itemknn", "ensemble"], dataset=toy_dataset, progress=False, threads=1)
+    for f in ("summary.json", "trials.csv", "tune.png", "study.sqlite3", "best/model.safetensors"):
+        assert (out / f).exists(), f
+    saved = json.loads((out / "summary.json").read_text())
+    assert saved["model"] == s["model"] and set(saved["valid"]) == {"sampled", "full"}
+    assert set(saved["test"]) == {"sampled", "full"} and "hr@10" in saved["test"]["full"]
+    # the choice is the best validation score among every model's best trial
+    assert s["per_model"][s["model"]]["valid_score"] == max(r["valid_score"] for r in s["per_model"].values())
+    rows = _rows(out)
+    assert "ease" in {r["model"] for r in rows}  # the others as the (loaded) machine's time allows
+    assert rows[0]["model"] == "ease" and json.loads(rows[0]["params"]) == {"l2": 500.0}  # defaults first
+    model = load_model(out / "best")
+    assert model.name == s["model"]
+
+
+def test_resume_continues_the_study_and_charges_spent_time(toy_dataset, tmp_path):
+    out = tmp_path / "t"
+    tune(DCFG, out, 3, ["ease"], dataset=toy_dataset, progress=False, threads=1)
+    first = len(_rows(out))
+    tuner = Tuner(DCFG, out, 6, ["ease"], dataset=toy_dataset, progress=False, threads=1)
+    assert tuner.spent() > 0
+    assert len(tuner.studies["ease"].trials) == first  # loaded from study.sqlite3
+    tuner.run()
+    assert len(_rows(out)) > first
+    with pytest.raises(ValueError, match="another dataset or setting"):
+        Tuner(DCFG, out, 6, ["ease"], protocol="full", dataset=toy_dataset, progress=False)
+
+
+def test_sgd_trials_are_pruned_from_their_epochs(toy_dataset, tmp_path):
+    out = tmp_path / "t"
+    tuner = Tuner(DCFG, out, 25, ["ease", "mf"], dataset=toy_dataset, progress=False, epochs=4, threads=1)
+    # a pruner that stops every trial whose validation is below 1 after its first epoch
+    tuner.studies["mf"].pruner = optuna.pruners.ThresholdPruner(lower=1.0, n_warmup_steps=0)
+    tuner.run_trial("mf", deadline=1e18)
+    tuner.run_trial("ease", deadline=1e18)
+    (mf,) = tuner.studies["mf"].trials
+    assert mf.state == optuna.trial.TrialState.PRUNED and list(mf.intermediate_values) == [1]
+    assert not (out / "runs" / "mf" / "t000" / "model.safetensors").exists()  # weights of pruned trials go
+
+
+def test_budget_stops_an_sgd_trial_at_its_best_epoch(toy_dataset, tmp_path):
+    import time
+
+    tuner = Tuner(DCFG, tmp_path / "t", 30, ["mf"], dataset=toy_dataset, progress=False, epochs=50, threads=1)
+    tuner.run_trial("mf", deadline=time.time())  # already due: one epoch, then stop
+    (t,) = tuner.studies["mf"].trials
+    assert t.state == optuna.trial.TrialState.COMPLETE and t.user_attrs["best_epoch"] == 1
+
+
+@pytest.mark.parametrize("name", sorted(space.SPACES))
+def test_spaces_give_valid_configs(name):
+    from ncf.compare import trial_config
+
+    study = optuna.create_study(direction="maximize")
+    study.enqueue_trial(space.DEFAULTS[name])
+    for _ in range(3):
+        t = study.ask()
+        trial_config(name, space.suggest(name, t), {"epochs": 2})  # raises on any unknown key
+        study.tell(t, 0.0)
+
+
+def test_bad_arguments(toy_dataset, tmp_path):
+    with pytest.raises(ValueError, match="time-budget"):
+        Tuner(DCFG, tmp_path, 0, ["ease"], dataset=toy_dataset)
+    with pytest.raises(ValueError, match="cannot search"):
+        Tuner(DCFG, tmp_path, 5, ["widedeep"], dataset=toy_dataset)
+    with pytest.raises(ValueError, match="protocol"):
+        Tuner(DCFG, tmp_path, 5, ["ease"], protocol="both", dataset=toy_dataset)
