@@ -90,3 +90,20 @@ def test_bad_arguments(toy_dataset, tmp_path):
         Tuner(DCFG, tmp_path, 5, ["widedeep"], dataset=toy_dataset)
     with pytest.raises(ValueError, match="protocol"):
         Tuner(DCFG, tmp_path, 5, ["ease"], protocol="both", dataset=toy_dataset)
+
+
+def test_compare_uses_the_same_search(toy_dataset, tmp_path):
+    import ncf.compare as cmp
+
+    p = cmp.proposals("ease", None, 3, seed=0)
+    assert isinstance(p, space.Proposals)
+    seen = []
+    for trial in p:
+        seen.append(trial)
+        p.tell(0.5)
+    assert seen[0] == {"l2": 500.0} and len(seen) == 3  # the default first, then TPE
+    assert list(cmp.proposals("ease", [{"l2": 1.0}], 3)) == [{"l2": 1.0}]  # an explicit grid as before
+    results = cmp.compare(DCFG, ["pop", "ease"], tmp_path / "c", tune_budget=2, dataset=toy_dataset, progress=False)
+    assert set(results) == {"pop", "ease"}
+    tuning = json.loads((tmp_path / "c" / "tuning.json").read_text())["models"]
+    assert tuning["ease"]["trials"][0]["config"] == {"l2": 500.0} and len(tuning["ease"]["trials"]) == 2

@@ -109,3 +109,39 @@ def suggest(name: str, trial) -> dict[str, Any]:
     except KeyError:
         raise ValueError(f"no search space for model {name!r} (tunable: {', '.join(sorted(SPACES))})") from None
     return space(trial)
+
+
+class Proposals:
+    """``budget`` trial dicts of ``name`` drawn one at a time by an in-memory, seeded TPE study
+    (the default first); ``tell(value)`` after each (``None`` / NaN: the trial failed). What
+    ``ncf compare`` iterates over instead of its random grid."""
+
+    def __init__(self, name: str, budget: int, seed: int = 0):
+        import optuna
+
+        if budget < 1:
+            raise ValueError(f"--tune-budget must be >= 1, got {budget}")
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        self.name, self.budget = name, budget
+        self.study = optuna.create_study(direction="maximize",
+                                         sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=4))
+        self.study.enqueue_trial(DEFAULTS[name])
+        self._trial = None
+
+    def __len__(self) -> int:
+        return self.budget if self.name != "pop" else 1  # nothing to search
+
+    def __iter__(self):
+        for _ in range(len(self)):
+            self._trial = self.study.ask()
+            yield suggest(self.name, self._trial)
+
+    def tell(self, value) -> None:
+        import math
+
+        import optuna
+
+        if value is None or not math.isfinite(value):
+            self.study.tell(self._trial, state=optuna.trial.TrialState.FAIL)
+        else:
+            self.study.tell(self._trial, float(value))
