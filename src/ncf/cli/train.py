@@ -130,7 +130,8 @@ def _print_summary(s: dict) -> None:
 @app.command("evaluate")
 def evaluate_cmd(
     directory: Path = typer.Argument(..., help="Run directory."),
-    protocol: str = typer.Option("sampled", "--protocol", help="sampled (1 + 99 negatives) | full"),
+    protocol: str = typer.Option("sampled", "--protocol", help="sampled (1 + 99 negatives) | full | topk "
+                                 "(recall/precision/MAP/MRR/NDCG@k with all of a user's held-out items, coverage)"),
     k: list[int] = typer.Option([10], "-k", help="Cut-offs (repeatable)."),
     split: str = typer.Option("test", "--split", help="test | valid"),
     json_out: bool = JsonOpt,
@@ -153,7 +154,12 @@ def evaluate_cmd(
     if holdout is None:
         raise ValueError(f"the run has no {split} holdout")
     seen = ds.seen(include_valid=split == "test")
-    res = evaluate(model, holdout, protocol, seen=seen, ks=tuple(k))
+    if protocol == "topk":
+        from ncf.eval.topk import evaluate_topk
+
+        res = {m: v for kk in k for m, v in evaluate_topk(model, holdout, seen, kk).items()}
+    else:
+        res = evaluate(model, holdout, protocol, seen=seen, ks=tuple(k))
     out = {"run": str(directory), "protocol": protocol, "split": split, "metrics": res}
     if json_out:
         print_json(out)

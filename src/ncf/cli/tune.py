@@ -24,6 +24,8 @@ def tune_cmd(
     protocol: str = typer.Option("sampled", "--protocol", help="Validation protocol that chooses: sampled "
                                  "(1 + 99 candidates) | full (every unseen item)."),
     metric: str = typer.Option("ndcg@10", "--metric", help="ndcg@10 | hr@10 (validation, chooses everything)."),
+    split: str = typer.Option("loo", "--split", help="loo (latest item a user) | temporal (globally latest 10% "
+                              "test, 10% before valid) | ratio | ratio-time (8:1:1 a user, random / by time)."),
     epochs: int = typer.Option(30, "--epochs", help="Most epochs of an SGD trial (early stopping on validation)."),
     seed: int = typer.Option(0, "--seed"),
     threads: int = typer.Option(0, "--threads", help="CPU threads (0: all cores)."),
@@ -42,7 +44,7 @@ def tune_cmd(
         raise ValueError(f"--metric must be ndcg@10 or hr@10, got {metric!r}")
     if epochs < 1:
         raise ValueError(f"--epochs must be >= 1, got {epochs}")
-    dcfg = data_config(dataset, data_dir, seed=seed)
+    dcfg = data_config(dataset, data_dir, seed=seed, split=split)
     s = tune(dcfg, out, time_budget, names, protocol, metric=metric, seed=seed, epochs=epochs, threads=threads,
              device=device, progress=not quiet)
     if as_json:

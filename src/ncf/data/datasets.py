@@ -17,11 +17,13 @@ from ncf.data import readers
 from ncf.data.interactions import IdMap, Interactions
 from ncf.data.readers import DataError, Ratings
 from ncf.data.split import (
+    SPLITS,
     Dataset,
     HoldOut,
     candidates_from_lists,
     leave_one_out,
     sample_candidates,
+    split_multi,
 )
 
 # name -> (ratings file inside DATA_DIR/NAME, reader)
@@ -64,6 +66,10 @@ class DataConfig:
     time_col: str | None = None
     sep: str | None = None
     on_bad_lines: str = "error"
+    # how test and validation are held out: "loo" (each user's latest interaction, the NCF
+    # protocol), "temporal" (the globally latest 10% / the 10% before), "ratio" / "ratio-time"
+    # (8:1:1 of each user's interactions, at random / the latest); several held-out items a user
+    split: str = "loo"
 
     def __post_init__(self):
         if self.n_neg_eval < 1:
@@ -72,9 +78,14 @@ class DataConfig:
             raise ValueError(f"--on-bad-lines must be 'error' or 'skip', not {self.on_bad_lines!r}")
         if self.min_train < 1:
             raise ValueError(f"min_train must be >= 1, got {self.min_train}")
+        if self.split not in SPLITS:
+            raise ValueError(f"--split must be one of {', '.join(SPLITS)}, got {self.split!r}")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if d["split"] == "loo":  # the default is left out: run configs written before the option match
+            del d["split"]
+        return d
 
 
 def _col(c: str | None):
@@ -182,6 +193,8 @@ def load_dataset(cfg: DataConfig | str) -> Dataset:
     full = Interactions.from_raw(ratings.users, ratings.items, ratings.timestamps, ratings.ratings)
     if full.nnz == 0:
         raise DataError(f"{cfg.source}: no interactions left to train on")
+    if cfg.split != "loo":
+        return _load_multi(cfg, name, folder, full, ratings, rng)
     train, test_u, test_i, few_test = leave_one_out(full, rng, cfg.min_train)
     valid = None
     few_valid = 0
@@ -200,10 +213,27 @@ def load_dataset(cfg: DataConfig | str) -> Dataset:
     return Dataset(name, train, test, valid, full.nnz, report, _item_info(name, folder, train.item_map))
 
 
+def _load_multi(cfg: DataConfig, name: str, folder: Path, full: Interactions, ratings: Ratings,
+                rng: np.random.Generator) -> Dataset:
+    """A split with several held-out items per user (``cfg.split``): one holdout row per
+    held-out interaction, each with its own ``n_neg_eval`` sampled candidates."""
+    train, (vu, vi), (tu, ti), report = split_multi(full, cfg.split, rng, valid=cfg.valid)
+    if not len(tu):
+        raise DataError(f"{cfg.source}: --split {cfg.split} leaves no test interaction")
+    seen_all = full.matrix
+    valid = HoldOut(vu, vi, sample_candidates(seen_all, vu, vi, cfg.n_neg_eval, rng)) if cfg.valid else None
+    test = HoldOut(tu, ti, sample_candidates(seen_all, tu, ti, cfg.n_neg_eval, rng))
+    report = {"read": ratings.report.to_dict(), "duplicates_collapsed": full.n_duplicates,
+              "timestamps": full.timestamps is not None, **report}
+    return Dataset(name, train, test, valid, full.nnz, report, _item_info(name, folder, train.item_map))
+
+
 def _load_ncf(cfg: DataConfig, name: str, folder: Path) -> Dataset:
     """The NCF pre-split layout: ``PREFIX.train.rating``, ``.test.rating``, ``.test.negative``."""
     if cfg.min_rating is not None:
         raise DataError(f"--min-rating: {cfg.source!r} is pre-split (NCF layout) and its training file has no ratings")
+    if cfg.split != "loo":
+        raise DataError(f"--split {cfg.split}: {cfg.source!r} is pre-split (NCF layout: one test item a user)")
     prefix = NCF_NAMES.get(name)
     if prefix is None and name.endswith(".train.rating"):
         prefix = Path(name).name[: -len(".train.rating")]

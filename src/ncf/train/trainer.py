@@ -451,6 +451,11 @@ class Trainer:
         ds = self.dataset
         test = evaluate(self.model, ds.test, "sampled")
         test_full = evaluate(self.model, ds.test, "full", seen=ds.seen(include_valid=True))
+        topk = None
+        if ds.report.get("split", "loo") != "loo":  # several test items a user: the top-k metrics too
+            from ncf.eval.topk import evaluate_topk
+
+            topk = evaluate_topk(self.model, ds.test, ds.seen(include_valid=True), 10)
         samples = sum(r["samples"] for r in self.history)
         train_s = sum(r["train_seconds"] for r in self.history)
         epoch_s = sum(r["seconds"] for r in self.history)
@@ -469,6 +474,8 @@ class Trainer:
             "device": str(self.device),
             "processes": self.world,
         }
+        if topk is not None:
+            summary["test_topk"] = topk
         if self.out:
             atomic_write_json(self.out / "summary.json", summary)
             from ncf.train.plots import learning_curves

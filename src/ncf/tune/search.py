@@ -42,6 +42,7 @@ from ncf.tune import space
 
 DEFAULT_MODELS = ("ease", "itemknn", "ials", "mf", "ensemble")
 PROTOCOLS = ("sampled", "full")
+TRAINABLE = ("mf", "bpr", "gmf", "mlp", "neumf")  # SGD: stopped per epoch (pruning, budget)
 DROP_MARGIN = 0.02  # a model this far behind the best after 3 trials stops getting turns
 ENSEMBLE_RESERVE = 0.1  # share of the budget (20 to 300 s, at most half) kept for the ensemble
 
@@ -57,9 +58,15 @@ def _optuna():
 
 def valid_score(run: Path, dataset: Dataset, protocol: str, metric: str, summary: dict) -> float:
     """The selection score of a finished run: its validation ``metric`` under ``protocol``
-    (the full protocol ranks each validation item among all items unseen in training)."""
+    (the full protocol ranks each validation item among all items unseen in training; with
+    several validation items a user, ``--split`` other than loo, the top-k metrics of
+    :mod:`ncf.eval.topk` over all of them)."""
     if protocol == "sampled":
         return float((summary.get("valid") or {}).get(metric, -math.inf))
+    if dataset.report.get("split", "loo") != "loo":  # several items a user: top-k metrics over all of them
+        from ncf.eval.topk import evaluate_topk
+
+        return float(evaluate_topk(load_model(run), dataset.valid, dataset.train.matrix, 10)[metric])
     from ncf.eval.evaluator import evaluate
 
     return float(evaluate(load_model(run), dataset.valid, "full", seen=dataset.train.matrix)[metric])
@@ -151,8 +158,7 @@ class Tuner:
         optuna, study = self.optuna, self.studies[name]
         trial = study.ask()
         params = space.suggest(name, trial)
-        cls_trainable = name in ("mf", "bpr", "gmf", "mlp", "neumf")
-        base = self.base if cls_trainable else {"threads": self.base["threads"], "seed": self.seed}
+        base = self.base if name in TRAINABLE else {"threads": self.base["threads"], "seed": self.seed}
         cfg = trial_config(name, params, base)
         run = self.out / "runs" / name / f"t{trial.number:03d}"
         if run.exists():
@@ -189,6 +195,8 @@ class Tuner:
         (run / "state.safetensors").unlink(missing_ok=True)  # finished: the resumable state is dead weight
         trial.set_user_attr("seconds", time.time() - t0)
         trial.set_user_attr("best_epoch", summary.get("best_epoch"))
+        if summary.get("epochs_run"):
+            trial.set_user_attr("epoch_seconds", (time.time() - t0) / summary["epochs_run"])
         prev = self.best(name)
         study.tell(trial, value)
         if prev is not None and value <= prev.value:
@@ -200,7 +208,13 @@ class Tuner:
 
     # -- the schedule ------------------------------------------------------------------
     def _estimate(self, name: str) -> float:
-        secs = [t.user_attrs.get("seconds", 0.0) for t in self._done(name)]
+        """Seconds the next trial of ``name`` needs at least: a fitted model's slowest earlier
+        trial; an SGD model's fastest epoch so far (it can stop after any epoch)."""
+        done = self._done(name)
+        if name in TRAINABLE:
+            secs = [t.user_attrs["epoch_seconds"] for t in done if "epoch_seconds" in t.user_attrs]
+            return min(secs) if secs else 0.0
+        secs = [t.user_attrs.get("seconds", 0.0) for t in done]
         return max(secs) if secs else 0.0
 
     def _next(self, deadline: float, turn: int, exhausted: set[str]) -> str | None:
@@ -212,8 +226,7 @@ class Tuner:
             n = len(self._done(m))
             if m == "pop" and n:
                 continue
-            trainable = m in ("mf", "bpr", "gmf", "mlp", "neumf")
-            if n and not trainable and self._estimate(m) > left:
+            if n and self._estimate(m) > left:
                 exhausted.add(m)
                 continue
             if n == 0 and not any(t.state == self.optuna.trial.TrialState.FAIL
