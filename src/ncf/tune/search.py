@@ -217,6 +217,11 @@ class Tuner:
         secs = [t.user_attrs.get("seconds", 0.0) for t in done]
         return max(secs) if secs else 0.0
 
+    def _typical(self) -> float:
+        """Mean seconds of the trials finished so far, any model (0 before the first)."""
+        secs = [t.user_attrs.get("seconds", 0.0) for m in self.models for t in self._done(m)]
+        return sum(secs) / len(secs) if secs else 0.0
+
     def _next(self, deadline: float, turn: int, exhausted: set[str]) -> str | None:
         left = deadline - time.time()
         candidates = []
@@ -231,6 +236,9 @@ class Tuner:
                 continue
             if n == 0 and not any(t.state == self.optuna.trial.TrialState.FAIL
                                   for t in self.studies[m].get_trials(deepcopy=False)):
+                if left < self._typical():
+                    exhausted.add(m)  # no estimate of its own: not started with less than a typical trial's time
+                    continue
                 return m  # every model's default trial first
             candidates.append(m)
         scored = {m: self.best(m).value for m in candidates if self.best(m) is not None}
