@@ -107,3 +107,24 @@ def test_compare_uses_the_same_search(toy_dataset, tmp_path):
     assert set(results) == {"pop", "ease"}
     tuning = json.loads((tmp_path / "c" / "tuning.json").read_text())["models"]
     assert tuning["ease"]["trials"][0]["config"] == {"l2": 500.0} and len(tuning["ease"]["trials"]) == 2
+
+
+def test_cli_tune_json(tmp_path):
+    from typer.testing import CliRunner
+
+    from ncf.cli import app, main
+
+    rng = __import__("numpy").random.default_rng(5)
+    lines = [f"{u}\t{i}\t4\t{t}" for u in range(1, 31)
+             for t, i in enumerate(rng.choice(range(1, 25), size=8, replace=False))]
+    data = tmp_path / "r.tsv"
+    data.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "tune"
+    res = CliRunner().invoke(app, ["tune", "--dataset", str(data), "--time-budget", "4", "--out", str(out),
+                                   "--models", "ease,itemknn", "--quiet", "--json", "--threads", "1"])
+    assert res.exit_code == 0, (res.output, res.exception)
+    s = json.loads(res.stdout[res.stdout.index("{"):])
+    assert s["model"] in ("ease", "itemknn") and (out / "best" / "config.json").exists()
+    with pytest.raises(SystemExit) as e:
+        main(["tune", "--dataset", str(data), "--time-budget", "4", "--out", str(tmp_path / "x"), "--models", "svd"])
+    assert e.value.code == 2
