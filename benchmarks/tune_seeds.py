@@ -27,9 +27,11 @@ KEYS = (("test", "hr@10"), ("test", "ndcg@10"), ("test_full", "hr@10"), ("test_f
 
 
 def retrain(run: Path, seed: int, out: Path, dataset) -> Path:
-    """Train ``run``'s configuration again with ``seed`` into ``out``."""
+    """Train ``run``'s configuration again with ``seed`` into ``out``; an SGD run for as many
+    epochs as ``run`` ran (a tune trial may have been stopped by the budget), early stopping on."""
     cfg = json.loads((run / "config.json").read_text())
-    tc = TrainConfig.from_dict({**cfg["train"], "seed": seed})
+    ran = json.loads((run / "summary.json").read_text()).get("epochs_run") or cfg["train"]["epochs"]
+    tc = TrainConfig.from_dict({**cfg["train"], "seed": seed, "epochs": max(1, int(ran))})
     train(DataConfig(**{**cfg["data"], "seed": seed}), tc, out, dataset=dataset, progress=False)
     return out
 
