@@ -55,6 +55,7 @@ def plot_trials(rows: list[dict[str, Any]], path: Path, title: str, ylabel: str)
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 5))
+    end = max((r["elapsed"] for r in rows), default=0.0)
     for name in dict.fromkeys(r["model"] for r in rows):
         pts = [(r["elapsed"], r["value"]) for r in rows if r["model"] == name and r["state"] == "complete"]
         if not pts:
@@ -64,7 +65,7 @@ def plot_trials(rows: list[dict[str, Any]], path: Path, title: str, ylabel: str)
         for y in ys:
             run_best = max(run_best, y)
             best.append(run_best)
-        line = ax.step(xs, best, where="post", label=name)[0]
+        line = ax.step([*xs, end], [*best, best[-1]], where="post", label=name)[0]  # best so far, to the end
         ax.scatter(xs, ys, s=14, color=line.get_color(), alpha=0.6)
     pruned = [r["elapsed"] for r in rows if r["state"] == "pruned"]
     if pruned:
