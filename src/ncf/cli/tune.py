@@ -51,13 +51,15 @@ def tune_cmd(
         print_json(s)
         return
     t = Table(title=f"{dataset}: best run of each model (chosen on valid {protocol} {metric})")
-    for col in ("model", "trials", f"valid {metric}", "test sampled HR@10", "test sampled NDCG@10",
-                "test full HR@10", "test full NDCG@10"):
+    multi = "topk" in s["test"]  # several test items a user: the top-k metrics
+    cols = (("topk", "recall@10"), ("topk", "precision@10"), ("topk", "map@10"), ("topk", "ndcg@10"),
+            ("topk", "coverage@10")) if multi else (("sampled", "hr@10"), ("sampled", "ndcg@10"),
+                                                      ("full", "hr@10"), ("full", "ndcg@10"))
+    for col in ("model", "trials", f"valid {metric}", *(f"test {p} {m.upper()}" for p, m in cols)):
         t.add_column(col, justify="left" if col == "model" else "right")
     for name, r in s["per_model"].items():
         tt = r["test"]
         t.add_row(name + (" (chosen)" if name == s["model"] else ""), str(r["trials"]), f"{r['valid_score']:.4f}",
-                  f"{tt['sampled']['hr@10']:.4f}", f"{tt['sampled']['ndcg@10']:.4f}",
-                  f"{tt['full']['hr@10']:.4f}", f"{tt['full']['ndcg@10']:.4f}")
+                  *(f"{tt[p][m]:.4f}" for p, m in cols))
     Console().print(t)
     typer.echo(f"best run: {s['best']}; summary, trials.csv, tune.png in {out}")

@@ -102,7 +102,8 @@ def finish(tuner, elapsed: float) -> dict[str, Any]:
                            "run": str(run), "best_epoch": s.get("best_epoch"), "seconds": b.user_attrs.get("seconds"),
                            "trials": len(states), "pruned": states.count("pruned"), "failed": states.count("fail"),
                            # reported beside the choice, never used for it
-                           "test": {"sampled": s["test"], "full": s["test_full"]}}
+                           "test": {"sampled": s["test"], "full": s["test_full"],
+                                    **({"topk": s["test_topk"]} if "test_topk" in s else {})}}
         if chosen is None or b.value > chosen[1].value:
             chosen = (name, b)
     if chosen is None:
@@ -117,11 +118,17 @@ def finish(tuner, elapsed: float) -> dict[str, Any]:
     s = json.loads((best_dir / "summary.json").read_text())
     valid = {"sampled": evaluate(model, ds.valid, "sampled"),
              "full": evaluate(model, ds.valid, "full", seen=ds.train.matrix)}
+    test = {"sampled": s["test"], "full": s["test_full"]}
+    if "test_topk" in s:  # several held-out items a user (--split other than loo)
+        from ncf.eval.topk import evaluate_topk
+
+        valid["topk"] = evaluate_topk(model, ds.valid, ds.train.matrix, 10)
+        test["topk"] = s["test_topk"]
     summary = {
         "dataset": ds.name, "protocol": tuner.protocol, "select_by": f"valid {tuner.protocol} {tuner.metric}",
         "time_budget": tuner.budget, "elapsed_seconds": round(elapsed, 1),
         "model": name, "trial": b.number, "params": b.user_attrs.get("params"), "run": str(run),
-        "best": str(best_dir), "valid": valid, "test": {"sampled": s["test"], "full": s["test_full"]},
+        "best": str(best_dir), "valid": valid, "test": test,
         "per_model": per_model, "n_trials": len(rows),
     }
     atomic_write_json(out / "summary.json", summary)
