@@ -45,7 +45,10 @@ def test_resume_continues_the_study_and_charges_spent_time(toy_dataset, tmp_path
     assert tuner.spent() > 0
     assert len(tuner.studies["ease"].trials) == first  # loaded from study.sqlite3
     tuner.run()
-    assert len(_rows(out)) > first
+    rows = _rows(out)
+    assert len(rows) > first
+    params = [r["params"] for r in rows if r["model"] == "ease"]
+    assert len(set(params)) == len(params)  # a resumed sampler does not draw the same points again
     with pytest.raises(ValueError, match="another dataset or setting"):
         Tuner(DCFG, out, 6, ["ease"], protocol="full", dataset=toy_dataset, progress=False)
 

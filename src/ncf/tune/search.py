@@ -129,6 +129,9 @@ class Tuner:
         )
         for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
             study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)  # died with its process
+        if study.trials:  # resumed: a sampler seeded as in the first session would draw its start-up points again
+            study.sampler = optuna.samplers.TPESampler(seed=self.seed + 1000 * k + len(study.trials),
+                                                       n_startup_trials=4)
         if name in space.DEFAULTS and not study.trials:
             study.enqueue_trial(space.DEFAULTS[name])
         return study
