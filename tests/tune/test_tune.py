@@ -41,14 +41,17 @@ def test_resume_continues_the_study_and_charges_spent_time(toy_dataset, tmp_path
     out = tmp_path / "t"
     tune(DCFG, out, 3, ["ease"], dataset=toy_dataset, progress=False, threads=1)
     first = len(_rows(out))
-    tuner = Tuner(DCFG, out, 6, ["ease"], dataset=toy_dataset, progress=False, threads=1)
-    assert tuner.spent() > 0
+    spent = float(_rows(out)[-1]["elapsed"])
+    tuner = Tuner(DCFG, out, spent + 60, ["ease"], dataset=toy_dataset, progress=False, threads=1)
+    assert tuner.spent() == pytest.approx(spent, abs=0.5)  # charged to the budget
     assert len(tuner.studies["ease"].trials) == first  # loaded from study.sqlite3
-    tuner.run()
-    rows = _rows(out)
-    assert len(rows) > first
-    params = [r["params"] for r in rows if r["model"] == "ease"]
-    assert len(set(params)) == len(params)  # a resumed sampler does not draw the same points again
+    tuner.run_trial("ease", deadline=1e18)
+    tuner.run_trial("ease", deadline=1e18)
+    again = Tuner(DCFG, out, spent + 60, ["ease"], dataset=toy_dataset, progress=False, threads=1)
+    again.run_trial("ease", deadline=1e18)
+    params = [t.params["l2"] for t in again.studies["ease"].trials]
+    assert len(params) == first + 3
+    assert len(set(params)) == len(params)  # a resumed sampler does not draw the first session's points again
     with pytest.raises(ValueError, match="another dataset or setting"):
         Tuner(DCFG, out, 6, ["ease"], protocol="full", dataset=toy_dataset, progress=False)
 
