@@ -158,6 +158,27 @@ def test_recommend_features_needs_a_feature_model(toy_dataset, tmp_path, capsys)
     assert rc == 2 and "does not use user features" in err
 
 
+def test_prior_blend_ends_are_the_model_and_popularity(toy_dataset):
+    pop = Popularity.from_matrix(toy_dataset.train.matrix)
+
+    class Feat(coldstart._Scorer):
+        name = "f"
+        n_users, n_items = toy_dataset.n_users, toy_dataset.n_items
+
+        def score_all(self, users):
+            return torch.arange(self.n_items, dtype=torch.float32).flip(0).expand(len(users), -1)
+
+    users = torch.arange(3)
+    one = coldstart.PriorBlend(Feat(), pop, 1.0).score_all(users)
+    assert torch.equal(one.argsort(dim=1, stable=True), coldstart._z(torch.log1p(pop.counts)[None]).expand(3, -1)
+                       .argsort(dim=1, stable=True))
+    zero = coldstart.PriorBlend(Feat(), pop, 0.0).score_all(users)
+    assert torch.equal(zero.argmax(dim=1), torch.zeros(3, dtype=torch.int64))
+    beta, curve = coldstart.choose_beta(Feat(), pop, toy_dataset.valid, toy_dataset.train.matrix, "full",
+                                        grid=np.array([0.0, 0.5, 1.0]))
+    assert len(curve) == 3 and beta in (0.0, 0.5, 1.0) and curve[[0.0, 0.5, 1.0].index(beta)] == max(curve)
+
+
 # --- end to end -------------------------------------------------------------------------
 
 
@@ -180,7 +201,10 @@ def test_run_writes_results_and_plot(tmp_path):
     assert saved == json.loads(json.dumps(res))
     assert (tmp_path / "run" / "coldstart.png").stat().st_size > 0
     assert res["cold_users"] == 20 and res["warm_test_users"] == 60
-    assert set(res["cold"]) == {"widedeep (features)", "pop", "segment-pop"} and set(res["warm"]) == {"widedeep", "pop"}
+    assert set(res["cold"]) == {"widedeep (features)", "pop", "segment-pop", "widedeep (features) + pop prior"}
+    assert set(res["warm"]) == {"widedeep", "pop"}
+    assert set(res["prior_blend"]) == {"chosen_on", "sampled", "full"}
+    assert all(0 <= res["prior_blend"][p]["beta"] <= 1 for p in ("sampled", "full"))
     cold = res["cold"]
     assert cold["widedeep (features)"]["full"]["ndcg@10"] > cold["pop"]["full"]["ndcg@10"]
     assert len(json.loads((tmp_path / "run" / "cold_users.json").read_text())) == 20

@@ -10,8 +10,10 @@ competitors, as in the warm protocol). Warm users keep the standard split.
 
 Scorers for a cold user: :class:`FeatureScorer` (a model with ``score_all_features``, i.e.
 ``widedeep``: the learned "unknown user" row plus the user's features), :class:`ncf.models.baselines.Popularity`
-(training counts) and :class:`SegmentPopular` (item popularity among warm users sharing each
-of the user's feature values, averaged over fields).
+(training counts), :class:`SegmentPopular` (item popularity among warm users sharing each
+of the user's feature values, averaged over fields) and :class:`PriorBlend` (the feature
+model's standardised scores blended with standardised log popularity, the blend weight chosen
+per protocol on the cold users' *validation* items, issue 17).
 """
 
 from __future__ import annotations
@@ -126,6 +128,49 @@ class FeatureScorer(_Scorer):
         return self.model.score_all_features(self.model.user_features(users), len(users))
 
 
+def _z(scores: torch.Tensor) -> torch.Tensor:
+    scores = scores.float()
+    std = scores.std(dim=1, keepdim=True, unbiased=False)
+    return (scores - scores.mean(dim=1, keepdim=True)) / torch.where(std > 0, std, torch.ones_like(std))
+
+
+class PriorBlend(_Scorer):
+    """``(1 - beta) · z(features scores) + beta · z(log(1 + training count))``, each row
+    standardised over the catalogue: a feature model with the popularity head added back.
+    ``beta`` 0 is the feature model, 1 ranks as most-popular."""
+
+    def __init__(self, base, prior: Popularity, beta: float):
+        if not 0 <= beta <= 1:
+            raise ConfigError(f"beta must be in [0, 1], got {beta}")
+        self.base, self.beta = base, float(beta)
+        self.prior = torch.log1p(prior.counts.detach())[None, :]
+        self.name = f"{base.name} + pop prior"
+        self.n_users, self.n_items = base.n_users, base.n_items
+
+    def parameters(self):
+        return self.base.parameters()
+
+    def score_all(self, users):
+        s = _z(self.base.score_all(users)).cpu()
+        return (1 - self.beta) * s + self.beta * _z(self.prior).expand(len(users), -1)
+
+    def score(self, users, items):
+        uniq, inv = torch.unique(users.cpu(), return_inverse=True)
+        return self.score_all(uniq)[inv, items.cpu()]
+
+
+def choose_beta(base, prior: Popularity, valid: HoldOut, seen: sp.csr_matrix, protocol: str,
+                grid: np.ndarray | None = None, metric: str = "ndcg@10") -> tuple[float, list[float]]:
+    """The ``beta`` of :class:`PriorBlend` with the best ``metric`` on ``valid`` (the cold users'
+    validation items: never trained on, and not their test items) under ``protocol``; ties to
+    the smaller beta. Returns (beta, score of every grid value)."""
+    from ncf.eval.evaluator import evaluate
+
+    grid = np.linspace(0, 1, 21) if grid is None else grid
+    scores = [evaluate(PriorBlend(base, prior, b), valid, protocol, seen=seen)[metric] for b in grid]
+    return float(grid[int(np.argmax(scores))]), scores
+
+
 def evaluate_cold(scorers: list, cold: HoldOut, seen: sp.csr_matrix) -> dict[str, dict[str, Any]]:
     """``{scorer name: {"sampled": metrics, "full": metrics}}`` on the cold users' holdout."""
     from ncf.eval.evaluator import evaluate
@@ -155,6 +200,19 @@ def run(data_cfg, train_cfg, out: Path, fraction: float = 0.1, seed: int = 0, pr
         codes = [b.numpy() for b in model.user_features(torch.arange(model.n_users))]
         if any(c.ndim == 1 for c in codes):
             scorers.append(SegmentPopular(warm.train.matrix, codes))
+    # the popularity head blended into the feature scores, its weight chosen per protocol on the
+    # cold users' validation items (their test items are never looked at for a choice)
+    cold_valid = _keep(full.valid, np.unique(cold.users), True)
+    blend, betas = {}, {}
+    if cold_valid is not None and len(cold_valid):
+        feat = scorers[0]
+        for protocol in ("sampled", "full"):
+            beta, curve = choose_beta(feat, pop, cold_valid, full.train.matrix, protocol)
+            blended = PriorBlend(feat, pop, beta)
+            from ncf.eval.evaluator import evaluate as _ev
+
+            blend[protocol] = _ev(blended, cold, protocol, seen=full.seen(include_valid=True))
+            betas[protocol] = {"beta": beta, "valid_curve": [round(x, 5) for x in curve]}
     seen_warm = warm.seen(include_valid=True)
     result = {
         "dataset": full.name, "model": model.name, "cold_users": int(len(cold)), "warm_test_users": len(warm.test),
@@ -165,6 +223,9 @@ def run(data_cfg, train_cfg, out: Path, fraction: float = 0.1, seed: int = 0, pr
                             "full": evaluate(pop, warm.test, "full", seen=seen_warm)}},
         "cold": evaluate_cold(scorers, cold, full.seen(include_valid=True)),
     }
+    if blend:
+        result["cold"][PriorBlend(scorers[0], pop, 0.0).name] = blend
+        result["prior_blend"] = {"chosen_on": "cold users' validation items", **betas}
     (out / "coldstart.json").write_text(json.dumps(result, indent=2) + "\n")
     plot(result, out / "coldstart.png")
     return result

@@ -1,9 +1,11 @@
 """``ncf compare``: baselines and neural models tuned on validation, compared on test under
 both protocols, with every pair whose order the two protocols disagree on marked.
 
-For each model, at most ``tune_budget`` configurations of its grid (``GRIDS``) are trained
-with :func:`ncf.train.run.train`: the grid's first entry (the default) always, the others
-drawn at random (seeded) when the grid is larger than the budget. The configuration with
+For each model, at most ``tune_budget`` configurations are trained with
+:func:`ncf.train.run.train`, proposed by ``ncf tune``'s search (:mod:`ncf.tune.space`: the
+model's default first, then Optuna's TPE sampler, seeded, told each validation score) where
+Optuna is installed; otherwise (or with explicit ``grids``) the grid's first entry (``GRIDS``)
+and a seeded random draw of the others. The configuration with
 the best **validation** sampled NDCG@10 is kept (for SGD models, at its best epoch: early
 stopping also looks at validation only); its test metrics under the ``sampled`` (1 + 99) and
 ``full`` (every unseen item) protocols are reported. Test never chooses anything.
@@ -104,6 +106,29 @@ def choose_trials(grid: list[dict[str, Any]], budget: int, seed: int = 0) -> lis
     return [grid[0]] + [grid[i] for i in sorted(rest.tolist())]
 
 
+class _Fixed(list):
+    """Configurations decided in advance (a given grid): the validation score changes nothing."""
+
+    def tell(self, value) -> None:
+        pass
+
+
+def proposals(name: str, grid: list[dict[str, Any]] | None, budget: int, seed: int = 0):
+    """The configurations ``tune_model`` tries, one at a time, told each validation score:
+    an explicit ``grid`` is drawn from as before (:func:`choose_trials`); otherwise, where
+    Optuna is installed and the model has a search space, ``ncf tune``'s search
+    (:class:`ncf.tune.space.Proposals`: the default first, then TPE, seeded); else ``GRIDS``."""
+    if grid is None:
+        try:
+            from ncf.tune.space import SPACES, Proposals
+
+            if name in SPACES:
+                return Proposals(name, budget, seed)
+        except ImportError:  # no optuna: the random grid
+            pass
+    return _Fixed(choose_trials(grid if grid is not None else GRIDS.get(name, [{}]), budget, seed))
+
+
 def trial_config(name: str, trial: dict[str, Any], base: dict[str, Any]) -> TrainConfig:
     """A TrainConfig for one trial: a key the model takes as its own hyperparameter (and
     not from a TrainConfig field) goes to ``params``; the rest are TrainConfig fields."""
@@ -152,7 +177,7 @@ def _drop_weights(run: Path) -> None:
 def tune_model(name: str, data_cfg: DataConfig, dataset: Dataset, out: Path, budget: int, base: dict[str, Any],
                seed: int = 0, progress: bool = True, grid: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """Train up to ``budget`` configurations of ``name``; keep the best on validation."""
-    trials = choose_trials(grid if grid is not None else GRIDS.get(name, [{}]), budget, seed)
+    trials = proposals(name, grid, budget, seed)
     cls = get_model_class(name)
     records = []
     for t, trial in enumerate(trials):
@@ -165,6 +190,7 @@ def tune_model(name: str, data_cfg: DataConfig, dataset: Dataset, out: Path, bud
         records.append({"trial": t, "config": trial, "run": str(run), "valid": valid,
                         "best_epoch": summary.get("best_epoch"), "epochs_run": summary.get("epochs_run"),
                         "train_seconds": summary["train_seconds"], "summary": summary})
+        trials.tell(valid.get(SELECT_BY))
         console.print(f"  valid sampled hr@10 {valid.get('hr@10', float('nan')):.4f} "
                       f"ndcg@10 {valid.get('ndcg@10', float('nan')):.4f}  ({time.perf_counter() - t0:.1f}s)")
     best = max(records, key=lambda r: (r["valid"].get(SELECT_BY, -np.inf), -r["trial"]))

@@ -18,6 +18,7 @@ from ncf.cli import items as _items  # noqa: F401
 from ncf.cli import rerank as _rerank  # noqa: F401
 from ncf.cli import serve as _serve  # noqa: F401
 from ncf.cli import train as _train  # noqa: F401
+from ncf.cli import tune as _tune  # noqa: F401
 from ncf.cli.app import app
 
 

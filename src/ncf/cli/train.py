@@ -223,7 +223,8 @@ def convert_cmd(directory: Path = typer.Argument(..., help="Run directory of a -
 @app.command("evaluate")
 def evaluate_cmd(
     directory: Path = typer.Argument(..., help="Run directory."),
-    protocol: str = typer.Option("sampled", "--protocol", help="sampled (1 + 99 negatives) | full"),
+    protocol: str = typer.Option("sampled", "--protocol", help="sampled (1 + 99 negatives) | full | topk "
+                                 "(recall/precision/MAP/MRR/NDCG@k with all of a user's held-out items, coverage)"),
     k: list[str] = typer.Option(["10"], "-k", help="Cut-offs: -k 10, -k 5,20 or -k 5 -k 20."),
     split: str = typer.Option("test", "--split", help="test | valid"),
     data_dir: str = typer.Option(None, "--data-dir", help="Data directory (default: the one the run was "
@@ -250,7 +251,12 @@ def evaluate_cmd(
     if holdout is None:
         raise ConfigError(f"the run has no {split} holdout")
     seen = ds.seen(include_valid=split == "test")
-    res = evaluate(model, holdout, protocol, seen=seen, ks=ks)
+    if protocol == "topk":
+        from ncf.eval.topk import evaluate_topk
+
+        res = {m: v for kk in ks for m, v in evaluate_topk(model, holdout, seen, kk).items()}
+    else:
+        res = evaluate(model, holdout, protocol, seen=seen, ks=ks)
     out = {"run": str(directory), "protocol": protocol, "split": split, "metrics": res}
     if json_out:
         print_json(out)

@@ -17,11 +17,13 @@ from ncf.data.download import data_dir  # noqa: F401 (where datasets live; re-ex
 from ncf.data.interactions import IdMap, Interactions
 from ncf.data.readers import DataError, Ratings
 from ncf.data.split import (
+    SPLITS,
     Dataset,
     HoldOut,
     candidates_from_lists,
     leave_one_out,
     sample_candidates,
+    split_multi,
 )
 from ncf.errors import ConfigError
 
@@ -58,6 +60,10 @@ class DataConfig:
     sep: str | None = None
     header: bool | None = None  # the file's first row is a header (None: detected)
     on_bad_lines: str = "error"
+    # how test and validation are held out: "loo" (each user's latest interaction, the NCF
+    # protocol), "temporal" (the globally latest 10% / the 10% before), "ratio" / "ratio-time"
+    # (8:1:1 of each user's interactions, at random / the latest); several held-out items a user
+    split: str = "loo"
 
     def __post_init__(self):
         if self.n_neg_eval < 1:
@@ -66,9 +72,14 @@ class DataConfig:
             raise ConfigError(f"--on-bad-lines must be 'error' or 'skip', not {self.on_bad_lines!r}")
         if self.min_train < 1:
             raise ConfigError(f"min_train must be >= 1, got {self.min_train}")
+        if self.split not in SPLITS:
+            raise ConfigError(f"--split must be one of {', '.join(SPLITS)}, got {self.split!r}")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if d["split"] == "loo":  # the default is left out: run configs written before the option match
+            del d["split"]
+        return d
 
 
 def _col(c: str | None):
@@ -202,6 +213,8 @@ def split_ratings(ratings: Ratings, cfg: DataConfig, name: str) -> Dataset:
     full = Interactions.from_raw(ratings.users, ratings.items, ratings.timestamps, ratings.ratings)
     if full.nnz == 0:
         raise DataError(f"{cfg.source}: no interactions left to train on")
+    if cfg.split != "loo":
+        return _load_multi(cfg, name, full, ratings, rng)
     train, test_u, test_i, few_test = leave_one_out(full, rng, cfg.min_train)
     valid = None
     few_valid = 0
@@ -220,10 +233,27 @@ def split_ratings(ratings: Ratings, cfg: DataConfig, name: str) -> Dataset:
     return Dataset(name, train, test, valid, full.nnz, report, None, cfg.to_dict())
 
 
+def _load_multi(cfg: DataConfig, name: str, full: Interactions, ratings: Ratings,
+                rng: np.random.Generator) -> Dataset:
+    """A split with several held-out items per user (``cfg.split``): one holdout row per
+    held-out interaction, each with its own ``n_neg_eval`` sampled candidates."""
+    train, (vu, vi), (tu, ti), report = split_multi(full, cfg.split, rng, valid=cfg.valid)
+    if not len(tu):
+        raise DataError(f"{cfg.source}: --split {cfg.split} leaves no test interaction")
+    seen_all = full.matrix
+    valid = HoldOut(vu, vi, sample_candidates(seen_all, vu, vi, cfg.n_neg_eval, rng)) if cfg.valid else None
+    test = HoldOut(tu, ti, sample_candidates(seen_all, tu, ti, cfg.n_neg_eval, rng))
+    report = {"read": ratings.report.to_dict(), "duplicates_collapsed": full.n_duplicates,
+              "timestamps": full.timestamps is not None, **report}
+    return Dataset(name, train, test, valid, full.nnz, report, None, cfg.to_dict())  # item_info: load_dataset
+
+
 def _load_ncf(cfg: DataConfig, name: str, folder: Path) -> Dataset:
     """The NCF pre-split layout: ``PREFIX.train.rating``, ``.test.rating``, ``.test.negative``."""
     if cfg.min_rating is not None:
         raise DataError(f"--min-rating: {cfg.source!r} is pre-split (NCF layout) and its training file has no ratings")
+    if cfg.split != "loo":
+        raise DataError(f"--split {cfg.split}: {cfg.source!r} is pre-split (NCF layout: one test item a user)")
     prefix = NCF_NAMES.get(name)
     if prefix is None and name.endswith(".train.rating"):
         prefix = Path(name).name[: -len(".train.rating")]

@@ -223,3 +223,95 @@ def candidates_from_lists(users: np.ndarray, items: np.ndarray, negatives: np.nd
     kept = np.take_along_axis(np.where(present, neg, PAD), front, axis=1)
     out = np.concatenate([items[:, None], kept], axis=1)
     return out, stats
+
+
+# -- splits with several held-out items per user (issue 17) ------------------------------------
+SPLITS = ("loo", "temporal", "ratio", "ratio-time")
+
+
+def temporal_masks(data: Interactions, valid_frac: float = 0.1, test_frac: float = 0.1,
+                   valid: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Global temporal split of ``data``'s interactions (in ``data.coo()`` order): the latest
+    ``test_frac`` of all interactions is test, the ``valid_frac`` before them validation (when
+    ``valid``), the rest training. Order: timestamp, then user, then item index (so equal
+    timestamps split the same way every time). Returns ``(valid_mask, test_mask)``."""
+    if data.timestamps is None:
+        raise ConfigError("--split temporal needs timestamps, and this dataset has none (use --split ratio)")
+    if not (0 < test_frac < 1 and 0 <= valid_frac < 1 and valid_frac + test_frac < 1):
+        raise ConfigError(f"temporal split fractions must be in (0, 1) and sum below 1, got {valid_frac}, {test_frac}")
+    users, items = data.coo()
+    order = np.lexsort((items, users, data.timestamps))
+    n = len(order)
+    n_test, n_valid = int(round(n * test_frac)), int(round(n * valid_frac)) if valid else 0
+    test = np.zeros(n, dtype=bool)
+    val = np.zeros(n, dtype=bool)
+    test[order[n - n_test:]] = True
+    val[order[n - n_test - n_valid: n - n_test]] = True
+    return val, test
+
+
+def ratio_masks(data: Interactions, rng: np.random.Generator, ratios: tuple[float, float, float] = (0.8, 0.1, 0.1),
+                by_time: bool = False, valid: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Per-user ratio split (e.g. 8:1:1): each user's interactions, in time order (``by_time``;
+    ties by item index) or a seeded random order, end with ``round(n * test)`` test and
+    ``round(n * valid)`` validation items, at least one each when the user has 3 or more
+    (2 or more without ``valid``), and always at least one training item. Returns
+    ``(valid_mask, test_mask)`` over ``data.coo()`` order."""
+    if len(ratios) != 3 or min(ratios) < 0 or not np.isclose(sum(ratios), 1.0) or ratios[2] <= 0:
+        raise ConfigError(f"ratio split needs train:valid:test shares summing to 1 with test > 0, got {ratios}")
+    if by_time and data.timestamps is None:
+        raise ConfigError("--split ratio-time needs timestamps, and this dataset has none (use --split ratio)")
+    users, items = data.coo()
+    key = data.timestamps if by_time else rng.random(len(users))
+    order = np.lexsort((items, key, users))  # grouped by user, then in time (or random) order
+    counts = np.bincount(users, minlength=data.n_users)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    pos = np.empty(len(users), dtype=np.int64)
+    pos[order] = np.arange(len(users)) - np.repeat(starts, counts)  # position within the user's order
+    n_u = counts[users]
+    share_v = ratios[1] if valid else 0.0
+    need = 3 if valid and share_v > 0 else 2
+    n_test = np.where(counts >= need, np.maximum(1, np.round(counts * ratios[2])), 0).astype(np.int64)
+    n_val = np.where(counts >= need, np.maximum(int(share_v > 0), np.round(counts * share_v)), 0).astype(np.int64)
+    excess = np.maximum(n_test + n_val - (counts - 1), 0)  # keep one training item: validation gives way first
+    from_val = np.minimum(excess, n_val)
+    n_val, n_test = n_val - from_val, n_test - (excess - from_val)
+    test = pos >= n_u - n_test[users]
+    val = (~test) & (pos >= n_u - n_test[users] - n_val[users])
+    return val, test
+
+
+def holdout_rows(data: Interactions, mask: np.ndarray, train: Interactions) -> tuple[np.ndarray, np.ndarray, int]:
+    """``(users, items, dropped)``: the masked interactions whose user has a training item
+    (the others cannot be scored by a user-id model and are dropped, counted)."""
+    users, items = data.coo()
+    u, i = users[mask].astype(np.int64), items[mask].astype(np.int64)
+    has_train = np.diff(train.matrix.indptr) > 0
+    ok = has_train[u]
+    return u[ok], i[ok], int((~ok).sum())
+
+
+def split_multi(data: Interactions, kind: str, rng: np.random.Generator, valid: bool = True,
+                ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)):
+    """Split ``data`` by ``kind`` (``temporal``, ``ratio``, ``ratio-time``) into training
+    interactions and (users, items) rows of validation and test, one row per held-out
+    interaction; returns ``(train, (val_u, val_i), (test_u, test_i), report)``."""
+    if kind == "temporal":
+        vmask, tmask = temporal_masks(data, ratios[1], ratios[2], valid)
+    elif kind in ("ratio", "ratio-time"):
+        vmask, tmask = ratio_masks(data, rng, ratios, by_time=kind == "ratio-time", valid=valid)
+    else:
+        raise ConfigError(f"unknown split {kind!r} (known: {', '.join(SPLITS)})")
+    keep = ~(vmask | tmask)
+    users, items = data.coo()
+    train = Interactions.from_indices(
+        users[keep], items[keep], data.user_map, data.item_map,
+        None if data.timestamps is None else data.timestamps[keep],
+        None if data.ratings is None else data.ratings[keep], meta=data.meta)
+    train.n_duplicates = data.n_duplicates
+    vu, vi, v_drop = holdout_rows(data, vmask, train)
+    tu, ti, t_drop = holdout_rows(data, tmask, train)
+    report = {"split": kind, "train": int(keep.sum()), "valid_rows": len(vu), "test_rows": len(tu),
+              "valid_users": len(np.unique(vu)), "test_users": len(np.unique(tu)),
+              "dropped_rows_of_users_without_training": {"valid": v_drop, "test": t_drop}}
+    return train, (vu, vi), (tu, ti), report

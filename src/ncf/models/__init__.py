@@ -22,11 +22,13 @@ MODELS: dict[str, str] = {
     "itemknn": "ncf.models.baselines:ItemKNN",
     "ease": "ncf.models.baselines:EASE",
     "bpr": "ncf.models.baselines:BPRMF",
+    "mf": "ncf.models.mf:MF",
     "ials": "ncf.models.ials:ImplicitALS",
     "item2vec": "ncf.models.item2vec:Item2Vec",
     "widedeep": "ncf.models.widedeep:WideDeep",
     "sasrec": "ncf.models.sasrec:SASRec",
     "gru4rec": "ncf.models.gru4rec:GRU4Rec",
+    "ensemble": "ncf.models.ensemble:Ensemble",
 }
 
 

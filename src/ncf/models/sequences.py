@@ -246,9 +246,10 @@ class SequenceModel(Model):
         validation holdout (``cfg.monitor``, sampled protocol), never test."""
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+        from ncf.console import console
         from ncf.data.sampling import Membership
         from ncf.eval.evaluator import evaluate
-        from ncf.train.trainer import console, resolve_device
+        from ncf.train.trainer import resolve_device
 
         hp = self._hparams
         train = dataset.train

@@ -175,14 +175,16 @@ def _data_dict(data_cfg: DataConfig | None, dataset: Dataset) -> dict:
 
 
 def train(data_cfg: DataConfig, cfg: TrainConfig, out: Path | None, dataset: Dataset | None = None,
-          progress: bool = True, init_items: Path | None = None, overwrite: bool = False) -> dict[str, Any]:
+          progress: bool = True, init_items: Path | None = None, overwrite: bool = False,
+          on_epoch=None) -> dict[str, Any]:
     """Train ``cfg.model`` on ``data_cfg``'s dataset, writing the run to ``out``; the summary.
     See :func:`train_model`."""
-    return train_model(data_cfg, cfg, out, dataset, progress, init_items, overwrite)[1]
+    return train_model(data_cfg, cfg, out, dataset, progress, init_items, overwrite, on_epoch)[1]
 
 
 def train_model(data_cfg: DataConfig | None, cfg: TrainConfig, out: Path | None, dataset: Dataset | None = None,
-                progress: bool = True, init_items: Path | None = None, overwrite: bool = False):
+                progress: bool = True, init_items: Path | None = None, overwrite: bool = False,
+                on_epoch=None):
     """Train ``cfg.model`` on ``dataset`` (else ``data_cfg``'s), writing the run to ``out`` (None:
     in memory); returns (the model with its best-validation weights, the summary).
 
@@ -191,18 +193,19 @@ def train_model(data_cfg: DataConfig | None, cfg: TrainConfig, out: Path | None,
     place at the end (module docstring).
 
     ``init_items``: a run directory (item2vec) whose item vectors initialise GMF / NeuMF item
-    embeddings, matched by raw id (:mod:`ncf.train.warmstart`); reported in ``init_items.json``."""
+    embeddings, matched by raw id (:mod:`ncf.train.warmstart`); reported in ``init_items.json``.
+    ``on_epoch``: the Trainer's per-epoch hook (SGD models; see ``Trainer.on_epoch``)."""
     if out is not None and distributed.is_main():
         check_out(Path(out), overwrite)
     resolve_device(cfg.device)  # --device cuda without a GPU: said before reading or writing anything
     dataset = dataset or load_dataset(data_cfg)
     _check_trainable(dataset)
     if out is None:
-        return _train(data_cfg, cfg, None, dataset, progress, init_items)
-    return _in_partial(Path(out), lambda work: _train(data_cfg, cfg, work, dataset, progress, init_items))
+        return _train(data_cfg, cfg, None, dataset, progress, init_items, on_epoch)
+    return _in_partial(Path(out), lambda work: _train(data_cfg, cfg, work, dataset, progress, init_items, on_epoch))
 
 
-def _train(data_cfg, cfg, out, dataset, progress, init_items):
+def _train(data_cfg, cfg, out, dataset, progress, init_items, on_epoch=None):
     cfg = cfg.resolved(dataset.train.nnz)
     if cfg.pretrain:
         if cfg.model != "neumf":
@@ -224,7 +227,7 @@ def _train(data_cfg, cfg, out, dataset, progress, init_items):
         _write_header(Path(out), data_cfg, cfg, model, dataset)
         if warm is not None:
             atomic_write_json(Path(out) / "init_items.json", warm)
-    model, summary = _fit(model, dataset, cfg, data_cfg, out, progress, resume=False)
+    model, summary = _fit(model, dataset, cfg, data_cfg, out, progress, resume=False, on_epoch=on_epoch)
     if warm is not None and summary is not None:  # None: a non-zero distributed rank
         summary["init_items"] = warm
         if out is not None:
@@ -232,7 +235,7 @@ def _train(data_cfg, cfg, out, dataset, progress, init_items):
     return model, summary
 
 
-def _fit(model, dataset, cfg, data_cfg, out, progress, resume):
+def _fit(model, dataset, cfg, data_cfg, out, progress, resume, on_epoch=None):
     """(model, summary): SGD models through the Trainer, the others through their ``fit``."""
     if not model.trainable:
         t0 = time.perf_counter()
@@ -254,6 +257,7 @@ def _fit(model, dataset, cfg, data_cfg, out, progress, resume):
     else:
         trainer = Trainer(model, dataset, cfg, out, progress=progress)
     trainer.extra_config = lambda: _extra(cfg, data_cfg, dataset)
+    trainer.on_epoch = on_epoch
     return model, trainer.fit(resume=resume)
 
 

@@ -11,6 +11,7 @@ import copy
 import json
 import math
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -115,6 +116,9 @@ class Trainer:
         self.start_epoch = 1
         self.elapsed = 0.0
         self.best_weights: dict[str, torch.Tensor] | None = None  # without a run directory
+        # called with each epoch's record (rank 0, after it is logged); returning True stops
+        # training there (the best epoch so far is kept); it may raise to abandon the run
+        self.on_epoch: Callable[[dict[str, Any]], bool] | None = None
         # a thread assembling the next batches while this one trains (CPU only: on a GPU
         # the work is queued asynchronously anyway)
         self.prefetch = 2 if self.device.type == "cpu" else 0
@@ -399,6 +403,8 @@ class Trainer:
                     with open(self.out / "metrics.jsonl", "a") as f:
                         f.write(json.dumps(record) + "\n")
                     self.save_state(epoch)
+                if self.on_epoch is not None and self.on_epoch(record):
+                    break  # the caller (ncf tune: its time budget) stops here; the best epoch is kept
         summary = self.finish()
         distributed.barrier()  # the run directory is complete before any rank goes on
         return summary
@@ -451,10 +457,14 @@ class Trainer:
         elif self.best_weights is not None:
             self.model.load_state_dict(self.best_weights)
         ds = self.dataset
-        test = test_full = None  # fitting through the Python API never reads test (Dataset.without_test)
+        test = test_full = topk = None  # fitting through the Python API never reads test (Dataset.without_test)
         if ds.test is not None:
             test = evaluate(self.model, ds.test, "sampled")
             test_full = evaluate(self.model, ds.test, "full", seen=ds.seen(include_valid=True))
+            if ds.report.get("split", "loo") != "loo":  # several test items a user: the top-k metrics too
+                from ncf.eval.topk import evaluate_topk
+
+                topk = evaluate_topk(self.model, ds.test, ds.seen(include_valid=True), 10)
         samples = sum(r["samples"] for r in self.history)
         train_s = sum(r["train_seconds"] for r in self.history)
         epoch_s = sum(r["seconds"] for r in self.history)
@@ -473,6 +483,8 @@ class Trainer:
             "device": str(self.device),
             "processes": self.world,
         }
+        if topk is not None:
+            summary["test_topk"] = topk
         if self.out:
             atomic_write_json(self.out / "summary.json", summary)
             from ncf.train.plots import learning_curves

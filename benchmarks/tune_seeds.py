@@ -1,0 +1,84 @@
+"""Seed spread of the model ``ncf tune`` chose (issue 17): retrain the chosen configuration with
+other seeds (the training seed and the data seed, which draws the validation negatives) and
+report test metrics, mean and spread over the tune's own run and these.
+
+For an ``ensemble`` the members are retrained with their own configurations and the blend's
+weights chosen again on validation (as ``ncf tune`` did); nothing looks at test for a choice.
+
+    python benchmarks/tune_seeds.py --tune /tmp/tune-1m-1800 --seeds 1,2 --out /tmp/tune-1m-seeds
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from ncf.config import TrainConfig
+from ncf.data.datasets import DataConfig, load_dataset
+from ncf.train.run import train
+
+KEYS = (("test", "hr@10"), ("test", "ndcg@10"), ("test_full", "hr@10"), ("test_full", "ndcg@10"))
+
+
+def retrain(run: Path, seed: int, out: Path, dataset) -> Path:
+    """Train ``run``'s configuration again with ``seed`` into ``out``; an SGD run for as many
+    epochs as ``run`` ran (a tune trial may have been stopped by the budget), early stopping on."""
+    cfg = json.loads((run / "config.json").read_text())
+    ran = json.loads((run / "summary.json").read_text()).get("epochs_run") or cfg["train"]["epochs"]
+    tc = TrainConfig.from_dict({**cfg["train"], "seed": seed, "epochs": max(1, int(ran))})
+    train(DataConfig(**{**cfg["data"], "seed": seed}), tc, out, dataset=dataset, progress=False)
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--tune", type=Path, required=True, help="an ncf tune output directory")
+    p.add_argument("--seeds", default="1,2")
+    p.add_argument("--out", type=Path, required=True)
+    a = p.parse_args(argv)
+    summary = json.loads((a.tune / "summary.json").read_text())
+    best = a.tune / "best"
+    cfg = json.loads((best / "config.json").read_text())
+    rows = [{"seed": 0, "valid": summary["valid"]["sampled"]["ndcg@10"],
+             **{f"{k}/{m}": summary["test"]["sampled" if k == "test" else "full"][m] for k, m in KEYS}}]
+    for seed in [int(s) for s in a.seeds.split(",") if s.strip()]:
+        t0 = time.time()
+        data_cfg = DataConfig(**{**cfg["data"], "seed": seed})
+        dataset = load_dataset(data_cfg)
+        out = a.out / f"seed{seed}"
+        if cfg["model"] == "ensemble":
+            mp = cfg["model_params"]
+            members = [str(retrain(Path(m["source"]), seed, out / f"m{k}-{m['model']}", dataset))
+                       for k, m in enumerate(mp["members"])]
+            tc = TrainConfig.from_dict({**cfg["train"], "seed": seed, "params": {
+                "members": members, "select": mp["select"], "metric": mp["metric"], "step": mp["step"]}})
+            s = train(data_cfg, tc, out / "ensemble", dataset=dataset, progress=False)
+        else:
+            s = json.loads((retrain(best, seed, out / cfg["model"], dataset) / "summary.json").read_text())
+        rows.append({"seed": seed, "valid": s["valid"]["ndcg@10"], **{f"{k}/{m}": s[k][m] for k, m in KEYS},
+                     "seconds": round(time.time() - t0, 1)})
+        Console(stderr=True).print(rows[-1])
+    cols = ["valid"] + [f"{k}/{m}" for k, m in KEYS]
+    stats = {c: {"mean": statistics.mean(r[c] for r in rows), "stdev": statistics.stdev(r[c] for r in rows)
+                 if len(rows) > 1 else 0.0} for c in cols}
+    result = {"tune": str(a.tune), "model": cfg["model"], "rows": rows, "stats": stats}
+    a.out.mkdir(parents=True, exist_ok=True)
+    (a.out / "seeds.json").write_text(json.dumps(result, indent=2) + "\n")
+    t = Table(title=f"{cfg['model']} chosen by {a.tune}: seeds")
+    for c in ["seed"] + cols:
+        t.add_column(c, justify="right")
+    for r in rows:
+        t.add_row(str(r["seed"]), *(f"{r[c]:.4f}" for c in cols))
+    t.add_row("mean ± sd", *(f"{stats[c]['mean']:.4f} ± {stats[c]['stdev']:.4f}" for c in cols))
+    Console().print(t)
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,318 @@
+"""``ncf tune``: find the best model for a dataset within a wall-clock budget, on validation only.
+
+One Optuna study per model (TPE sampler, seeded; each model's first trial is its default from
+:data:`ncf.tune.space.DEFAULTS`), all kept in ``DIR/study.sqlite3``: rerunning the command on
+the same DIR resumes (finished trials count, their time is charged to the budget; a trial that
+was running when the process died is marked failed and its run directory redone). Every trial
+is an ordinary run (:func:`ncf.train.run.train`) in ``DIR/runs/MODEL/tNNN``. SGD trials report
+their validation score after each epoch: Optuna's median pruner stops those below the median of
+the model's earlier trials at the same epoch, and the budget's end stops a trial at its best
+epoch so far. Fitted models (ease, ials, ...) are skipped once a trial of theirs no longer fits
+the time left (estimated from their earlier trials).
+
+Scheduling: every model gets its default trial first (cheapest first, ``space.ORDER``); then the
+models take turns, except that a model 0.02 (of the metric) or more behind the best one after
+three trials drops out. With ``ensemble`` among the models, the last part of the budget blends
+the best run of up to three other models (:class:`ncf.models.ensemble.Ensemble`, weights chosen
+on validation), which then competes like any trial.
+
+Selection is by the validation holdout only (``protocol`` sampled: 1 + 99 candidates; full:
+among every unseen item); test is read once, for the chosen model. Outputs in DIR::
+
+    summary.json  chosen model, its params, valid and test metrics under both protocols, per-model bests
+    best/         the chosen run directory (ncf evaluate / recommend / serve accept it)
+    trials.csv    every trial: model, state, params, validation score, seconds, run directory
+    tune.png      validation score against elapsed time, per model
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import ncf.tune.space as space
+from ncf.checkpoint import atomic_write_json, load_model
+from ncf.console import console
+from ncf.data.datasets import DataConfig, load_dataset
+from ncf.data.split import Dataset
+from ncf.errors import ConfigError
+
+DEFAULT_MODELS = ("ease", "itemknn", "ials", "mf", "ensemble")
+PROTOCOLS = ("sampled", "full")
+TRAINABLE = ("mf", "bpr", "gmf", "mlp", "neumf")  # SGD: stopped per epoch (pruning, budget)
+DROP_MARGIN = 0.02  # a model this far behind the best after 3 trials stops getting turns
+ENSEMBLE_RESERVE = 0.1  # share of the budget (20 to 300 s, at most half) kept for the ensemble
+
+
+def _optuna():
+    try:
+        import optuna
+    except ImportError:
+        raise ConfigError("ncf tune needs Optuna: pip install 'ncf[tune]'") from None
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna
+
+
+def valid_score(run: Path, dataset: Dataset, protocol: str, metric: str, summary: dict) -> float:
+    """The selection score of a finished run: its validation ``metric`` under ``protocol``
+    (the full protocol ranks each validation item among all items unseen in training; with
+    several validation items a user, ``--split`` other than loo, the top-k metrics of
+    :mod:`ncf.eval.topk` over all of them)."""
+    if protocol == "sampled":
+        return float((summary.get("valid") or {}).get(metric, -math.inf))
+    if dataset.report.get("split", "loo") != "loo":  # several items a user: top-k metrics over all of them
+        from ncf.eval.topk import evaluate_topk
+
+        return float(evaluate_topk(load_model(run), dataset.valid, dataset.train.matrix, 10)[metric])
+    from ncf.eval.evaluator import evaluate
+
+    return float(evaluate(load_model(run), dataset.valid, "full", seen=dataset.train.matrix)[metric])
+
+
+def _drop_weights(run: Path) -> None:
+    for f in ("model.safetensors", "state.safetensors"):
+        (run / f).unlink(missing_ok=True)
+
+
+class Tuner:
+    """The search of one ``ncf tune`` invocation (see the module docstring)."""
+
+    def __init__(self, data_cfg: DataConfig, out: Path, time_budget: float, models: list[str],
+                 protocol: str = "sampled", metric: str = "ndcg@10", seed: int = 0, epochs: int = 30,
+                 threads: int = 0, device: str = "auto", dataset: Dataset | None = None, progress: bool = True):
+        if time_budget <= 0:
+            raise ConfigError(f"--time-budget must be > 0 seconds, got {time_budget}")
+        if protocol not in PROTOCOLS:
+            raise ConfigError(f"--protocol must be sampled or full, got {protocol!r}")
+        unknown = [m for m in models if m not in space.SPACES and m != "ensemble"]
+        if unknown:
+            raise ConfigError(f"ncf tune cannot search {', '.join(unknown)} (tunable: "
+                             f"{', '.join(sorted([*space.SPACES, 'ensemble']))})")
+        from ncf.models import get_model_class
+
+        for m in models:
+            get_model_class(m)  # missing optional dependencies fail before any training
+        self.optuna = _optuna()
+        self.data_cfg, self.out, self.budget = data_cfg, Path(out), float(time_budget)
+        self.models = [m for m in space.ORDER if m in models]
+        self.ensemble = "ensemble" in models
+        self.protocol, self.metric, self.seed, self.progress = protocol, metric, seed, progress
+        self.base = {"epochs": epochs, "patience": 3, "seed": seed, "threads": threads, "device": device}
+        self.dataset = dataset or load_dataset(data_cfg)
+        if self.dataset.valid is None or not len(self.dataset.valid):
+            raise ConfigError("ncf tune chooses on a validation holdout, and this dataset has none (drop --no-valid)")
+        self.out.mkdir(parents=True, exist_ok=True)
+        self._check_resume()
+        self.storage = f"sqlite:///{(self.out / 'study.sqlite3').resolve()}"
+        self.studies = {m: self._study(m, i) for i, m in enumerate(self.models + ["ensemble"] * self.ensemble)}
+
+    # -- study bookkeeping -------------------------------------------------------------
+    def _check_resume(self) -> None:
+        meta = {"data": self.data_cfg.to_dict(), "protocol": self.protocol, "metric": self.metric, "base": self.base}
+        path = self.out / "tune.json"
+        if path.exists():
+            old = json.loads(path.read_text())
+            if old != json.loads(json.dumps(meta)):
+                raise ConfigError(f"{path}: {self.out} holds a tune of another dataset or setting "
+                                 f"({old}); use another --out")
+        atomic_write_json(path, meta)
+
+    def _study(self, name: str, k: int):
+        optuna = self.optuna
+        study = optuna.create_study(
+            study_name=name, storage=self.storage, load_if_exists=True, direction="maximize",
+            sampler=optuna.samplers.TPESampler(seed=self.seed + 1000 * k, n_startup_trials=4),
+            pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=2),
+        )
+        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+            study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)  # died with its process
+        if study.trials:  # resumed: a sampler seeded as in the first session would draw its start-up points again
+            study.sampler = optuna.samplers.TPESampler(seed=self.seed + 1000 * k + len(study.trials),
+                                                       n_startup_trials=4)
+        if name in space.DEFAULTS and not study.trials:
+            study.enqueue_trial(space.DEFAULTS[name])
+        return study
+
+    def _done(self, name: str) -> list:
+        return [t for t in self.studies[name].get_trials(deepcopy=False)
+                if t.state == self.optuna.trial.TrialState.COMPLETE]
+
+    def spent(self) -> float:
+        """Seconds of every finished trial of every session (what a resumed tune has used)."""
+        total = 0.0
+        for study in self.studies.values():
+            for t in study.get_trials(deepcopy=False):
+                if t.datetime_complete and t.datetime_start:
+                    total += (t.datetime_complete - t.datetime_start).total_seconds()
+        return total
+
+    def best(self, name: str):
+        done = self._done(name)
+        return max(done, key=lambda t: (t.value, -t.number)) if done else None
+
+    # -- one trial ---------------------------------------------------------------------
+    def run_trial(self, name: str, deadline: float) -> None:
+        from ncf.compare import trial_config
+        from ncf.train.run import train
+
+        optuna, study = self.optuna, self.studies[name]
+        trial = study.ask()
+        params = space.suggest(name, trial)
+        base = self.base if name in TRAINABLE else {"threads": self.base["threads"], "seed": self.seed}
+        cfg = trial_config(name, params, base)
+        run = self.out / "runs" / name / f"t{trial.number:03d}"
+        if run.exists():
+            shutil.rmtree(run)  # a trial number is never reused; this is the leftover of a crash
+        trial.set_user_attr("run", str(run))
+        trial.set_user_attr("params", json.loads(json.dumps(params)))
+        console.print(f"[bold]{name}[/] trial {trial.number}: {params or '(no hyperparameters)'}  "
+                      f"({max(0.0, deadline - time.time()):.0f} s left)")
+
+        def on_epoch(record: dict) -> bool:
+            v = (record.get("valid") or {}).get(self.metric)
+            if v is not None:
+                trial.report(v, record["epoch"])
+                if trial.should_prune():
+                    raise optuna.TrialPruned()
+            # the budget's end (before another epoch like this one would pass it): keep the best epoch so far
+            return time.time() + record.get("seconds", 0.0) >= deadline
+
+        t0 = time.time()
+        try:
+            summary = train(self.data_cfg, cfg, run, dataset=self.dataset, progress=self.progress, on_epoch=on_epoch)
+        except optuna.TrialPruned:
+            _drop_weights(run)
+            trial.set_user_attr("seconds", time.time() - t0)
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            console.print(f"  pruned after {time.time() - t0:.0f} s (below the median of earlier {name} trials)")
+            return
+        except (ValueError, RuntimeError, MemoryError) as e:
+            _drop_weights(run)
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            console.print(f"  [red]failed: {e}")
+            return
+        value = valid_score(run, self.dataset, self.protocol, self.metric, summary)
+        (run / "state.safetensors").unlink(missing_ok=True)  # finished: the resumable state is dead weight
+        trial.set_user_attr("seconds", time.time() - t0)
+        trial.set_user_attr("best_epoch", summary.get("best_epoch"))
+        if summary.get("epochs_run"):
+            trial.set_user_attr("epoch_seconds", (time.time() - t0) / summary["epochs_run"])
+        prev = self.best(name)
+        study.tell(trial, value)
+        if prev is not None and value <= prev.value:
+            _drop_weights(run)  # only each model's best run keeps its weights (ensemble members, DIR/best)
+        elif prev is not None:
+            _drop_weights(Path(prev.user_attrs["run"]))
+        console.print(f"  valid {self.protocol} {self.metric} {value:.4f}  ({time.time() - t0:.0f} s)"
+                      + ("  *" if prev is None or value > prev.value else ""))
+
+    # -- the schedule ------------------------------------------------------------------
+    def _estimate(self, name: str) -> float:
+        """Seconds the next trial of ``name`` needs at least: a fitted model's slowest earlier
+        trial; an SGD model's fastest epoch so far (it can stop after any epoch)."""
+        done = self._done(name)
+        if name in TRAINABLE:
+            secs = [t.user_attrs["epoch_seconds"] for t in done if "epoch_seconds" in t.user_attrs]
+            return min(secs) if secs else 0.0
+        secs = [t.user_attrs.get("seconds", 0.0) for t in done]
+        return max(secs) if secs else 0.0
+
+    def _typical(self) -> float:
+        """Mean seconds of the trials finished so far, any model (0 before the first)."""
+        secs = [t.user_attrs.get("seconds", 0.0) for m in self.models for t in self._done(m)]
+        return sum(secs) / len(secs) if secs else 0.0
+
+    def _next(self, deadline: float, turn: int, exhausted: set[str]) -> str | None:
+        left = deadline - time.time()
+        candidates = []
+        for m in self.models:
+            if m in exhausted:
+                continue
+            n = len(self._done(m))
+            if m == "pop" and n:
+                continue
+            if n and self._estimate(m) > left:
+                exhausted.add(m)
+                continue
+            if n == 0 and not any(t.state == self.optuna.trial.TrialState.FAIL
+                                  for t in self.studies[m].get_trials(deepcopy=False)):
+                if left < self._typical():
+                    exhausted.add(m)  # no estimate of its own: not started with less than a typical trial's time
+                    continue
+                return m  # every model's default trial first
+            candidates.append(m)
+        scored = {m: self.best(m).value for m in candidates if self.best(m) is not None}
+        if not scored:
+            return None
+        top = max(scored.values())
+        keep = [m for m in candidates if m in scored and (len(self._done(m)) < 3 or scored[m] >= top - DROP_MARGIN)]
+        return keep[turn % len(keep)] if keep else None
+
+    def run(self) -> dict[str, Any]:
+        start = time.time()
+        before = self.spent()
+        if before:
+            console.print(f"resuming {self.out / 'study.sqlite3'}: {before:.0f} s of the budget already spent")
+        deadline = start + self.budget - before
+        reserve = min(max(ENSEMBLE_RESERVE * self.budget, 20.0), 300.0, self.budget / 2) if self.ensemble else 0.0
+        exhausted: set[str] = set()
+        turn = 0
+        while time.time() < deadline - reserve:
+            name = self._next(deadline - reserve, turn, exhausted)
+            if name is None:
+                break
+            self.run_trial(name, deadline - reserve)
+            turn += 1
+        if self.ensemble:  # requested: runs even where the last trial ate into its reserve
+            self.run_ensemble()
+        from ncf.tune.report import finish
+
+        return finish(self, time.time() - start + before)
+
+    def run_ensemble(self) -> None:
+        """Blend the best runs of up to three other models; the blend is one more trial."""
+        from ncf.config import TrainConfig
+        from ncf.train.run import train
+
+        bests = sorted((b for m in self.models if m != "pop" and (b := self.best(m)) is not None),
+                       key=lambda t: -t.value)[:3]
+        if len(bests) < 2:
+            console.print("ensemble: fewer than two tuned models to blend, skipped")
+            return
+        members = [t.user_attrs["run"] for t in bests]
+        study = self.studies["ensemble"]
+        if any(t.user_attrs.get("members") == members for t in self._done("ensemble")):
+            return  # resumed: this blend exists already
+        trial = study.ask()
+        run = self.out / "runs" / "ensemble" / f"t{trial.number:03d}"
+        if run.exists():
+            shutil.rmtree(run)
+        trial.set_user_attr("run", str(run))
+        trial.set_user_attr("members", members)
+        trial.set_user_attr("params", {"members": members})
+        console.print(f"[bold]ensemble[/] of {', '.join(members)}")
+        cfg = TrainConfig(model="ensemble", seed=self.seed, threads=self.base["threads"],
+                          params={"members": members, "select": self.protocol, "metric": self.metric})
+        t0 = time.time()
+        try:
+            summary = train(self.data_cfg, cfg, run, dataset=self.dataset, progress=self.progress)
+        except (ValueError, RuntimeError, MemoryError) as e:
+            study.tell(trial, state=self.optuna.trial.TrialState.FAIL)
+            console.print(f"  [red]failed: {e}")
+            return
+        value = valid_score(run, self.dataset, self.protocol, self.metric, summary)
+        trial.set_user_attr("seconds", time.time() - t0)
+        study.tell(trial, value)
+        weights = json.loads((run / "config.json").read_text())["model_params"]["weights"]
+        console.print(f"  weights {weights}  valid {self.protocol} {self.metric} {value:.4f}  "
+                      f"({time.time() - t0:.0f} s)")
+
+
+def tune(data_cfg: DataConfig, out: Path, time_budget: float, models: list[str] | tuple[str, ...] = DEFAULT_MODELS,
+         protocol: str = "sampled", **kw) -> dict[str, Any]:
+    """Run ``ncf tune`` (see the module docstring); returns what ``DIR/summary.json`` holds."""
+    return Tuner(data_cfg, out, time_budget, list(models), protocol, **kw).run()

@@ -1,0 +1,149 @@
+"""Search spaces of ``ncf tune`` and ``ncf compare``: one Optuna define-by-run function per model.
+
+Each space maps an ``optuna.Trial`` to a trial dict in the form :func:`ncf.compare.trial_config`
+takes (model hyperparameters and TrainConfig fields by name). ``DEFAULTS`` is each model's first
+trial (enqueued before TPE takes over): for ``mf`` and ``ials`` the settings of Rendle et al.
+(RecSys 2020: dimension 192, 8 negatives, L2 0.005; RecSys 2022: dimension 192, unobserved
+weight 0.3), for the others the defaults ``ncf compare`` always tried first.
+
+SGD models train at most ``epochs`` epochs (early stopping on validation, patience 3) at a fixed
+batch size: what is searched is what moved validation most in issues 3-5 (size, L2, learning
+rate, negatives).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from ncf.errors import ConfigError
+
+# batch of the SGD trials: large enough for speed on 2 cores, small enough to converge in a few epochs
+SGD_BATCH = 16384
+
+
+def _pop(trial) -> dict[str, Any]:
+    return {}
+
+
+def _itemknn(trial) -> dict[str, Any]:
+    return {"k": trial.suggest_int("k", 10, 1000, log=True), "shrink": trial.suggest_float("shrink", 0.0, 200.0)}
+
+
+def _ease(trial) -> dict[str, Any]:
+    return {"l2": trial.suggest_float("l2", 10.0, 20000.0, log=True)}
+
+
+def _ials(trial) -> dict[str, Any]:
+    return {
+        "factors": trial.suggest_categorical("factors", [32, 64, 128, 192, 256]),
+        "unobserved_weight": trial.suggest_float("unobserved_weight", 0.02, 2.0, log=True),
+        "regularization": trial.suggest_float("regularization", 0.1, 100.0, log=True),
+        "iterations": trial.suggest_int("iterations", 8, 20),
+    }
+
+
+def _sgd(trial, factors: list[int] | None = None, l2_low: float = 1e-6, l2_high: float = 1e-2) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "lr": trial.suggest_float("lr", 5e-4, 2e-2, log=True),
+        "neg": trial.suggest_categorical("neg", [4, 8, 16]),
+        "batch_size": SGD_BATCH,
+    }
+    if factors:
+        out["factors"] = trial.suggest_categorical("factors", factors)
+    if l2_high:
+        out["l2"] = trial.suggest_float("l2", l2_low, l2_high, log=True)
+    return out
+
+
+def _mf(trial) -> dict[str, Any]:
+    return _sgd(trial, [32, 64, 128, 192], 1e-5, 1e-2)
+
+
+def _bpr(trial) -> dict[str, Any]:
+    return _sgd(trial, [16, 32, 64, 128], 1e-6, 1e-3)
+
+
+def _gmf(trial) -> dict[str, Any]:
+    return _sgd(trial, [8, 16, 32, 64], 1e-6, 1e-3)
+
+
+def _mlp(trial) -> dict[str, Any]:
+    out = _sgd(trial, None, 0, 0)
+    out["layers"] = [int(x) for x in trial.suggest_categorical("layers", ["64,32,16,8", "128,64,32,16",
+                                                                         "256,128,64"]).split(",")]
+    out["dropout"] = trial.suggest_float("dropout", 0.0, 0.4)
+    return out
+
+
+def _neumf(trial) -> dict[str, Any]:
+    out = _mlp(trial)
+    out["factors"] = trial.suggest_categorical("factors", [8, 16, 32, 64])
+    return out
+
+
+SPACES: dict[str, Callable[[Any], dict[str, Any]]] = {
+    "pop": _pop, "itemknn": _itemknn, "ease": _ease, "ials": _ials,
+    "mf": _mf, "bpr": _bpr, "gmf": _gmf, "mlp": _mlp, "neumf": _neumf,
+}
+
+# first trial of each model, in the space's own parameter names (optuna.Study.enqueue_trial)
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "pop": {},
+    "itemknn": {"k": 100, "shrink": 10.0},
+    "ease": {"l2": 500.0},
+    "ials": {"factors": 192, "unobserved_weight": 0.3, "regularization": 10.0, "iterations": 15},
+    "mf": {"factors": 192, "neg": 8, "l2": 0.005, "lr": 0.005},
+    "bpr": {"factors": 32, "neg": 4, "l2": 1e-5, "lr": 0.005},
+    "gmf": {"factors": 16, "neg": 4, "l2": 1e-6, "lr": 0.005},
+    "mlp": {"layers": "64,32,16,8", "neg": 4, "lr": 0.005, "dropout": 0.1},
+    "neumf": {"factors": 16, "layers": "64,32,16,8", "neg": 4, "lr": 0.005, "dropout": 0.1},
+}
+
+# rough cost order: cheap models first, so a small budget still sees a strong model
+ORDER = ("pop", "ease", "itemknn", "ials", "mf", "bpr", "gmf", "neumf", "mlp")
+
+
+def suggest(name: str, trial) -> dict[str, Any]:
+    """The trial dict (for :func:`ncf.compare.trial_config`) of ``name`` drawn by ``trial``."""
+    try:
+        space = SPACES[name]
+    except KeyError:
+        raise ConfigError(f"no search space for model {name!r} (tunable: {', '.join(sorted(SPACES))})") from None
+    return space(trial)
+
+
+class Proposals:
+    """``budget`` trial dicts of ``name`` drawn one at a time by an in-memory, seeded TPE study
+    (the default first); ``tell(value)`` after each (``None`` / NaN: the trial failed). What
+    ``ncf compare`` iterates over instead of its random grid."""
+
+    def __init__(self, name: str, budget: int, seed: int = 0):
+        import optuna
+
+        if budget < 1:
+            raise ConfigError(f"--tune-budget must be >= 1, got {budget}")
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        self.name, self.budget = name, budget
+        self.study = optuna.create_study(direction="maximize",
+                                         sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=4))
+        self.study.enqueue_trial(DEFAULTS[name])
+        self._trial = None
+
+    def __len__(self) -> int:
+        return self.budget if self.name != "pop" else 1  # nothing to search
+
+    def __iter__(self):
+        for _ in range(len(self)):
+            self._trial = self.study.ask()
+            yield suggest(self.name, self._trial)
+
+    def tell(self, value) -> None:
+        import math
+
+        import optuna
+
+        if value is None or not math.isfinite(value):
+            self.study.tell(self._trial, state=optuna.trial.TrialState.FAIL)
+        else:
+            self.study.tell(self._trial, float(value))

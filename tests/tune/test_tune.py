@@ -1,0 +1,136 @@
+"""``ncf tune`` on the planted toy dataset: outputs, resume from the SQLite study, pruning,
+search spaces."""
+
+import csv
+import json
+
+import pytest
+
+optuna = pytest.importorskip("optuna")
+
+from ncf.checkpoint import load_model  # noqa: E402
+from ncf.data.datasets import DataConfig  # noqa: E402
+from ncf.tune import Tuner, space, tune  # noqa: E402
+
+DCFG = DataConfig(source="toy")
+
+
+def _rows(out):
+    with open(out / "trials.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def test_tune_writes_summary_best_trials_and_plot(toy_dataset, tmp_path):
+    out = tmp_path / "t"
+    s = tune(DCFG, out, 12, ["ease", "itemknn", "ensemble"], dataset=toy_dataset, progress=False, threads=1)
+    for f in ("summary.json", "trials.csv", "tune.png", "study.sqlite3", "best/model.safetensors"):
+        assert (out / f).exists(), f
+    saved = json.loads((out / "summary.json").read_text())
+    assert saved["model"] == s["model"] and set(saved["valid"]) == {"sampled", "full"}
+    assert set(saved["test"]) == {"sampled", "full"} and "hr@10" in saved["test"]["full"]
+    # the choice is the best validation score among every model's best trial
+    assert s["per_model"][s["model"]]["valid_score"] == max(r["valid_score"] for r in s["per_model"].values())
+    rows = _rows(out)
+    assert "ease" in {r["model"] for r in rows}  # the others as the (loaded) machine's time allows
+    assert rows[0]["model"] == "ease" and json.loads(rows[0]["params"]) == {"l2": 500.0}  # defaults first
+    model = load_model(out / "best")
+    assert model.name == s["model"]
+
+
+def test_resume_continues_the_study_and_charges_spent_time(toy_dataset, tmp_path):
+    out = tmp_path / "t"
+    tune(DCFG, out, 3, ["ease"], dataset=toy_dataset, progress=False, threads=1)
+    first = len(_rows(out))
+    spent = float(_rows(out)[-1]["elapsed"])
+    tuner = Tuner(DCFG, out, spent + 60, ["ease"], dataset=toy_dataset, progress=False, threads=1)
+    assert tuner.spent() == pytest.approx(spent, abs=0.5)  # charged to the budget
+    assert len(tuner.studies["ease"].trials) == first  # loaded from study.sqlite3
+    tuner.run_trial("ease", deadline=1e18)
+    tuner.run_trial("ease", deadline=1e18)
+    again = Tuner(DCFG, out, spent + 60, ["ease"], dataset=toy_dataset, progress=False, threads=1)
+    again.run_trial("ease", deadline=1e18)
+    params = [t.params["l2"] for t in again.studies["ease"].trials]
+    assert len(params) == first + 3
+    assert len(set(params)) == len(params)  # a resumed sampler does not draw the first session's points again
+    with pytest.raises(ValueError, match="another dataset or setting"):
+        Tuner(DCFG, out, 6, ["ease"], protocol="full", dataset=toy_dataset, progress=False)
+
+
+def test_sgd_trials_are_pruned_from_their_epochs(toy_dataset, tmp_path):
+    out = tmp_path / "t"
+    tuner = Tuner(DCFG, out, 25, ["ease", "mf"], dataset=toy_dataset, progress=False, epochs=4, threads=1)
+    # a pruner that stops every trial whose validation is below 1 after its first epoch
+    tuner.studies["mf"].pruner = optuna.pruners.ThresholdPruner(lower=1.0, n_warmup_steps=0)
+    tuner.run_trial("mf", deadline=1e18)
+    tuner.run_trial("ease", deadline=1e18)
+    (mf,) = tuner.studies["mf"].trials
+    assert mf.state == optuna.trial.TrialState.PRUNED and list(mf.intermediate_values) == [1]
+    assert not (out / "runs" / "mf" / "t000" / "model.safetensors").exists()  # weights of pruned trials go
+
+
+def test_budget_stops_an_sgd_trial_at_its_best_epoch(toy_dataset, tmp_path):
+    import time
+
+    tuner = Tuner(DCFG, tmp_path / "t", 30, ["mf"], dataset=toy_dataset, progress=False, epochs=50, threads=1)
+    tuner.run_trial("mf", deadline=time.time())  # already due: one epoch, then stop
+    (t,) = tuner.studies["mf"].trials
+    assert t.state == optuna.trial.TrialState.COMPLETE and t.user_attrs["best_epoch"] == 1
+
+
+@pytest.mark.parametrize("name", sorted(space.SPACES))
+def test_spaces_give_valid_configs(name):
+    from ncf.compare import trial_config
+
+    study = optuna.create_study(direction="maximize")
+    study.enqueue_trial(space.DEFAULTS[name])
+    for _ in range(3):
+        t = study.ask()
+        trial_config(name, space.suggest(name, t), {"epochs": 2})  # raises on any unknown key
+        study.tell(t, 0.0)
+
+
+def test_bad_arguments(toy_dataset, tmp_path):
+    with pytest.raises(ValueError, match="time-budget"):
+        Tuner(DCFG, tmp_path, 0, ["ease"], dataset=toy_dataset)
+    with pytest.raises(ValueError, match="cannot search"):
+        Tuner(DCFG, tmp_path, 5, ["widedeep"], dataset=toy_dataset)
+    with pytest.raises(ValueError, match="protocol"):
+        Tuner(DCFG, tmp_path, 5, ["ease"], protocol="both", dataset=toy_dataset)
+
+
+def test_compare_uses_the_same_search(toy_dataset, tmp_path):
+    import ncf.compare as cmp
+
+    p = cmp.proposals("ease", None, 3, seed=0)
+    assert isinstance(p, space.Proposals)
+    seen = []
+    for trial in p:
+        seen.append(trial)
+        p.tell(0.5)
+    assert seen[0] == {"l2": 500.0} and len(seen) == 3  # the default first, then TPE
+    assert list(cmp.proposals("ease", [{"l2": 1.0}], 3)) == [{"l2": 1.0}]  # an explicit grid as before
+    results = cmp.compare(DCFG, ["pop", "ease"], tmp_path / "c", tune_budget=2, dataset=toy_dataset, progress=False)
+    assert set(results) == {"pop", "ease"}
+    tuning = json.loads((tmp_path / "c" / "tuning.json").read_text())["models"]
+    assert tuning["ease"]["trials"][0]["config"] == {"l2": 500.0} and len(tuning["ease"]["trials"]) == 2
+
+
+def test_cli_tune_json(tmp_path):
+    from typer.testing import CliRunner
+
+    from ncf.cli import app, main
+
+    rng = __import__("numpy").random.default_rng(5)
+    lines = [f"{u}\t{i}\t4\t{t}" for u in range(1, 31)
+             for t, i in enumerate(rng.choice(range(1, 25), size=8, replace=False))]
+    data = tmp_path / "r.tsv"
+    data.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "tune"
+    res = CliRunner().invoke(app, ["tune", "--dataset", str(data), "--time-budget", "4", "--out", str(out),
+                                   "--models", "ease,itemknn", "--quiet", "--json", "--threads", "1"])
+    assert res.exit_code == 0, (res.output, res.exception)
+    s = json.loads(res.stdout[res.stdout.index("{"):])
+    assert s["model"] in ("ease", "itemknn") and (out / "best" / "config.json").exists()
+    with pytest.raises(SystemExit) as e:
+        main(["tune", "--dataset", str(data), "--time-budget", "4", "--out", str(tmp_path / "x"), "--models", "svd"])
+    assert e.value.code == 2
