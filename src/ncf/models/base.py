@@ -33,6 +33,18 @@ class Scorer(Protocol):
     def score_all(self, users: torch.Tensor) -> torch.Tensor: ...
 
 
+def pairs_from_rows(model, users: torch.Tensor, items: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
+    """[B] scores of (user, item) pairs read from ``model.score_all`` of the distinct users, ``chunk``
+    users at a time: for models whose scores come as whole rows (item-based, standardised blends)."""
+    uniq, inv = torch.unique(users, return_inverse=True)
+    out = torch.empty(len(users), device=users.device)
+    for s in range(0, len(uniq), chunk):
+        sel = (inv >= s) & (inv < s + chunk)
+        scores = model.score_all(uniq[s: s + chunk])
+        out[sel] = scores[inv[sel] - s, items[sel]]
+    return out
+
+
 class Model(nn.Module):
     """Base for every model: ids -> logits, plus the Scorer methods.
 

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from ncf.errors import ConfigError
-from ncf.models.base import Model
+from ncf.models.base import Model, pairs_from_rows
 
 
 def _frozen(t: torch.Tensor) -> nn.Parameter:
@@ -139,14 +139,7 @@ class HistoryModel(FittedModel):
 
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """Scores of (user, item) pairs through ``score_all`` of the distinct users."""
-        uniq, inv = torch.unique(users, return_inverse=True)
-        out = torch.empty(len(users), device=users.device)
-        chunk = 1024
-        for s in range(0, len(uniq), chunk):
-            sel = (inv >= s) & (inv < s + chunk)
-            scores = self.score_all(uniq[s: s + chunk])
-            out[sel] = scores[inv[sel] - s, items[sel]]
-        return out
+        return pairs_from_rows(self, users, items)
 
 
 class Popularity(FittedModel):

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from ncf.errors import ConfigError
+from ncf.models.base import pairs_from_rows
 from ncf.models.baselines import FittedModel
 
 NORMALISE = ("zscore",)
@@ -183,11 +184,4 @@ class Ensemble(FittedModel):
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """Scores of (user, item) pairs through ``score_all`` of the distinct users (the
         standardisation needs each user's whole row)."""
-        uniq, inv = torch.unique(users, return_inverse=True)
-        out = torch.empty(len(users), device=users.device)
-        chunk = 1024
-        for s in range(0, len(uniq), chunk):
-            sel = (inv >= s) & (inv < s + chunk)
-            scores = self.score_all(uniq[s: s + chunk])
-            out[sel] = scores[inv[sel] - s, items[sel]]
-        return out
+        return pairs_from_rows(self, users, items)
