@@ -68,6 +68,22 @@ def test_sgd_trials_are_pruned_from_their_epochs(toy_dataset, tmp_path):
     assert not (out / "runs" / "mf" / "t000" / "model.safetensors").exists()  # weights of pruned trials go
 
 
+def test_a_climbing_trial_below_the_median_is_not_pruned_until_it_stalls(toy_dataset, tmp_path):
+    study = Tuner(DCFG, tmp_path / "t", 30, ["mf"], dataset=toy_dataset, progress=False, threads=1).studies["mf"]
+    for _ in range(2):  # two finished trials that were far ahead at every epoch
+        t = study.ask()
+        for epoch in range(1, 8):
+            t.report(0.5 + 0.01 * epoch, epoch)
+        study.tell(t, 0.57)
+    slow = study.ask()
+    verdicts = []
+    for epoch, v in enumerate([0.10, 0.15, 0.20, 0.25, 0.30, 0.29, 0.295], start=1):
+        slow.report(v, epoch)
+        verdicts.append(slow.should_prune())
+    # below the median from the first epoch, but climbing: kept until two epochs in a row set no new best
+    assert verdicts == [False] * 6 + [True]
+
+
 def test_budget_stops_an_sgd_trial_at_its_best_epoch(toy_dataset, tmp_path):
     import time
 

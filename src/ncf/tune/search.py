@@ -6,8 +6,10 @@ the same DIR resumes (finished trials count, their time is charged to the budget
 was running when the process died is marked failed and its run directory redone). Every trial
 is an ordinary run (:func:`ncf.train.run.train`) in ``DIR/runs/MODEL/tNNN``. SGD trials report
 their validation score after each epoch: Optuna's median pruner stops those below the median of
-the model's earlier trials at the same epoch, and the budget's end stops a trial at its best
-epoch so far. Fitted models (ease, ials, ...) are skipped once a trial of theirs no longer fits
+the model's earlier trials at the same epoch once they stop climbing (two epochs in a row without a
+new best: Optuna's ``PatientPruner``; a slow learner, such as MF at a small learning rate, is not
+cut while it still climbs), and the budget's end stops a trial at its
+best epoch so far. Fitted models (ease, ials, ...) are skipped once a trial of theirs no longer fits
 the time left (estimated from their earlier trials).
 
 Scheduling: every model gets its default trial first (cheapest first, ``space.ORDER``); then the
@@ -126,7 +128,8 @@ class Tuner:
         study = optuna.create_study(
             study_name=name, storage=self.storage, load_if_exists=True, direction="maximize",
             sampler=optuna.samplers.TPESampler(seed=self.seed + 1000 * k, n_startup_trials=4),
-            pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=2),
+            pruner=optuna.pruners.PatientPruner(optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=2),
+                                                patience=1),
         )
         for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
             study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)  # died with its process
