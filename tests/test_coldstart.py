@@ -200,14 +200,25 @@ def test_run_writes_results_and_plot(tmp_path):
     saved = json.loads((tmp_path / "run" / "coldstart.json").read_text())
     assert saved == json.loads(json.dumps(res))
     assert (tmp_path / "run" / "coldstart.png").stat().st_size > 0
-    assert res["cold_users"] == 20 and res["warm_test_users"] == 60
-    assert set(res["cold"]) == {"widedeep (features)", "pop", "segment-pop", "widedeep (features) + pop prior"}
+    assert (res["cold_users"], res["cold_valid_users"], res["warm_users"]) == (20, 20, 60)
+    assert set(res["cold"]) == {"pop", "segment-pop", "segment-prior (10-fold CV)", "segment-prior (cold valid users)",
+                                "pop (train of widedeep)", "widedeep (features)", "widedeep (features) + pop prior"}
     assert set(res["warm"]) == {"widedeep", "pop"}
-    assert set(res["prior_blend"]) == {"chosen_on", "sampled", "full"}
-    assert all(0 <= res["prior_blend"][p]["beta"] <= 1 for p in ("sampled", "full"))
+    assert res["user_fields"] == ["group", "noise"]
+    blend = res["choices"]["prior_blend"]
+    assert all(0 <= blend[p]["beta"] <= 1 for p in ("sampled", "full"))
+    cv = res["choices"]["segment-prior (10-fold CV)"]
+    assert cv["full"]["chosen_on"] == "10-fold CV over users" and cv["full"]["protocol"] == "full"
     cold = res["cold"]
     assert cold["widedeep (features)"]["full"]["ndcg@10"] > cold["pop"]["full"]["ndcg@10"]
+    assert cold["segment-prior (10-fold CV)"]["full"]["ndcg@10"] > cold["pop"]["full"]["ndcg@10"]
     assert len(json.loads((tmp_path / "run" / "cold_users.json").read_text())) == 20
+    # the run directory is the widedeep run, trained on the warm users only, with the prior's choice
+    from ncf.recommend import Recommender
+
+    rec = Recommender.from_run(tmp_path / "run")
+    assert rec.seen.nnz == 40 * 10 and rec.cold_prior().mode == cv["full"]["mode"]
+    assert json.loads((tmp_path / "run" / "cold_prior.json").read_text())["alpha"] == cv["full"]["alpha"]
 
 
 def test_train_cli_takes_feature_files(tmp_path, capsys):
@@ -224,3 +235,142 @@ def test_train_cli_takes_feature_files(tmp_path, capsys):
     rc, _, err = run_cli(capsys, "train", "--dataset", ratings, "--model", "widedeep", "--epochs", 1,
                          "--user-features", tmp_path / "nope.csv", "--out", tmp_path / "run2", "--quiet")
     assert rc == 2 and "nope.csv: feature file not found" in err
+
+
+# --- the segment prior (issue 17) -----------------------------------------------------------
+
+
+def _planted_segments(n_users=600, n_items=70, per_user=15, seed=0):
+    """Everyone likes blockbusters (items 0-9, 30% of each user's picks); the rest of a user's
+    picks come from their group's 30 items (group = user % 2). Returns (dataset, [group codes,
+    noise codes] by user index); each user's test item is their latest pick."""
+    from ncf.data.interactions import Interactions
+    from ncf.data.split import Dataset, leave_one_out, sample_candidates
+
+    rng = np.random.default_rng(seed)
+    users, items, times = [], [], []
+    for u in range(n_users):
+        weights = np.zeros(n_items)
+        weights[:10] = 0.3 / 10
+        weights[10 + 30 * (u % 2): 40 + 30 * (u % 2)] = 0.7 / 30
+        chosen = rng.choice(n_items, size=per_user, replace=False, p=weights)
+        users += [u] * per_user
+        items += chosen.tolist()
+        times += rng.permutation(per_user).tolist()
+    full = Interactions.from_raw(np.array(users), np.array(items), np.array(times))
+    train, tu, ti, _ = leave_one_out(full, rng)
+    train, vu, vi, _ = leave_one_out(train, rng)
+    data = Dataset("planted", train, HoldOut(tu, ti, sample_candidates(full.matrix, tu, ti, 20, rng)),
+                   HoldOut(vu, vi, sample_candidates(full.matrix, vu, vi, 20, rng)), full.nnz)
+    raw = np.asarray(train.user_map.raws(range(n_users)))
+    return data, [raw % 2 + 1, raw % 3 + 1]  # codes as a Field makes them (0 = <unk>)
+
+
+def test_segment_prior_by_hand():
+    train = sp.csr_matrix(np.array([[1, 1, 0, 0],
+                                    [1, 0, 0, 1],
+                                    [0, 0, 1, 1],
+                                    [0, 0, 0, 0]], dtype=np.float32))  # user 3: cold
+    code = np.array([1, 1, 2, 1])
+    counts, total = np.array([2, 1, 1, 2]), 6.0
+    p = (counts + 0.5) / (total + 0.5 * 4)
+    # value 1 (users 0, 1): counts [2, 1, 0, 1] over 4; 2 values hold interactions -> m = alpha * 6 / 2
+    for alpha in (0.0, 0.5, 4.0):
+        m = alpha * 3
+        with np.errstate(divide="ignore"):  # alpha 0: an item the segment never took is -inf
+            value1 = np.log((np.array([2, 1, 0, 1]) + m * p) / (4 + m))
+        prior = coldstart.SegmentPrior(train, [code], alpha, "naive-bayes")
+        got = prior.score_all(torch.tensor([3])).numpy()[0]
+        assert np.allclose(got, value1, atol=1e-6), alpha  # one field: log p + (log P(i|v) - log p)
+        joint = coldstart.SegmentPrior(train, [code], alpha, "joint").score_all(torch.tensor([3])).numpy()[0]
+        assert np.allclose(joint, value1, atol=1e-6)
+    # two fields, naive Bayes: log p + both fields' log-odds
+    other = np.array([1, 2, 2, 2])  # value 2: users 1 and 2 -> counts [1, 0, 1, 2] over 4
+    nb = coldstart.SegmentPrior(train, [code, other], 1.0, "naive-bayes")
+    m = 1.0 * 6 / 2
+    expect = np.log(p) + (np.log((np.array([2, 1, 0, 1]) + m * p) / (4 + m)) - np.log(p)) \
+        + (np.log((np.array([1, 0, 1, 2]) + m * p) / (4 + m)) - np.log(p))
+    assert np.allclose(nb.score_codes([np.array([1]), np.array([2])])[0], expect)
+    # joint: (1, 2) is user 1 alone; a combination (or value) no warm user has scores as popularity
+    jt = coldstart.SegmentPrior(train, [code, other], 1.0, "joint")
+    m = 1.0 * 6 / 3  # three combinations hold interactions
+    assert np.allclose(jt.score_codes([np.array([1]), np.array([2])])[0],
+                       np.log((np.array([1, 0, 0, 1]) + m * p) / (2 + m)))
+    assert np.allclose(jt.score_codes([np.array([2]), np.array([1])])[0], np.log(p))
+    assert np.allclose(nb.score_codes([np.array([0]), np.array([7])])[0], np.log(p))  # <unk>, out of vocabulary
+    with pytest.raises(ValueError, match="mode must be one of"):
+        coldstart.SegmentPrior(train, [code], 1.0, "mean")
+    with pytest.raises(ValueError, match="alpha must be >= 0"):
+        coldstart.SegmentPrior(train, [code], -1.0)
+
+
+def test_segment_prior_at_alpha_inf_ranks_as_most_popular():
+    from ncf.eval.evaluator import full_ranks, sampled_ranks
+
+    data, codes = _planted_segments(n_users=200)
+    pop = Popularity.from_matrix(data.train.matrix)
+    seen = data.seen()
+    for mode in coldstart.SegmentPrior.MODES:
+        inf = coldstart.SegmentPrior(data.train.matrix, codes, float("inf"), mode)
+        assert np.array_equal(full_ranks(inf, data.test, seen), full_ranks(pop, data.test, seen))
+        assert np.array_equal(sampled_ranks(inf, data.test), sampled_ranks(pop, data.test))
+        finite = coldstart.SegmentPrior(data.train.matrix, codes, 1.0, mode)
+        assert not np.array_equal(full_ranks(finite, data.test, seen), full_ranks(pop, data.test, seen))
+
+
+def test_segment_prior_beats_popularity_where_segments_carry_signal():
+    data, codes = _planted_segments()
+    warm, cold = coldstart.cold_split(data, 0.2, seed=0)
+    seen = data.seen()
+    pop = Popularity.from_matrix(warm.train.matrix)
+    for protocol in ("sampled", "full"):
+        choice = coldstart.choose_prior(warm.train.matrix, codes, warm.test, seen, protocol, folds=5)
+        assert np.isfinite(choice["alpha"]) and choice["value"] > choice["curve"][choice["mode"]][-1]
+        prior = coldstart.SegmentPrior(warm.train.matrix, codes, choice["alpha"], choice["mode"])
+        got, base = evaluate(prior, cold, protocol, seen=seen), evaluate(pop, cold, protocol, seen=seen)
+        assert got["hr@10"] > base["hr@10"] + 0.08 and got["ndcg@10"] > base["ndcg@10"] + 0.025, (protocol, got, base)
+
+
+def test_choose_prior_never_scores_a_user_with_their_own_interactions():
+    """Each user their own segment: fitted without the user's fold, their segment is empty, so
+    alpha = 0 scores as popularity; counted with their own items it would not."""
+    data, _ = _planted_segments(n_users=200)
+    own = [np.arange(data.n_users) + 1]
+    half = data.test.users < data.n_users // 2
+    valid = HoldOut(data.test.users[half], data.test.items[half], data.test.candidates[half])
+    apart = sp.csr_matrix(sp.diags((~np.isin(np.arange(data.n_users), valid.users)).astype(float))
+                          @ data.train.matrix)  # a separate set of validation users, absent from training
+    for matrix, folds in ((data.train.matrix, 5), (apart, None)):
+        r = coldstart.choose_prior(matrix, own, valid, data.seen(), "full", alphas=(0.0, float("inf")),
+                                   modes=("joint", "naive-bayes"), folds=folds)
+        assert r["curve"]["joint"][0] == r["curve"]["joint"][1] > 0.1
+        assert r["curve"]["naive-bayes"] == r["curve"]["joint"]
+    leaked = coldstart.SegmentPrior(data.train.matrix, own, 0.0, "joint")
+    assert evaluate(leaked, valid, "full", seen=data.seen())["ndcg@10"] < r["curve"]["joint"][1] / 2
+    with pytest.raises(ValueError, match="folds must be in"):
+        coldstart.choose_prior(data.train.matrix, own, data.test, data.seen(), folds=1)
+
+
+def test_recommend_features_uses_the_segment_prior(cold_run, capsys):
+    from ncf.checkpoint import CheckpointError
+    from ncf.recommend import Recommender, top_k
+
+    out = cold_run[0]
+    rec = Recommender.from_run(out)
+    prior = rec.cold_prior()
+    assert prior.field_names == ["group", "noise"] and (prior.mode, prior.alpha) == ("naive-bayes", 1.0)
+    group = [f for f in rec.model.user_fields if f.name == "group"][0]
+    r = rec.recommend_features({"group": "b"}, 10)
+    codes = [np.array([group.vocab.index("b")]), np.array([0])]
+    want = top_k(prior.score_codes(codes)[0], None, 10)
+    assert [it["item"] for it in r.items] == rec.item_map.raws(want)
+    assert sum(int(it["item"]) // 20 == 1 for it in r.items) >= 8
+    # the run's cold_prior.json (as the benchmark writes it): alpha inf is most-popular
+    (out / "cold_prior.json").write_text(json.dumps({"mode": "joint", "alpha": "inf"}))
+    rec = Recommender.from_run(out)
+    assert [it["item"] for it in rec.recommend_features({"group": "b"}, 5).items] == \
+        [it["item"] for it in rec.popular(5)]
+    (out / "cold_prior.json").write_text(json.dumps({"mode": "mean"}))
+    with pytest.raises(CheckpointError, match="mode must be one of"):
+        Recommender.from_run(out)
+    (out / "cold_prior.json").unlink()

@@ -8,12 +8,16 @@ on their usual test item: ``sampled`` (among its 1 + 99 candidates) and ``full``
 every item except the user's other interactions: those are positives we hold, not
 competitors, as in the warm protocol). Warm users keep the standard split.
 
-Scorers for a cold user: :class:`FeatureScorer` (a model with ``score_all_features``, i.e.
-``widedeep``: the learned "unknown user" row plus the user's features), :class:`ncf.models.baselines.Popularity`
-(training counts), :class:`SegmentPopular` (item popularity among warm users sharing each
-of the user's feature values, averaged over fields) and :class:`PriorBlend` (the feature
-model's standardised scores blended with standardised log popularity, the blend weight chosen
-per protocol on the cold users' *validation* items, issue 17).
+Scorers for a cold user: :class:`SegmentPrior` (the one :class:`ncf.recommend.Recommender`
+uses for a new user's features: popularity conditioned on the user's field values, shrunk
+towards global popularity, its mode and shrinkage chosen on validation users by
+:func:`choose_prior`), :class:`FeatureScorer` (a model with ``score_all_features``, i.e.
+``widedeep``: the learned "unknown user" row plus the user's features),
+:class:`ncf.models.baselines.Popularity` (training counts), :class:`SegmentPopular` (item
+popularity among warm users sharing each of the user's feature values, averaged over fields,
+unshrunk) and :class:`PriorBlend` (the feature model's standardised scores blended with
+standardised log popularity). Choices are made on validation users' *latest* items, the kind of
+item the cold test users are scored on (:func:`run`, issue 17).
 """
 
 from __future__ import annotations
@@ -107,6 +111,171 @@ class SegmentPopular(_Scorer):
         return sum(t[c[users], items] for t, c in zip(self.tables, self.codes, strict=True)) / len(self.tables)
 
 
+class SegmentPrior(_Scorer):
+    """Features-conditioned popularity with shrinkage (issue 17): the cold-start scorer.
+
+    ``p(i)`` is the item's share of the (binary) training interactions. For one user field with
+    value ``v``, ``P(i | v) = (c_v(i) + m p(i)) / (n_v + m)``: the counts of warm users with that
+    value, shrunk towards ``p`` by ``m = alpha`` × the mean interactions per value of the field
+    (so ``alpha`` is in "average segments" and means the same on any dataset; small segments are
+    shrunk most). Fields combine
+
+    - ``naive-bayes``: ``log p(i) + Σ_f [log P(i | v_f) - log p(i)]`` (each field's log-odds
+      added, as if the fields were independent given the item), or
+    - ``joint``: ``log P(i | v_1, ..., v_F)`` over the combination of all fields (one segment per
+      combination seen in training; a combination no warm user has scores as ``p``).
+
+    ``alpha = inf`` is most-popular (same ranking as :class:`ncf.models.baselines.Popularity`,
+    ties included); ``alpha`` and ``mode`` are chosen on validation users by :func:`choose_prior`.
+    Only cat/bucket fields take part (a multi-valued user field is left out)."""
+
+    MODES = ("naive-bayes", "joint")
+
+    def __init__(self, train: sp.csr_matrix, user_codes: list[np.ndarray], alpha: float = 1.0,
+                 mode: str = "naive-bayes", field_names: list[str] | None = None):
+        if mode not in self.MODES:
+            raise ConfigError(f"segment prior mode must be one of {', '.join(self.MODES)}, got {mode!r}")
+        if not alpha >= 0:  # NaN too
+            raise ConfigError(f"segment prior alpha must be >= 0 (inf: most popular), got {alpha}")
+        self.n_users, self.n_items = train.shape
+        self.alpha, self.mode = float(alpha), mode
+        names = field_names or [f"field{k}" for k in range(len(user_codes))]
+        keep = [k for k, c in enumerate(user_codes) if np.ndim(c) == 1]
+        self.field_names = [names[k] for k in keep]
+        self.codes = [np.asarray(user_codes[k], dtype=np.int64) for k in keep]
+        for name, c in zip(self.field_names, self.codes, strict=True):
+            if len(c) != self.n_users:
+                raise ConfigError(f"user feature {name!r}: {len(c)} codes for {self.n_users} users")
+        self.sizes = [int(c.max(initial=0)) + 1 for c in self.codes]
+        self.name = "segment-prior" if np.isfinite(self.alpha) else "segment-prior (alpha=inf)"
+        m = sp.csr_matrix(train, dtype=np.float64, copy=True)
+        m.sum_duplicates()
+        m.eliminate_zeros()  # (rows zeroed out by a fold mask)
+        m.data[:] = 1.0
+        counts = np.asarray(m.sum(axis=0)).ravel()
+        total = counts.sum()
+        self.log_p = np.log((counts + 0.5) / (total + 0.5 * self.n_items))  # ranks as the counts do
+        self.tables: list[np.ndarray] = []  # naive-bayes: [V_f, I] log-odds; joint: one [S, I] table
+        self._segments: dict[int, int] = {}  # joint: mixed-radix combination -> table row
+        if not np.isfinite(self.alpha) or not self.codes:
+            return
+        p = np.exp(self.log_p)
+        if mode == "naive-bayes":
+            for c, size in zip(self.codes, self.sizes, strict=True):
+                self.tables.append(self._shrunk(m, c, size, total, p) - self.log_p[None, :])
+        else:
+            combo = self._combination(self.codes)
+            uniq, seg = np.unique(combo, return_inverse=True)
+            self._segments = {int(u): n for n, u in enumerate(uniq)}
+            self.tables.append(self._shrunk(m, seg, len(uniq), total, p))
+
+    def _shrunk(self, m: sp.csr_matrix, code: np.ndarray, size: int, total: float, p: np.ndarray) -> np.ndarray:
+        """[size, I] log((c_v(i) + m p(i)) / (n_v + m)) over the warm users' interactions."""
+        onehot = sp.csr_matrix((np.ones(len(code)), (code, np.arange(len(code)))), shape=(size, len(code)))
+        c = np.asarray((onehot @ m).todense())  # [size, I]
+        n = c.sum(axis=1, keepdims=True)
+        pseudo = self.alpha * total / max(int((n > 0).sum()), 1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            out = np.log((c + pseudo * p[None, :]) / (n + pseudo))
+        return np.where(n > 0, out, self.log_p[None, :])  # a value no warm user has: popularity
+
+    def _combination(self, codes: list[np.ndarray]) -> np.ndarray:
+        combo = np.zeros(len(codes[0]), dtype=np.int64)
+        for c, size in zip(codes, self.sizes, strict=True):
+            combo = combo * size + np.minimum(c, size - 1)
+        return combo
+
+    def score_codes(self, codes: list[np.ndarray]) -> np.ndarray:
+        """[B, n_items] float64 scores of users given by their codes (one ``[B]`` array per field
+        of :attr:`field_names`, as :func:`ncf.data.features.encode_features` makes them)."""
+        codes = [np.asarray(c, dtype=np.int64).reshape(-1) for c in codes]
+        b = len(codes[0]) if codes else 1
+        out = np.repeat(self.log_p[None, :], b, axis=0)
+        if not self.tables:
+            return out
+        if len(codes) != len(self.codes):
+            raise ConfigError(f"segment prior: {len(codes)} feature arrays for {len(self.codes)} fields")
+        if self.mode == "joint":
+            rows = np.array([self._segments.get(int(x), -1) for x in self._combination(codes)])
+            known = rows >= 0
+            out[known] = self.tables[0][rows[known]]
+            return out
+        for table, c in zip(self.tables, codes, strict=True):
+            inside = c < len(table)  # a value beyond the training vocabulary: no evidence
+            out[inside] += table[c[inside]]
+        return out
+
+    def score_all(self, users):
+        u = users.cpu().numpy()
+        return torch.as_tensor(self.score_codes([c[u] for c in self.codes]), dtype=torch.float32)
+
+    def score(self, users, items):
+        uniq, inv = torch.unique(users.cpu(), return_inverse=True)
+        return self.score_all(uniq)[inv, items.cpu()]
+
+    def settings(self) -> dict[str, Any]:
+        return {"mode": self.mode, "alpha": self.alpha if np.isfinite(self.alpha) else "inf",
+                "fields": list(self.field_names)}
+
+
+def _pooled_ranks(make, holdout: HoldOut, protocol: str, seen: sp.csr_matrix | None,
+                  groups: list[np.ndarray]) -> np.ndarray:
+    """Ranks of ``holdout`` under ``protocol``, its rows ``groups[k]`` scored by ``make(k)``."""
+    from ncf.eval.evaluator import full_ranks, sampled_ranks
+
+    ranks = np.empty(len(holdout), dtype=np.int64)
+    for k, rows in enumerate(groups):
+        if not len(rows):
+            continue
+        h = HoldOut(holdout.users[rows], holdout.items[rows], holdout.candidates[rows])
+        ranks[rows] = sampled_ranks(make(k), h) if protocol == "sampled" else full_ranks(make(k), h, seen)
+    return ranks
+
+
+def choose_prior(train: sp.csr_matrix, user_codes: list[np.ndarray], valid: HoldOut, seen: sp.csr_matrix | None,
+                 protocol: str = "full", alphas=(0.0, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0, float("inf")),
+                 modes=SegmentPrior.MODES, folds: int | None = 10, seed: int = 0, metric: str = "ndcg@10",
+                 field_names: list[str] | None = None) -> dict[str, Any]:
+    """The ``(mode, alpha)`` of :class:`SegmentPrior` with the best ``metric`` on validation users'
+    held-out items ``valid`` under ``protocol``; ties to the larger alpha (closer to popularity).
+
+    ``folds=None``: ``valid``'s users are already absent from ``train`` (a separate set of cold
+    validation users). ``folds=K``: ``valid``'s users are warm users, split into K seeded folds;
+    each fold is scored by a prior fitted without that fold's users (K-fold cross-validation over
+    users: every validation user is cold when scored, and all of them count).
+    Returns ``{"mode", "alpha", "protocol", "metric", "curve": {mode: [score per alpha]}}``."""
+    from ncf.eval.metrics import summarize
+
+    if not len(valid):
+        raise ConfigError("choosing a segment prior needs validation users with a held-out item")
+    if protocol == "full" and seen is None:
+        raise ConfigError("the full protocol needs the users' seen items")
+    train = sp.csr_matrix(train)
+    if folds is None:
+        groups = [np.arange(len(valid))]
+        fitted = [train]
+    else:
+        users = np.unique(valid.users)
+        if folds < 2 or folds > len(users):
+            raise ConfigError(f"folds must be in [2, {len(users)}] (validation users), got {folds}")
+        fold_of = np.full(train.shape[0], -1)
+        fold_of[users] = np.random.default_rng(seed).permutation(len(users)) % folds
+        groups = [np.flatnonzero(fold_of[valid.users] == k) for k in range(folds)]
+        fitted = [sp.diags((fold_of != k).astype(np.float64)) @ train for k in range(folds)]
+    curve: dict[str, list[float]] = {}
+    for mode in modes:
+        curve[mode] = []
+        for a in alphas:
+            ranks = _pooled_ranks(lambda k, a=a, mode=mode: SegmentPrior(fitted[k], user_codes, a, mode, field_names),
+                                  valid, protocol, seen, groups)
+            curve[mode].append(float(summarize(ranks, (10,), full=protocol == "full")[metric]))
+    best = max(((v, a, mode) for mode in modes for a, v in zip(alphas, curve[mode], strict=True)),
+               key=lambda t: (t[0], t[1]))
+    return {"mode": best[2], "alpha": best[1], "protocol": protocol, "metric": metric, "value": best[0],
+            "alphas": [a if np.isfinite(a) else "inf" for a in alphas], "curve": curve,
+            "chosen_on": "separate cold validation users" if folds is None else f"{folds}-fold CV over users"}
+
+
 class FeatureScorer(_Scorer):
     """A trained model's cold-start scores: users known by their features only (their own
     id embedding is never read)."""
@@ -179,56 +348,122 @@ def evaluate_cold(scorers: list, cold: HoldOut, seen: sp.csr_matrix) -> dict[str
             for s in scorers}
 
 
-def run(data_cfg, train_cfg, out: Path, fraction: float = 0.1, seed: int = 0, progress: bool = True,
-        overwrite: bool = False) -> dict:
-    """Split off cold users, train ``train_cfg.model`` (widedeep) on the warm ones into ``out``,
-    evaluate warm and cold users against popularity; writes ``coldstart.json`` and ``coldstart.png``."""
-    from ncf.checkpoint import load_model
-    from ncf.data.datasets import load_dataset
+def user_codes(dataset, user_features: str | Path | None = None) -> tuple[list[str], list[np.ndarray]]:
+    """(field names, ``[n_users]`` codes) of the dataset's cat/bucket user fields (the MovieLens
+    side files beside its ratings, or a ``user_features`` CSV file); empty lists if it has none."""
+    from ncf.data.features import side_features
+
+    table = side_features(dataset, user_features, None).users
+    keep = [k for k, v in enumerate(table.values) if v.ndim == 1]
+    return [table.fields[k].name for k in keep], [table.values[k] for k in keep]
+
+
+def _prior_rows(train: sp.csr_matrix, names, codes, cold: HoldOut, seen, choose) -> tuple[dict, dict]:
+    """The segment prior chosen per protocol by ``choose(protocol)``, fitted on ``train`` and
+    evaluated on ``cold``: ({"sampled": metrics, "full": metrics}, {protocol: choice})."""
     from ncf.eval.evaluator import evaluate
-    from ncf.train.run import train
+
+    metrics, choices = {}, {}
+    for protocol in ("sampled", "full"):
+        c = choose(protocol)
+        prior = SegmentPrior(train, codes, c["alpha"], c["mode"], names)
+        metrics[protocol] = evaluate(prior, cold, protocol, seen=seen)
+        choices[protocol] = {**c, "alpha": c["alpha"] if np.isfinite(c["alpha"]) else "inf"}
+    return metrics, choices
+
+
+def run(data_cfg, train_cfg, out: Path, fraction: float = 0.1, seed: int = 0, progress: bool = True,
+        overwrite: bool = False, model_run: Path | None = None, folds: int = 10) -> dict:
+    """The cold-start benchmark (issue 7, 17); writes ``coldstart.json`` and ``coldstart.png`` in ``out``.
+
+    Users: ``fraction`` of the users with a test item are the cold *test* users (drawn by ``seed``,
+    as :func:`cold_split`); as many again, drawn from the rest with ``seed + 1``, are cold
+    *validation* users; the others are warm. Every choice is made on validation users' latest
+    (test) items, the same kind of item as the cold test users': the segment prior's ``(mode,
+    alpha)`` by ``folds``-fold cross-validation over the warm users, and again on the separate
+    cold validation users; the widedeep blend's ``beta`` on the cold validation users.
+
+    Count-based scorers (pop, segment-pop, segment prior) are fitted on all warm users. With
+    ``train_cfg`` (widedeep), the model is trained into ``out`` on the warm users only (neither
+    cold set), or ``model_run`` is such a run already trained; its rows compare with a
+    most-popular fitted on the same users (``pop (train of widedeep)``)."""
+    from ncf.data.datasets import load_dataset
 
     out = Path(out)
     full = load_dataset(data_cfg)
     warm, cold = cold_split(full, fraction, seed)
-    summary = train(data_cfg, train_cfg, out, dataset=warm, progress=progress, overwrite=overwrite)
-    model = load_model(out)
-    (out / "cold_users.json").write_text(json.dumps(full.train.user_map.raws(np.unique(cold.users))))
+    n_cold = len(np.unique(cold.users))
+    narrow, cold_valid = cold_split(warm, n_cold / len(np.unique(warm.test.users)), seed + 1)
+    seen = full.seen(include_valid=True)  # a user's other interactions are no competitors
+    params = (train_cfg.params or {}) if train_cfg is not None else {}
+    names, codes = user_codes(full, params.get("user_features"))
     pop = Popularity.from_matrix(warm.train.matrix)
-    scorers = [FeatureScorer(model), pop]
-    if getattr(model, "user_fields", None):
-        codes = [b.numpy() for b in model.user_features(torch.arange(model.n_users))]
-        if any(c.ndim == 1 for c in codes):
-            scorers.append(SegmentPopular(warm.train.matrix, codes))
-    # the popularity head blended into the feature scores, its weight chosen per protocol on the
-    # cold users' validation items (their test items are never looked at for a choice)
-    cold_valid = _keep(full.valid, np.unique(cold.users), True)
-    blend, betas = {}, {}
-    if cold_valid is not None and len(cold_valid):
-        feat = scorers[0]
-        for protocol in ("sampled", "full"):
-            beta, curve = choose_beta(feat, pop, cold_valid, full.train.matrix, protocol)
-            blended = PriorBlend(feat, pop, beta)
-            from ncf.eval.evaluator import evaluate as _ev
-
-            blend[protocol] = _ev(blended, cold, protocol, seen=full.seen(include_valid=True))
-            betas[protocol] = {"beta": beta, "valid_curve": [round(x, 5) for x in curve]}
-    seen_warm = warm.seen(include_valid=True)
-    result = {
-        "dataset": full.name, "model": model.name, "cold_users": int(len(cold)), "warm_test_users": len(warm.test),
-        "fraction": fraction, "seed": seed, "best_epoch": summary["best_epoch"],
-        "epochs_run": summary["epochs_run"], "train_seconds": summary["train_seconds"],
-        "warm": {model.name: {"sampled": summary["test"], "full": summary["test_full"]},
-                 pop.name: {"sampled": evaluate(pop, warm.test, "sampled"),
-                            "full": evaluate(pop, warm.test, "full", seen=seen_warm)}},
-        "cold": evaluate_cold(scorers, cold, full.seen(include_valid=True)),
+    scorers: list = [pop]
+    if codes:
+        scorers.append(SegmentPopular(warm.train.matrix, codes))
+    result: dict[str, Any] = {
+        "dataset": full.name, "cold_users": int(n_cold), "cold_valid_users": int(len(np.unique(cold_valid.users))),
+        "warm_users": int(len(np.unique(warm.test.users))), "fraction": fraction, "seed": seed,
+        "user_fields": names, "cold": evaluate_cold(scorers, cold, seen), "choices": {},
     }
-    if blend:
-        result["cold"][PriorBlend(scorers[0], pop, 0.0).name] = blend
-        result["prior_blend"] = {"chosen_on": "cold users' validation items", **betas}
+    if codes:
+        cv, valid_users = f"segment-prior ({folds}-fold CV)", "segment-prior (cold valid users)"
+        result["cold"][cv], result["choices"][cv] = _prior_rows(
+            warm.train.matrix, names, codes, cold, seen,
+            lambda p: choose_prior(warm.train.matrix, codes, warm.test, seen, p, folds=folds, seed=seed,
+                                   field_names=names))
+        result["cold"][valid_users], result["choices"][valid_users] = _prior_rows(
+            warm.train.matrix, names, codes, cold, seen,
+            lambda p: choose_prior(narrow.train.matrix, codes, cold_valid, seen, p, folds=None, field_names=names))
+    if train_cfg is not None or model_run is not None:
+        result.update(_model_rows(data_cfg, train_cfg, out, model_run, narrow, cold, cold_valid, seen, progress,
+                                  overwrite, result))  # (trains into out first: files are written after)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "cold_users.json").write_text(json.dumps(full.train.user_map.raws(np.unique(cold.users))))
+    if codes:  # the full-protocol choice (CV), for Recommender.from_run(out) where out is the widedeep run
+        chosen = result["choices"][f"segment-prior ({folds}-fold CV)"]["full"]
+        (out / "cold_prior.json").write_text(json.dumps({"mode": chosen["mode"], "alpha": chosen["alpha"]}) + "\n")
     (out / "coldstart.json").write_text(json.dumps(result, indent=2) + "\n")
     plot(result, out / "coldstart.png")
     return result
+
+
+def _model_rows(data_cfg, train_cfg, out, model_run, narrow: Dataset, cold, cold_valid, seen, progress, overwrite,
+                result) -> dict:
+    """The feature model's rows: trained on ``narrow`` (warm users only), blended with popularity
+    at the ``beta`` chosen per protocol on the cold validation users."""
+    from ncf.checkpoint import load_model, load_train_matrix
+    from ncf.eval.evaluator import evaluate
+    from ncf.train.run import train
+
+    if model_run is not None:
+        model_run = Path(model_run)
+        summary = json.loads((model_run / "summary.json").read_text())
+        if (load_train_matrix(model_run) != narrow.train.matrix).nnz:
+            raise ConfigError(f"{model_run}: not trained on this benchmark's warm users (same dataset, "
+                              "fraction and seed)")
+        model = load_model(model_run)
+    else:
+        summary = train(data_cfg, train_cfg, out, dataset=narrow, progress=progress, overwrite=overwrite)
+        model = load_model(out)
+    pop = Popularity.from_matrix(narrow.train.matrix)
+    pop.name = "pop (train of widedeep)"
+    feat = FeatureScorer(model)
+    rows = evaluate_cold([pop, feat], cold, seen)
+    blend, betas = {}, {}
+    for protocol in ("sampled", "full"):
+        beta, curve = choose_beta(feat, pop, cold_valid, seen, protocol)
+        blend[protocol] = evaluate(PriorBlend(feat, pop, beta), cold, protocol, seen=seen)
+        betas[protocol] = {"beta": beta, "valid_curve": [round(x, 5) for x in curve]}
+    rows[f"{feat.name} + pop prior"] = blend
+    result["cold"].update(rows)
+    result["choices"]["prior_blend"] = {"chosen_on": "cold validation users' latest items", **betas}
+    seen_warm = narrow.seen(include_valid=True)
+    return {"model": model.name, "best_epoch": summary["best_epoch"], "epochs_run": summary["epochs_run"],
+            "train_seconds": summary["train_seconds"], "model_run": str(model_run or out),
+            "warm": {model.name: {"sampled": summary["test"], "full": summary["test_full"]},
+                     "pop": {"sampled": evaluate(pop, narrow.test, "sampled"),
+                             "full": evaluate(pop, narrow.test, "full", seen=seen_warm)}}}
 
 
 def plot(result: dict, path: Path) -> None:
@@ -238,11 +473,12 @@ def plot(result: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    n_bars = len(result.get("warm", {})) + len(result["cold"])
+    fig, axes = plt.subplots(1, 2, figsize=(max(11, 1.3 * n_bars), 3.8))
     for ax, protocol in zip(axes, ("sampled", "full"), strict=True):
         labels, hr, nd = [], [], []
         for group in ("warm", "cold"):
-            for name, m in result[group].items():
+            for name, m in result.get(group, {}).items():
                 labels.append(f"{group}\n{name}")
                 hr.append(m[protocol]["hr@10"])
                 nd.append(m[protocol]["ndcg@10"])
@@ -253,7 +489,8 @@ def plot(result: dict, path: Path) -> None:
         ax.set_title(f"{protocol} protocol")
         ax.grid(axis="y", alpha=0.3)
     axes[0].legend()
-    fig.suptitle(f"{result['model']} on {result['dataset']}: warm vs cold users ({result['cold_users']} cold)")
+    fig.suptitle(f"{result.get('model', 'count-based scorers')} on {result['dataset']}: "
+                 f"{result['cold_users']} cold test users")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

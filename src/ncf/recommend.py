@@ -17,7 +17,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from ncf.checkpoint import CheckpointError, load_item_info, load_model, load_run_maps, load_train_matrix
+from ncf.checkpoint import CheckpointError, load_item_info, load_model, load_run_maps, load_train_matrix, read_json
 from ncf.data.interactions import IdMap
 from ncf.errors import ConfigError, UnknownIdError
 from ncf.models.base import Model
@@ -29,6 +29,30 @@ class UnknownItemError(UnknownIdError):
 
 class RerankUnavailable(ConfigError):
     """Re-ranking was asked for, but the run has no (valid) ``rerank.json``."""
+
+
+def load_cold_prior(directory: Path) -> dict | None:
+    """``cold_prior.json`` of a run directory (the segment prior's ``mode`` / ``alpha`` chosen on
+    validation users, e.g. by ``benchmarks/coldstart.py``), or None."""
+    from ncf.coldstart import SegmentPrior
+
+    path = Path(directory) / "cold_prior.json"
+    if not path.exists():
+        return None
+    got = read_json(path)
+    if not isinstance(got, dict) or set(got) - {"mode", "alpha"}:
+        raise CheckpointError(f"{path}: expected {{\"mode\": ..., \"alpha\": ...}}, got {got!r}")
+    if isinstance(got.get("alpha"), str):
+        try:
+            got["alpha"] = float(got["alpha"])
+        except ValueError:
+            raise CheckpointError(f"{path}: alpha must be a number or \"inf\", got {got['alpha']!r}") from None
+    alpha = got.get("alpha", 1.0)
+    if not isinstance(alpha, (int, float)) or not alpha >= 0:
+        raise CheckpointError(f"{path}: alpha must be >= 0 (or \"inf\"), got {alpha!r}")
+    if got.get("mode", SegmentPrior.MODES[0]) not in SegmentPrior.MODES:
+        raise CheckpointError(f"{path}: mode must be one of {', '.join(SegmentPrior.MODES)}, got {got['mode']!r}")
+    return got
 
 
 def top_k(scores: np.ndarray, exclude: np.ndarray | None, k: int) -> np.ndarray:
@@ -88,7 +112,8 @@ class Recommender:
     see :func:`ncf.rerank.lagrangian.load_reranker`)."""
 
     def __init__(self, model: Model, user_map: IdMap, item_map: IdMap, seen: sp.csr_matrix,
-                 item_info: dict | None = None, reranker=None, rerank_reason: str | None = None):
+                 item_info: dict | None = None, reranker=None, rerank_reason: str | None = None,
+                 cold_prior: dict | None = None):
         if seen.shape != (model.n_users, model.n_items):
             raise ConfigError(f"seen matrix {seen.shape} does not match the model ({model.n_users}, {model.n_items})")
         if (len(user_map), len(item_map)) != (model.n_users, model.n_items):
@@ -102,13 +127,16 @@ class Recommender:
         self.item_info = item_info
         self.reranker = reranker
         self.rerank_reason = rerank_reason or ("" if reranker is not None else "no re-ranker given")
+        self.cold_settings = dict(cold_prior or {})  # SegmentPrior's mode / alpha (else its defaults)
+        self._cold_prior = None
 
     @classmethod
     def from_run(cls, directory: str | Path, device: str = "cpu") -> Recommender:
         directory = Path(directory)
         model = load_model(directory, device=device)
         users, items = load_run_maps(directory)
-        return cls(model, users, items, load_train_matrix(directory), load_item_info(directory))
+        return cls(model, users, items, load_train_matrix(directory), load_item_info(directory),
+                   cold_prior=load_cold_prior(directory))
 
     @property
     def n_items(self) -> int:
@@ -231,16 +259,37 @@ class Recommender:
         """Top ``k`` items for raw user id ``user`` (see :meth:`recommend_many`)."""
         return self.recommend_many([user], k, filter_seen, [list(extra_seen or ())], items, rerank)[0]
 
+    def cold_prior(self):
+        """The cold-start scorer of this run (:class:`ncf.coldstart.SegmentPrior`: popularity
+        conditioned on the user fields, shrunk towards plain popularity), built once from the
+        training interactions and the training users' feature values the model holds (widedeep)."""
+        from ncf.coldstart import SegmentPrior
+
+        if self._cold_prior is None:
+            fields = getattr(self.model, "user_fields", None)
+            if not fields:
+                raise ConfigError(f"model {self.model.name!r} does not use user features: --features needs a "
+                                  "widedeep run with user features (ncf train --model widedeep)")
+            with torch.no_grad():
+                codes = [c.cpu().numpy() for c in self.model.user_features(torch.arange(self.model.n_users,
+                                                                                        device=self.device))]
+            names = [f.name for f in fields]
+            keep = [n for n, c in enumerate(codes) if c.ndim == 1]
+            self._cold_prior = SegmentPrior(self.seen, [codes[n] for n in keep], field_names=[names[n] for n in keep],
+                                            **self.cold_settings)
+        return self._cold_prior
+
     def recommend_features(self, features: dict[str, str], k: int = 10) -> Recommendation:
-        """Top ``k`` items for a new user known only by side features (``{"age": "25", ...}``),
-        from a model that scores features (``score_all_features``: widedeep). Unknown feature
-        names or values raise ``ValueError`` listing the valid ones."""
+        """Top ``k`` items for a new user known only by side features (``{"age": "25", ...}``):
+        the run's cold-start scorer (:meth:`cold_prior`; ``score`` is its log-probability of the
+        item). Unknown feature names or values raise ``ValueError`` listing the valid ones."""
+        from ncf.data.features import encode_features
+
         if k < 1:
             raise ConfigError(f"k must be >= 1, got {k}")
-        if not hasattr(self.model, "score_all_features"):
-            raise ConfigError(f"model {self.model.name!r} does not use user features: --features needs a "
-                             "widedeep run (ncf train --model widedeep)")
-        scores = self.model.score_all_features(self.model.encode_features(features), 1)[0].double().cpu().numpy()
+        prior = self.cold_prior()
+        codes = [c for c in encode_features(self.model.user_fields, features) if c.ndim == 1]
+        scores = prior.score_codes(codes)[0]
         return Recommendation(dict(features), self.slate(scores, None, k), False)
 
     def similar(self, item, k: int = 10) -> list[dict]:
