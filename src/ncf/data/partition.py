@@ -62,11 +62,12 @@ class UserShardSampler:
 
     @classmethod
     def for_rank(cls, matrix: sp.csr_matrix, bounds: np.ndarray, rank: int, n_neg: int = 4, seed: int = 0,
-                 device: torch.device | str = "cpu") -> UserShardSampler:
+                 device: torch.device | str = "cpu", counts: np.ndarray | None = None) -> UserShardSampler:
         """The sampler of ``rank`` for a users x items ``matrix`` split at ``bounds``: keeps only
-        the rank's rows (the global counts come from the users' degrees)."""
+        the rank's rows (the global counts come from the users' degrees). ``counts``: every
+        user's degree, where ``matrix`` holds only the rank's rows (a rank-loaded dataset)."""
         m = matrix.tocsr()
-        counts = np.diff(m.indptr)
+        counts = np.diff(m.indptr) if counts is None else np.asarray(counts, dtype=np.int64)
         sampleable = np.where(counts < m.shape[1], counts, 0)
         lo, hi = int(bounds[rank]), int(bounds[rank + 1])
         return cls(m[lo:hi], lo, int(sampleable[:lo].sum()), int(sampleable.sum()), n_neg, seed, rank, device)
