@@ -132,11 +132,15 @@ def test_repeated_rows_move_the_ranges_and_a_third_pass_reads_them(tmp_path, mon
     path = tmp_path / "r.tsv"
     path.write_text("".join(lines))
     calls = []
-    real = rankload.read_ratings_part
-    monkeypatch.setattr(rankload, "read_ratings_part", lambda *a, **k: calls.append(a[-2:]) or real(*a, **k))
+    real = rankload.collect_ratings
+    monkeypatch.setattr(rankload, "collect_ratings", lambda *a, **k: calls.append(a[2]) or real(*a, **k))
     cfg = DataConfig(source=str(path), rating_col="2", time_col="3", split_draws="per_user")
     assert_parts_equal_whole(cfg, 2)
-    assert len(calls) > 2, "the ranges moved: some rank read its final range again"
+    # the ranges moved: after the two first reads, one rank reads again, only the users it gained
+    assert len(calls) == 3 and len(calls[2]) == 1
+    (a, b), = calls[2]
+    first = [c[0] for c in calls[:2]]  # the gained users: in the other rank's first range, not in its own
+    assert a < b and any(lo <= a and b <= hi for lo, hi in first) and any(b <= lo or a >= hi for lo, hi in first)
 
 
 def test_min_rating_skipped_rows_and_no_validation(tmp_path):

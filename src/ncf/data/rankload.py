@@ -164,35 +164,81 @@ class _Local:
     sums: dict[str, int] = field(default_factory=dict)  # added over ranks for the report
 
 
-def read_ratings_part(scan: _Scan, cfg: DataConfig, user_map: IdMap, item_map: IdMap, lo: int, hi: int,
-                      chunk_bytes: int = readers.CHUNK_BYTES) -> _Local:
-    """Pass 2: the rows of users ``lo:hi`` (indexes), split per user."""
+class _Rows:
+    """Raw rows (index arrays by name) of some users, collected chunk by chunk."""
+
+    def __init__(self, names: tuple[str, ...]):
+        self.parts: dict[str, list[np.ndarray]] = {k: [] for k in names}
+
+    def add(self, **arrays: np.ndarray | None) -> None:
+        for k, v in arrays.items():
+            if v is not None:
+                self.parts[k].append(v)
+
+    def get(self, key: str, dtype, shape: tuple = (0,)) -> np.ndarray:
+        parts = self.parts[key]
+        if len(parts) != 1:
+            self.parts[key] = [np.concatenate(parts) if parts else np.empty(shape, dtype=dtype)]
+        return self.parts[key][0]
+
+    def has(self, key: str) -> bool:
+        return bool(self.parts[key])
+
+    def keep(self, lo: int, hi: int, user_keys: dict[str, str]) -> None:
+        """Only the rows whose user (array ``user_keys[group]`` of each group) is in ``lo:hi``."""
+        for group, ukey in user_keys.items():
+            u = self.get(ukey, np.int64)
+            m = (u >= lo) & (u < hi)
+            for k in [k for k in self.parts if k.split(".")[0] == group]:
+                if self.parts[k]:
+                    self.parts[k] = [self.get(k, np.int64)[m]]
+
+    def extend(self, other: _Rows) -> None:
+        for k, v in other.parts.items():
+            self.parts[k].extend(v)
+
+
+def _in_ranges(u: np.ndarray, ranges: list[tuple[int, int]]) -> np.ndarray:
+    m = np.zeros(len(u), dtype=bool)
+    for lo, hi in ranges:
+        m |= (u >= lo) & (u < hi)
+    return m
+
+
+def collect_ratings(scan: _Scan, cfg: DataConfig, ranges: list[tuple[int, int]],
+                    chunk_bytes: int = readers.CHUNK_BYTES) -> _Rows:
+    """A streaming pass keeping the rows of the users in ``ranges`` (user indexes)."""
     _check_stamp(scan.path, scan.stamp, "between the passes")
-    parts: dict[str, list[np.ndarray]] = {"u": [], "i": [], "t": [], "r": []}
+    rows = _Rows(("r.u", "r.i", "r.t", "r.r"))
     seen = 0
     for r in _iter((scan.path, scan.spec), cfg, chunk_bytes, scan.str_ids):
         seen += len(r)
         if not len(r):
             continue
         u = _index(scan.user_ids, r.users, scan.path)
-        keep = np.flatnonzero((u >= lo) & (u < hi))
-        parts["u"].append(u[keep])
-        parts["i"].append(_index(scan.item_ids, r.items[keep], scan.path))
-        if r.timestamps is not None:
-            parts["t"].append(r.timestamps[keep])
-        if r.ratings is not None:
-            parts["r"].append(r.ratings[keep])
-    _check_stamp(scan.path, scan.stamp, "during the second pass")
+        keep = np.flatnonzero(_in_ranges(u, ranges))
+        rows.add(**{"r.u": u[keep], "r.i": _index(scan.item_ids, r.items[keep], scan.path),
+                    "r.t": None if r.timestamps is None else r.timestamps[keep],
+                    "r.r": None if r.ratings is None else r.ratings[keep]})
+    _check_stamp(scan.path, scan.stamp, "during a later pass")
     if seen != scan.report.rows:
-        raise DataError(f"{scan.path}: changed while it was being read ({seen} rows on the second pass, "
+        raise DataError(f"{scan.path}: changed while it was being read ({seen} rows on a later pass, "
                         f"{scan.report.rows} on the first); it must not change during a run")
+    return rows
 
-    def cat(key, dtype):
-        return np.concatenate(parts[key]) if parts[key] else np.empty(0, dtype=dtype)
 
-    full = Interactions.from_indices(cat("u", np.int64), cat("i", np.int64), user_map, item_map,
-                                     cat("t", np.int64) if scan.timestamps else None,
-                                     cat("r", np.float32) if scan.ratings else None)
+def _distinct_counts(u: np.ndarray, i: np.ndarray, n_items: int, lo: int, hi: int) -> np.ndarray:
+    """Distinct items of each user ``lo:hi`` among rows ``(u, i)`` (repeated rows collapse)."""
+    keys = np.unique(u * n_items + i)
+    return np.bincount(keys // n_items - lo, minlength=hi - lo)[: hi - lo]
+
+
+def split_ratings_rows(rows: _Rows, scan: _Scan, cfg: DataConfig, user_map: IdMap, item_map: IdMap,
+                       lo: int, hi: int) -> _Local:
+    full = Interactions.from_indices(rows.get("r.u", np.int64), rows.get("r.i", np.int64), user_map, item_map,
+                                     rows.get("r.t", np.int64) if scan.timestamps else None,
+                                     rows.get("r.r", np.float32) if scan.ratings else None)
+    rows.parts.clear()  # the rows live on in full alone
     train, valid, test, stats = loo_split(full, cfg, np.random.default_rng(cfg.seed), lo, hi)
     sums = {"interactions": full.nnz, "duplicates_collapsed": full.n_duplicates, **stats,
             "valid": len(valid) if valid is not None else 0, "test": len(test)}
@@ -284,47 +330,43 @@ def scan_ncf(src: Source, cfg: DataConfig, chunk_bytes: int = readers.CHUNK_BYTE
                     reports, times, rates)
 
 
-def read_ncf_part(scan: _NcfScan, cfg: DataConfig, user_map: IdMap, item_map: IdMap, lo: int, hi: int,
-                  chunk_bytes: int = readers.CHUNK_BYTES) -> _Local:
+def collect_ncf(scan: _NcfScan, cfg: DataConfig, ranges: list[tuple[int, int]],
+                chunk_bytes: int = readers.CHUNK_BYTES) -> _Rows:
+    """A streaming pass over the three files keeping the users in ``ranges``."""
     for k, p in scan.paths.items():
         _check_stamp(p, scan.stamps[k], "between the passes")
-    got: dict[str, dict[str, list]] = {}
-    for k in ("train.rating", "test.rating"):
-        got[k] = {"u": [], "i": [], "t": [], "r": []}
+    rows = _Rows(("tr.u", "tr.i", "tr.t", "tr.r", "te.u", "te.i", "ng.u", "ng.i", "ng.n"))
+    for k, g in (("train.rating", "tr"), ("test.rating", "te")):
         for r in readers.iter_table(scan.paths[k], **scan.specs[k], on_bad_lines=cfg.on_bad_lines,
                                     chunk_bytes=chunk_bytes):
             u, i = _ncf_ints(r, scan.paths[k])
-            keep = np.flatnonzero((u >= lo) & (u < hi))
-            got[k]["u"].append(u[keep])
-            got[k]["i"].append(i[keep])
-            if r.timestamps is not None:
-                got[k]["t"].append(r.timestamps[keep])
-            if r.ratings is not None:
-                got[k]["r"].append(r.ratings[keep])
-    heads: dict[str, list] = {"u": [], "i": [], "n": []}
+            keep = np.flatnonzero(_in_ranges(u, ranges))
+            rows.add(**{f"{g}.u": u[keep], f"{g}.i": i[keep]})
+            if g == "tr":
+                rows.add(**{"tr.t": None if r.timestamps is None else r.timestamps[keep],
+                            "tr.r": None if r.ratings is None else r.ratings[keep]})
     for nu, ni, negs in readers.iter_ncf_negative(scan.paths["test.negative"], chunk_bytes):
-        keep = np.flatnonzero((nu >= lo) & (nu < hi))
-        heads["u"].append(nu[keep])
-        heads["i"].append(ni[keep])
+        keep = np.flatnonzero(_in_ranges(nu, ranges))
         padded = np.full((len(keep), scan.width), -1, dtype=np.int64)
         padded[:, : negs.shape[1]] = negs[keep]
-        heads["n"].append(padded)
+        rows.add(**{"ng.u": nu[keep], "ng.i": ni[keep], "ng.n": padded})
     for k, p in scan.paths.items():
-        _check_stamp(p, scan.stamps[k], "during the second pass")
+        _check_stamp(p, scan.stamps[k], "during a later pass")
+    return rows
 
-    def cat(parts, dtype, shape=(0,)):
-        return np.concatenate(parts) if parts else np.empty(shape, dtype=dtype)
 
-    tr, te = got["train.rating"], got["test.rating"]
-    te_u, te_i = cat(te["u"], np.int64), cat(te["i"], np.int64)
-    nu, ni = cat(heads["u"], np.int64), cat(heads["i"], np.int64)
-    negs = cat(heads["n"], np.int64, (0, scan.width))
+def split_ncf_rows(rows: _Rows, scan: _NcfScan, cfg: DataConfig, user_map: IdMap, item_map: IdMap,
+                   lo: int, hi: int) -> _Local:
+    te_u, te_i = rows.get("te.u", np.int64), rows.get("te.i", np.int64)
+    nu, ni = rows.get("ng.u", np.int64), rows.get("ng.i", np.int64)
+    negs = rows.get("ng.n", np.int64, (0, scan.width))
     neg_path, test_path = scan.paths["test.negative"], scan.paths["test.rating"]
     if sorted(zip(nu.tolist(), ni.tolist(), strict=True)) != sorted(zip(te_u.tolist(), te_i.tolist(), strict=True)):
         raise DataError(f"{neg_path}: its (user,item) heads do not match {test_path.name}")
-    train_all = Interactions.from_indices(cat(tr["u"], np.int64), cat(tr["i"], np.int64), user_map, item_map,
-                                          cat(tr["t"], np.int64) if scan.timestamps else None,
-                                          cat(tr["r"], np.float32) if scan.ratings else None)
+    train_all = Interactions.from_indices(rows.get("tr.u", np.int64), rows.get("tr.i", np.int64), user_map, item_map,
+                                          rows.get("tr.t", np.int64) if scan.timestamps else None,
+                                          rows.get("tr.r", np.float32) if scan.ratings else None)
+    rows.parts.clear()
     overlap = train_all.matrix[te_u, te_i].A1 if len(te_u) else np.array([])
     if overlap.any():
         raise DataError(f"{scan.folder}: test interactions of users {lo}..{hi - 1} also appear in the training "
@@ -365,9 +407,17 @@ def load_rank_dataset(cfg: DataConfig, rank: int = 0, world: int = 1, allsum: Al
         scan = scan_ncf(src, cfg, chunk_bytes)
         user_map, item_map = _ncf_maps(src.folder, scan.n_users, scan.n_items)
         est = _ncf_train_counts(scan.rows, cfg)
+        users_of = {"tr": "tr.u", "te": "te.u", "ng": "ng.u"}
 
-        def read(lo, hi):
-            return read_ncf_part(scan, cfg, user_map, item_map, lo, hi, chunk_bytes)
+        def collect(ranges):
+            return collect_ncf(scan, cfg, ranges, chunk_bytes)
+
+        def exact(rows, lo, hi):
+            return _ncf_train_counts(_distinct_counts(rows.get("tr.u", np.int64), rows.get("tr.i", np.int64),
+                                                      scan.n_items, lo, hi), cfg)
+
+        def split(rows, lo, hi):
+            return split_ncf_rows(rows, scan, cfg, user_map, item_map, lo, hi)
     else:
         if cfg.split != "loo":
             raise ConfigError(f"a rank reads only its users for the loo split, not --split {cfg.split}")
@@ -376,31 +426,54 @@ def load_rank_dataset(cfg: DataConfig, rank: int = 0, world: int = 1, allsum: Al
             raise DataError(f"{cfg.source}: no interactions left to train on")
         user_map, item_map = IdMap(scan.user_ids), IdMap(scan.item_ids)
         est = _loo_train_counts(scan.rows, cfg)
+        users_of = {"r": "r.u"}
 
-        def read(lo, hi):
-            return read_ratings_part(scan, cfg, user_map, item_map, lo, hi, chunk_bytes)
+        def collect(ranges):
+            return collect_ratings(scan, cfg, ranges, chunk_bytes)
+
+        def exact(rows, lo, hi):
+            return _loo_train_counts(_distinct_counts(rows.get("r.u", np.int64), rows.get("r.i", np.int64),
+                                                      len(item_map), lo, hi), cfg)
+
+        def split(rows, lo, hi):
+            return split_ratings_rows(rows, scan, cfg, user_map, item_map, lo, hi)
     n_users = len(user_map)
+    # the row counts give a first partition; the exact training counts (repeated rows collapsed) the final one
     bounds = user_bounds(est, world)
     lo, hi = int(bounds[rank]), int(bounds[rank + 1])
-    local, error = _attempt(read, lo, hi)
-    keys = list(local.sums) if local is not None else []
-    # every rank's keys are the same (the kind of source decides them); a failed rank sends zeros
-    width = n_users + 1 + _N_SUMS
-    vec = np.zeros(width, dtype=np.int64)
-    if local is not None:
-        vec[lo:hi] = np.diff(local.train.matrix.indptr)[lo:hi]
-        vec[n_users + 1: n_users + 1 + len(keys)] = [int(local.sums[k]) for k in keys]
+    rows, error = _attempt(collect, [(lo, hi)])
+    vec = np.zeros(n_users + 1, dtype=np.int64)
+    if error is None:
+        try:
+            vec[lo:hi] = exact(rows, lo, hi)
+        except (DataError, ConfigError) as e:
+            error = e
     vec[n_users] = error is not None
     total = allsum(vec)
     _raise_if_failed(error, int(total[n_users]), cfg)
     counts = total[:n_users]
-    sums = dict(zip(keys, (int(x) for x in total[n_users + 1:]), strict=False))
     final = user_bounds(counts, world)
-    error = None
-    if (int(final[rank]), int(final[rank + 1])) != (lo, hi):  # repeated rows moved the ranges: read again
-        lo, hi = int(final[rank]), int(final[rank + 1])
-        local, error = _attempt(read, lo, hi)
-    _raise_if_failed(error, int(allsum(np.array([error is not None], dtype=np.int64))[0]), cfg)
+    flo, fhi = int(final[rank]), int(final[rank + 1])
+    local = None
+    if (flo, fhi) != (lo, hi):  # the ranges moved: keep what stays, read what is new (a third pass)
+        rows.keep(flo, fhi, users_of)
+        gained = [(a, b) for a, b in ((flo, min(fhi, lo)), (max(flo, hi), fhi)) if a < b]
+        if gained:
+            more, error = _attempt(collect, gained)
+            if error is None:
+                rows.extend(more)
+                del more
+    if error is None:
+        local, error = _attempt(lambda r: split(r, flo, fhi), rows)
+    del rows
+    keys = list(local.sums) if local is not None else []  # the same on every rank (the kind of source decides)
+    tail = np.zeros(1 + _N_SUMS, dtype=np.int64)
+    tail[0] = error is not None
+    if local is not None:
+        tail[1: 1 + len(keys)] = [int(local.sums[k]) for k in keys]
+    tail = allsum(tail)
+    _raise_if_failed(error, int(tail[0]), cfg)
+    sums = dict(zip(keys, (int(x) for x in tail[1:]), strict=False))
     part = RankPart(rank, world, final, counts, int(counts.sum()), sums["valid"] if cfg.valid else None, sums["test"])
     if src.ncf:
         report = {
@@ -421,13 +494,14 @@ def load_rank_dataset(cfg: DataConfig, rank: int = 0, world: int = 1, allsum: Al
                    _item_info(src.name, src.folder, item_map), cfg.to_dict(), part=part)
 
 
-_N_SUMS = 12  # room for the report's sums (the NCF layout has 8)
+_N_SUMS = 12  # room for the report's sums (the NCF layout has 9)
 
 
-def _attempt(read, lo: int, hi: int) -> tuple[_Local | None, Exception | None]:
-    """Read a range; a data error is kept so that every rank reaches the all-reduce (then raised)."""
+def _attempt(fn, arg):
+    """``(fn(arg), None)``, or ``(None, the data error)``: kept so that every rank reaches the
+    all-reduce, where the error is raised on every rank."""
     try:
-        return read(lo, hi), None
+        return fn(arg), None
     except (DataError, ConfigError) as e:
         return None, e
 

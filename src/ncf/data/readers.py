@@ -453,7 +453,7 @@ def _parse_chunk(text: str, layout: TableLayout, skip: int, on_bad_lines: str, m
 
 # --- Reading in chunks (a file larger than memory, see ncf.data.rankload) ---------------------
 
-CHUNK_BYTES = 16 << 20  # text a chunk: bounds what one chunk costs to parse
+CHUNK_BYTES = 4 << 20  # text a chunk: bounds what one chunk costs to parse (about 15 times this)
 
 
 def _open_bytes(path: Path):

@@ -125,17 +125,19 @@ class UserDraws:
         self.salt = _salt(seed, 0, stream)
 
     def words(self, users: np.ndarray, k: np.ndarray | int) -> np.ndarray:
+        """``users`` and ``k`` broadcast together (a column of users and a row of ``k``: each
+        user's key is hashed once)."""
         u = torch.from_numpy(np.ascontiguousarray(users, dtype=np.int64))
-        kk = torch.as_tensor(k, dtype=torch.int64)
-        x = hash32((u & _M32) ^ self.salt)
-        x = hash32(x ^ ((u >> 32) & _M32))
-        x = hash32(x ^ (kk & _M32))
-        return hash32(x ^ 0x2545F491).numpy()
+        x = hash32(hash32((u & _M32) ^ self.salt) ^ ((u >> 32) & _M32))  # the user's key
+        kk = torch.from_numpy(np.ascontiguousarray(k, dtype=np.int64))
+        return hash32(hash32(x ^ (kk & _M32)) ^ 0x2545F491).numpy()
 
     def below(self, users: np.ndarray, k: np.ndarray | int, n: np.ndarray | int) -> np.ndarray:
         """Uniform integers in ``[0, n)`` (multiply-shift; ``n < 2^31``)."""
         return (self.words(users, k) * np.asarray(n, dtype=np.int64)) >> 32
 
+
+CANDIDATE_BLOCK = 4096  # users whose candidates are drawn together (bounds the temporaries)
 
 # the per_user streams of each purpose
 TEST_PICK, VALID_PICK, VALID_CANDIDATES, TEST_CANDIDATES = 101, 102, 103, 104
@@ -214,31 +216,35 @@ def sample_candidates(
     filled = np.zeros(len(users), dtype=np.int64)
     rem = np.flatnonzero(filled < available)
     width = 2 * n_neg + 16
+    per_user = isinstance(rng, UserDraws)
     for t in range(30):
         if not len(rem):
             break
-        if isinstance(rng, UserDraws):
-            k = t * width + np.arange(width, dtype=np.int64)
-            draw = rng.below(np.repeat(users[rem], width), np.tile(k, len(rem)), n_items).reshape(len(rem), width)
-        else:
-            draw = rng.integers(0, n_items, size=(len(rem), width))
-        ok = ~member.contains(
-            torch.from_numpy(np.repeat(rows[rem], draw.shape[1])), torch.from_numpy(draw.ravel())
-        ).numpy().reshape(draw.shape)
-        combined = np.concatenate([out[rem, 1:], draw], axis=1)
-        valid = np.concatenate([out[rem, 1:] != PAD, ok], axis=1)
-        order = np.argsort(combined, axis=1, kind="stable")
-        srt = np.take_along_axis(combined, order, axis=1)
-        dup = np.zeros_like(valid)
-        np.put_along_axis(dup, order[:, 1:], srt[:, 1:] == srt[:, :-1], axis=1)
-        valid &= ~dup
-        valid &= np.cumsum(valid, axis=1) <= n_neg
-        front = np.argsort(~valid, axis=1, kind="stable")[:, :n_neg]
-        vals = np.take_along_axis(combined, front, axis=1)
-        got = valid.sum(axis=1)
-        vals[np.arange(n_neg)[None, :] >= got[:, None]] = PAD
-        out[rem, 1:] = vals
-        filled[rem] = got
+        # the sequential stream: one draw for every remaining user, as always (its values
+        # depend on the call's size); the rest goes in blocks of users (bounded temporaries)
+        whole = None if per_user else rng.integers(0, n_items, size=(len(rem), width))
+        k = t * width + np.arange(width, dtype=np.int64)
+        for b in range(0, len(rem), CANDIDATE_BLOCK):
+            sel = rem[b: b + CANDIDATE_BLOCK]
+            draw = rng.below(users[sel][:, None], k[None, :], n_items) if per_user else whole[b: b + len(sel)]
+            ok = ~member.contains(
+                torch.from_numpy(np.repeat(rows[sel], width)), torch.from_numpy(draw.ravel())
+            ).numpy().reshape(draw.shape)
+            combined = np.concatenate([out[sel, 1:], draw], axis=1)
+            valid = np.concatenate([out[sel, 1:] != PAD, ok], axis=1)
+            order = np.argsort(combined, axis=1, kind="stable")
+            srt = np.take_along_axis(combined, order, axis=1)
+            dup = np.zeros_like(valid)
+            np.put_along_axis(dup, order[:, 1:], srt[:, 1:] == srt[:, :-1], axis=1)
+            valid &= ~dup
+            valid &= np.cumsum(valid, axis=1) <= n_neg
+            front = np.argsort(~valid, axis=1, kind="stable")[:, :n_neg]
+            vals = np.take_along_axis(combined, front, axis=1)
+            got = valid.sum(axis=1)
+            vals[np.arange(n_neg)[None, :] >= got[:, None]] = PAD
+            out[sel, 1:] = vals
+            filled[sel] = got
+        del whole
         rem = rem[filled[rem] < available[rem]]
     for r in rem:  # users who saw nearly the whole catalogue: enumerate what is left
         u = rows[r]
@@ -246,7 +252,7 @@ def sample_candidates(
         have = out[r, 1: 1 + filled[r]]
         pool = np.setdiff1d(np.arange(n_items), np.concatenate([row_seen, have]))
         if isinstance(rng, UserDraws):  # the pool in an order hashed from (user, item)
-            order = np.argsort(rng.words(np.full(len(pool), users[r]), (1 << 31) + pool), kind="stable")
+            order = np.argsort(rng.words(users[r], (1 << 31) + pool), kind="stable")
             take = pool[order][: n_neg - filled[r]]
         else:
             take = rng.permutation(pool)[: n_neg - filled[r]]
