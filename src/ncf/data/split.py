@@ -28,7 +28,7 @@ import scipy.sparse as sp
 import torch
 
 from ncf.data.interactions import Interactions
-from ncf.data.sampling import _M32, Membership, _salt, hash32
+from ncf.data.sampling import _M32, Membership, _salt, hash32, sized_dense_limit
 from ncf.errors import ConfigError
 
 PAD = -1  # padding in candidate matrices (a row with fewer distinct negatives)
@@ -208,7 +208,7 @@ def sample_candidates(
     numbered ``0, 1, ...``: a user's candidates depend on its own row alone). ``first_row``:
     ``seen`` holds the rows of users ``first_row, first_row + 1, ...`` (a rank's users)."""
     n_items = seen.shape[1]
-    member = Membership(seen)
+    member = Membership(seen, dense_limit=sized_dense_limit(seen.nnz))  # exact either way
     rows = np.asarray(users, dtype=np.int64) - first_row
     out = np.full((len(users), 1 + n_neg), PAD, dtype=np.int64)
     out[:, 0] = items
