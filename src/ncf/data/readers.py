@@ -459,22 +459,20 @@ CHUNK_BYTES = 4 << 20  # text a chunk: bounds what one chunk costs to parse (abo
 def _open_bytes(path: Path):
     """The file opened for bytes (gzip decompressed); other compressed files are named."""
     try:
-        f = open(path, "rb")  # noqa: SIM115 - returned to the caller's with-block
+        with open(path, "rb") as f:
+            head = f.read(8)
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
     except IsADirectoryError:
         raise DataError(f"{path}: is a directory, not a ratings file") from None
     except PermissionError:
         raise DataError(f"{path}: permission denied") from None
-    head = f.read(8)
-    f.seek(0)
     if head[:2] == b"\x1f\x8b":
-        return gzip.GzipFile(fileobj=f, mode="rb")
+        return gzip.open(path, "rb")
     for magic, kind in _COMPRESSED.items():
         if head.startswith(magic):
-            f.close()
             raise DataError(f"{path}: a {kind}-compressed file; only gzip (.gz) is read directly: decompress it first")
-    return f
+    return open(path, "rb")  # noqa: SIM115 - the caller's with-block closes it
 
 
 def text_chunks(path: str | Path, encoding: str = "utf-8", chunk_bytes: int = CHUNK_BYTES):
