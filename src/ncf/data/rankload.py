@@ -11,15 +11,18 @@ those users. A rank holds its users' interactions plus O(users + items) of maps 
    builds the sorted distinct user and item ids (the id maps) and each user's row count; no
    row is kept. A column that is integer in some chunks and not in others is scanned again
    as strings (the one id rule decides over the whole column).
-2. **Read range.** The training counts those row counts imply (leave-one-out takes one test
-   and one validation item from each user with enough) give a first partition.
-3. **Own rows** (streaming again): each rank keeps the rows of its users, then splits them
-   per user (:func:`ncf.data.datasets.loo_split`; the NCF layout's given test files,
-   :func:`ncf.data.datasets.ncf_split`). The split's random choices are per-user draws
-   (``DataConfig.split_draws = "per_user"``), so they need no other user.
-4. **Exchange**: one all-reduce of every user's training count (and the report's sums) gives
-   the exact partition. Where repeated (user, item) rows made the row counts overstate a
-   user, the ranges move; a rank whose range moved reads its final range in a third pass.
+2. **Own rows** (streaming again): the training counts those row counts imply (leave-one-out
+   takes a test and a validation item from each user with enough) give a first partition
+   (:func:`ncf.data.partition.user_bounds`); each rank keeps the rows of its users.
+3. **Exact partition**: each rank counts its users' distinct items (repeated rows collapse);
+   one all-reduce of one integer a user gives every rank every user's training count, so the
+   ranges are ``user_bounds`` over the training counts, as the whole-file path draws them.
+   Where repeated rows moved a range, the rank reads the file once more keeping only the users
+   it gained.
+4. **Split per user, locally** (:func:`ncf.data.datasets.loo_split`; the NCF layout's given test
+   files, :func:`ncf.data.datasets.ncf_split`), with per-user split draws
+   (``DataConfig.split_draws = "per_user"``): no choice needs another user. A second all-reduce
+   adds up the report (interactions, duplicates, holdout sizes).
 
 The file must not change between the passes: its size and modification time are checked
 after each pass (a :class:`DataError` says so). Sources: ratings files (text, gzip, Parquet,
@@ -180,9 +183,6 @@ class _Rows:
         if len(parts) != 1:
             self.parts[key] = [np.concatenate(parts) if parts else np.empty(shape, dtype=dtype)]
         return self.parts[key][0]
-
-    def has(self, key: str) -> bool:
-        return bool(self.parts[key])
 
     def keep(self, lo: int, hi: int, user_keys: dict[str, str]) -> None:
         """Only the rows whose user (array ``user_keys[group]`` of each group) is in ``lo:hi``."""

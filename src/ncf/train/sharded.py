@@ -9,9 +9,10 @@ the optimizer fused into the embedding kernels (row-wise AdaGrad by default: one
 state per row; applied inside the backward pass); the tower and output layer (the model's
 own modules, with 1-row tables removed) are data-parallel.
 
-Each rank samples only its own users' interactions (:mod:`ncf.data.partition`), so no rank
-needs the whole interaction matrix for sampling; a step looks up the rank's batch by
-all-to-all. Loss weighting: rank ``r`` back-propagates its loss sum / ``n_global``; table rows
+Each rank samples only its own users' interactions (:mod:`ncf.data.partition`), and a run
+whose data config draws the split per user reads only them (:mod:`ncf.data.rankload`), so no
+rank needs the whole interaction matrix; a step looks up the rank's batch by all-to-all.
+Loss weighting: rank ``r`` back-propagates its loss sum / ``n_global``; table rows
 receive the sum over ranks (the gradient of the global batch's mean loss) and the tower's
 gradients, averaged by DDP, are multiplied by ``W`` to be the same gradient.
 
