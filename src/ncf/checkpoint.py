@@ -159,10 +159,13 @@ def load_train_matrix(directory: Path) -> sp.csr_matrix:
         raise CheckpointError(f"{path}: not a training matrix ({e})") from None
 
 
-def save_run_data(directory: Path, user_map: IdMap, item_map: IdMap, train: sp.csr_matrix,
+def save_run_data(directory: Path, user_map: IdMap, item_map: IdMap, train: sp.csr_matrix | None,
                   item_info: dict | None) -> None:
+    """Id maps, the training matrix (the seen filter; None: written later, by a sharded run's
+    assembly from its ranks' rows) and item titles."""
     save_idmaps(directory, user_map, item_map)
-    save_train_matrix(directory, train)
+    if train is not None:
+        save_train_matrix(directory, train)
     if item_info:
         atomic_write_json(Path(directory) / "items.json", item_info)
 

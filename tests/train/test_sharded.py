@@ -108,9 +108,15 @@ def test_resume_of_a_sharded_run_equals_an_uninterrupted_one(tmp_path):
     la = [json.loads(x)["loss"] for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
     lb = [json.loads(x)["loss"] for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
     assert la == pytest.approx(lb)
-    # the converted run directory serves the ordinary commands
+    # each rank read only its users (ncf.data.rankload): per-user split draws, the ranks' training rows
+    assert json.loads((tmp_path / "b" / "config.json").read_text())["data"]["split_draws"] == "per_user"
+    assert all(shardckpt.train_file(tmp_path / "b", r).exists() for r in (0, 1))
+    # the converted run directory serves the ordinary commands; `ncf evaluate` reads the whole file
+    # and draws the same candidates; the full ranking the ranks did on their users is the same
     out = _run([sys.executable, "-m", "ncf", "evaluate", str(tmp_path / "b"), "--json"]).stdout
     assert json.loads(out)["metrics"]["hr@10"] == pytest.approx(b["test"]["hr@10"])
+    out = _run([sys.executable, "-m", "ncf", "evaluate", str(tmp_path / "b"), "--protocol", "full", "--json"]).stdout
+    assert json.loads(out)["metrics"] == pytest.approx(b["test_full"])
     rec = json.loads(_run([sys.executable, "-m", "ncf", "recommend", str(tmp_path / "b"), "--user", "3", "-k", "5",
                            "--json"]).stdout)
     assert len(rec["items"]) == 5 and not rec["fallback"]

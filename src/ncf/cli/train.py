@@ -174,7 +174,9 @@ def train_cmd(
     cfg = TrainConfig.for_model(model, {k: v for k, v in given.items() if v is not None})
     dcfg = data_config(dataset, data_dir, valid=not no_valid, seed=cfg.seed, min_rating=min_rating,
                        user_col=user_col, item_col=item_col, rating_col=rating_col, time_col=time_col,
-                       sep=sep, header=header, on_bad_lines=on_bad_lines)
+                       sep=sep, header=header, on_bad_lines=on_bad_lines,
+                       # --shard-tables: each rank reads only its users, so the split draws per user
+                       split_draws="per_user" if cfg.shard_tables else None)
     summary = _interruptible(out, lambda: train(dcfg, cfg, out, progress=not quiet, init_items=init_items,
                                                 overwrite=overwrite))
     if summary is not None:  # None: a non-zero rank of a distributed run (rank 0 reports)

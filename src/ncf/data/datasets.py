@@ -18,8 +18,13 @@ from ncf.data.interactions import IdMap, Interactions
 from ncf.data.readers import DataError, Ratings
 from ncf.data.split import (
     SPLITS,
+    TEST_CANDIDATES,
+    TEST_PICK,
+    VALID_CANDIDATES,
+    VALID_PICK,
     Dataset,
     HoldOut,
+    UserDraws,
     candidates_from_lists,
     leave_one_out,
     sample_candidates,
@@ -64,6 +69,10 @@ class DataConfig:
     # protocol), "temporal" (the globally latest 10% / the 10% before), "ratio" / "ratio-time"
     # (8:1:1 of each user's interactions, at random / the latest); several held-out items a user
     split: str = "loo"
+    # where the split's random choices come from (ncf.data.split): "sequential" (one seeded stream
+    # over all users, the default) or "per_user" (a hash of seed and user: what each rank of a
+    # --shard-tables run draws for its own users alone; loo only)
+    split_draws: str = "sequential"
 
     def __post_init__(self):
         if self.n_neg_eval < 1:
@@ -74,12 +83,24 @@ class DataConfig:
             raise ConfigError(f"min_train must be >= 1, got {self.min_train}")
         if self.split not in SPLITS:
             raise ConfigError(f"--split must be one of {', '.join(SPLITS)}, got {self.split!r}")
+        if self.split_draws not in SPLIT_DRAWS:
+            raise ConfigError(f"split_draws must be one of {', '.join(SPLIT_DRAWS)}, got {self.split_draws!r}")
+        if self.split_draws == "per_user" and self.split != "loo":
+            raise ConfigError(f"split_draws 'per_user' applies to the loo split, not --split {self.split}")
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        if d["split"] == "loo":  # the default is left out: run configs written before the option match
-            del d["split"]
+        for key, default in (("split", "loo"), ("split_draws", "sequential")):
+            if d[key] == default:  # defaults are left out: run configs written before the options match
+                del d[key]
         return d
+
+    def draws(self, stream: int, rng: np.random.Generator) -> np.random.Generator | UserDraws:
+        """What the split draws ``stream``'s choices from: ``rng`` (sequential) or per user."""
+        return rng if self.split_draws == "sequential" else UserDraws(self.seed, stream)
+
+
+SPLIT_DRAWS = ("sequential", "per_user")
 
 
 def _col(c: str | None):
@@ -138,25 +159,40 @@ def ensure_available(name: str, root: Path, download: bool = True) -> Path:
 IN_MEMORY = "<DataFrame>"  # the source of a dataset made by ncf.from_pandas
 
 
-def read_source(cfg: DataConfig) -> tuple[str, Ratings | None, Path]:
-    """Resolve a source to (name, ratings-or-None-for-NCF-presplit, folder)."""
+@dataclass
+class Source:
+    """Where a :class:`DataConfig`'s data is: a ratings file read by :func:`readers.read_table`
+    with ``spec`` (its columns, separator, header), or the NCF pre-split layout (``spec`` None:
+    ``folder`` holds ``PREFIX.train.rating``, ``.test.rating``, ``.test.negative``)."""
+
+    name: str
+    folder: Path
+    path: Path | None = None
+    spec: dict | None = None
+
+    @property
+    def ncf(self) -> bool:
+        return self.spec is None
+
+
+def locate_source(cfg: DataConfig) -> Source:
+    """Resolve a source (a dataset name, a folder, a file) without reading its rows."""
     src = cfg.source
     if src == IN_MEMORY:
         raise DataError("this run was fit on an in-memory DataFrame (ncf.from_pandas): there is no file to "
                         "re-read; evaluate it from Python with ncf.evaluate(ncf.load(DIR), data)")
     root = data_dir(cfg.data_dir)
-    kw = {"on_bad_lines": cfg.on_bad_lines, "min_rating": cfg.min_rating}
     layout = [f"--{k.replace('_', '-')}" for k in ("user_col", "item_col", "rating_col", "time_col", "sep", "header")
               if getattr(cfg, k) is not None]
     if layout and src in DATASETS:
         raise DataError(f"{', '.join(layout)}: column options apply to a file path; {src!r} is a named "
                         "dataset whose layout is known")
     if src in NCF_NAMES:
-        return src, None, ensure_available(src, root)
+        return Source(src, ensure_available(src, root))
     if src in RATINGS_FILES:
         folder = ensure_available(src, root)
         fname, reader = RATINGS_FILES[src]
-        return src, reader(folder / fname, **kw), folder
+        return Source(src, folder, folder / fname, readers.FORMATS[reader])
     path = Path(src).expanduser()
     if not path.exists():
         raise DataError(
@@ -167,27 +203,34 @@ def read_source(cfg: DataConfig) -> tuple[str, Ratings | None, Path]:
             raise DataError(f"{', '.join(layout)}: column options apply to a file path; {path} is a folder")
         for name, (fname, reader) in RATINGS_FILES.items():
             if (path / fname).exists():
-                return name, reader(path / fname, **kw), path
+                return Source(name, path, path / fname, readers.FORMATS[reader])
         if list(path.glob("*.train.rating")):
-            return str(path), None, path
+            return Source(str(path), path)
         raise DataError(f"{path}: no known ratings file (u.data, ratings.dat, ratings.csv, *.train.rating)")
     if path.name.endswith(".train.rating") and not layout:
-        return str(path), None, path.parent
+        return Source(str(path), path.parent)
     if not layout:
         for name, (fname, reader) in RATINGS_FILES.items():
             if path.name == fname:
-                return name, reader(path, **kw), path.parent
-    ratings = readers.read_table(
-        path,
-        _col(cfg.user_col) if cfg.user_col is not None else 0,
-        _col(cfg.item_col) if cfg.item_col is not None else 1,
-        _col(cfg.rating_col),
-        _col(cfg.time_col),
-        sep=cfg.sep,
-        header=cfg.header,
-        **kw,
-    )
-    return str(path), ratings, path.parent
+                return Source(name, path.parent, path, readers.FORMATS[reader])
+    spec = {
+        "user_col": _col(cfg.user_col) if cfg.user_col is not None else 0,
+        "item_col": _col(cfg.item_col) if cfg.item_col is not None else 1,
+        "rating_col": _col(cfg.rating_col),
+        "time_col": _col(cfg.time_col),
+        "sep": cfg.sep,
+        "header": cfg.header,
+    }
+    return Source(str(path), path.parent, path, spec)
+
+
+def read_source(cfg: DataConfig) -> tuple[str, Ratings | None, Path]:
+    """Resolve a source to (name, ratings-or-None-for-NCF-presplit, folder)."""
+    src = locate_source(cfg)
+    if src.ncf:
+        return src.name, None, src.folder
+    ratings = readers.read_table(src.path, **src.spec, on_bad_lines=cfg.on_bad_lines, min_rating=cfg.min_rating)
+    return src.name, ratings, src.folder
 
 
 def load_dataset(cfg: DataConfig | str) -> Dataset:
@@ -215,22 +258,34 @@ def split_ratings(ratings: Ratings, cfg: DataConfig, name: str) -> Dataset:
         raise DataError(f"{cfg.source}: no interactions left to train on")
     if cfg.split != "loo":
         return _load_multi(cfg, name, full, ratings, rng)
-    train, test_u, test_i, few_test = leave_one_out(full, rng, cfg.min_train)
-    valid = None
-    few_valid = 0
-    seen_all = full.matrix
-    if cfg.valid:
-        train, val_u, val_i, few_valid = leave_one_out(train, rng, cfg.min_train)
-        valid = HoldOut(val_u, val_i, sample_candidates(seen_all, val_u, val_i, cfg.n_neg_eval, rng))
-    test = HoldOut(test_u, test_i, sample_candidates(seen_all, test_u, test_i, cfg.n_neg_eval, rng))
+    train, valid, test, stats = loo_split(full, cfg, rng)
     report = {
         "read": ratings.report.to_dict(),
         "duplicates_collapsed": full.n_duplicates,
-        "users_without_test": few_test,
-        "users_without_valid": few_valid,
+        **stats,
         "timestamps": full.timestamps is not None,
     }
     return Dataset(name, train, test, valid, full.nnz, report, None, cfg.to_dict())
+
+
+def loo_split(full: Interactions, cfg: DataConfig, rng: np.random.Generator, first_user: int = 0,
+              end_user: int | None = None):
+    """Leave-one-out by time for test, then for validation (``cfg.valid``), each holdout with
+    ``cfg.n_neg_eval`` sampled candidates: ``(train, valid, test, stats)``. ``first_user`` /
+    ``end_user``: ``full`` holds the interactions of these users only (one rank's; per-user
+    draws), and candidates are drawn against their rows alone."""
+    end_user = full.n_users if end_user is None else end_user
+    train, test_u, test_i, few_test = leave_one_out(full, cfg.draws(TEST_PICK, rng), cfg.min_train)
+    valid = None
+    few_valid = 0
+    seen_all = full.matrix[first_user:end_user] if (first_user, end_user) != (0, full.n_users) else full.matrix
+    if cfg.valid:
+        train, val_u, val_i, few_valid = leave_one_out(train, cfg.draws(VALID_PICK, rng), cfg.min_train)
+        valid = HoldOut(val_u, val_i, sample_candidates(seen_all, val_u, val_i, cfg.n_neg_eval,
+                                                        cfg.draws(VALID_CANDIDATES, rng), first_user))
+    test = HoldOut(test_u, test_i, sample_candidates(seen_all, test_u, test_i, cfg.n_neg_eval,
+                                                     cfg.draws(TEST_CANDIDATES, rng), first_user))
+    return train, valid, test, {"users_without_test": few_test, "users_without_valid": few_valid}
 
 
 def _load_multi(cfg: DataConfig, name: str, full: Interactions, ratings: Ratings,
@@ -248,12 +303,15 @@ def _load_multi(cfg: DataConfig, name: str, full: Interactions, ratings: Ratings
     return Dataset(name, train, test, valid, full.nnz, report, None, cfg.to_dict())  # item_info: load_dataset
 
 
-def _load_ncf(cfg: DataConfig, name: str, folder: Path) -> Dataset:
-    """The NCF pre-split layout: ``PREFIX.train.rating``, ``.test.rating``, ``.test.negative``."""
+def check_ncf_options(cfg: DataConfig) -> None:
     if cfg.min_rating is not None:
         raise DataError(f"--min-rating: {cfg.source!r} is pre-split (NCF layout) and its training file has no ratings")
     if cfg.split != "loo":
         raise DataError(f"--split {cfg.split}: {cfg.source!r} is pre-split (NCF layout: one test item a user)")
+
+
+def ncf_prefix(name: str, folder: Path) -> str:
+    """The file prefix of the NCF layout ``name`` in ``folder`` (``ml-1m`` for ``ml-1m.train.rating``)."""
     prefix = NCF_NAMES.get(name)
     if prefix is None and name.endswith(".train.rating"):
         prefix = Path(name).name[: -len(".train.rating")]
@@ -263,6 +321,13 @@ def _load_ncf(cfg: DataConfig, name: str, folder: Path) -> Dataset:
             raise DataError(f"{folder}: several NCF training files ({', '.join(f.name for f in found)}); "
                             "pass the one to use")
         prefix = found[0].name[: -len(".train.rating")]
+    return prefix
+
+
+def _load_ncf(cfg: DataConfig, name: str, folder: Path) -> Dataset:
+    """The NCF pre-split layout: ``PREFIX.train.rating``, ``.test.rating``, ``.test.negative``."""
+    check_ncf_options(cfg)
+    prefix = ncf_prefix(name, folder)
     kw = {"on_bad_lines": cfg.on_bad_lines}
     tr = readers.read_ncf_rating(folder / f"{prefix}.train.rating", **kw)
     te = readers.read_ncf_rating(folder / f"{prefix}.test.rating", **kw)
@@ -291,16 +356,7 @@ def _load_ncf(cfg: DataConfig, name: str, folder: Path) -> Dataset:
             f"{folder}: {int(overlap.sum())} test interactions also appear in the training file; "
             "this would make evaluation incorrect"
         )
-    rng = np.random.default_rng(cfg.seed)
-    seen_all = (train_all.matrix + sp.csr_matrix(
-        (np.ones(len(te_u), np.float32), (te_u, te_i)), shape=train_all.matrix.shape)).tocsr()
-    seen_all.data[:] = 1
-    cand, stats = candidates_from_lists(nu, ni, negs, n_items, seen=seen_all)
-    test = HoldOut(nu, ni, cand)
-    valid, few_valid, train = None, 0, train_all
-    if cfg.valid:
-        train, val_u, val_i, few_valid = leave_one_out(train_all, rng, cfg.min_train)
-        valid = HoldOut(val_u, val_i, sample_candidates(seen_all, val_u, val_i, cfg.n_neg_eval, rng))
+    train, valid, test, stats, few_valid = ncf_split(train_all, te_u, te_i, nu, ni, negs, cfg)
     report = {
         "read": {"train": tr.report.to_dict(), "test": te.report.to_dict()},
         "duplicates_collapsed": train_all.n_duplicates,
@@ -311,6 +367,27 @@ def _load_ncf(cfg: DataConfig, name: str, folder: Path) -> Dataset:
     }
     return Dataset(name, train, test, valid, int(train_all.nnz + len(te_u)), report,
                    _item_info(name, folder, item_map), cfg.to_dict())
+
+
+def ncf_split(train_all: Interactions, te_u: np.ndarray, te_i: np.ndarray, nu: np.ndarray, ni: np.ndarray,
+              negs: np.ndarray, cfg: DataConfig, first_user: int = 0, end_user: int | None = None):
+    """The NCF layout's holdouts: test from the given files (candidates: the given negatives
+    less repeats and seen items), validation by leave-one-out from training (``cfg.valid``).
+    ``first_user`` / ``end_user``: as :func:`loo_split`."""
+    end_user = train_all.n_users if end_user is None else end_user
+    rng = np.random.default_rng(cfg.seed)
+    seen_all = (train_all.matrix + sp.csr_matrix(
+        (np.ones(len(te_u), np.float32), (te_u, te_i)), shape=train_all.matrix.shape)).tocsr()
+    seen_all.data[:] = 1
+    local = seen_all[first_user:end_user] if (first_user, end_user) != (0, train_all.n_users) else seen_all
+    cand, stats = candidates_from_lists(nu - first_user, ni, negs, train_all.n_items, seen=local)
+    test = HoldOut(nu, ni, cand)
+    valid, few_valid, train = None, 0, train_all
+    if cfg.valid:
+        train, val_u, val_i, few_valid = leave_one_out(train_all, cfg.draws(VALID_PICK, rng), cfg.min_train)
+        valid = HoldOut(val_u, val_i, sample_candidates(local, val_u, val_i, cfg.n_neg_eval,
+                                                        cfg.draws(VALID_CANDIDATES, rng), first_user))
+    return train, valid, test, stats, few_valid
 
 
 def _ncf_maps(folder: Path, n_users: int, n_items: int) -> tuple[IdMap, IdMap]:

@@ -17,7 +17,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from ncf.data.sampling import DENSE_LIMIT, Membership, _salt, draw_negatives
+from ncf.data.sampling import Membership, _salt, draw_negatives, sized_dense_limit
 from ncf.errors import ConfigError
 
 
@@ -44,7 +44,7 @@ class UserShardSampler:
 
     def __init__(self, rows: sp.csr_matrix, first_user: int, sampleable_before: int, sampleable_total: int,
                  n_neg: int = 4, seed: int = 0, rank: int = 0, device: torch.device | str = "cpu",
-                 dense_limit: int = DENSE_LIMIT):
+                 dense_limit: int | None = None):
         if n_neg < 1:
             raise ConfigError(f"n_neg must be >= 1, got {n_neg}")
         m = rows.tocsr()
@@ -58,15 +58,17 @@ class UserShardSampler:
         self.items = torch.from_numpy(m.indices.astype(np.int32)).to(self.device)
         sampleable = np.flatnonzero(counts[users] < self.n_items)
         self.sampleable = torch.from_numpy(sampleable.astype(np.int64)).to(self.device)
-        self.membership = Membership(m, self.device, dense_limit)
+        # a bitmap of the rank's users x all items only where it is not much larger than their rows
+        self.membership = Membership(m, self.device, sized_dense_limit(m.nnz) if dense_limit is None else dense_limit)
 
     @classmethod
     def for_rank(cls, matrix: sp.csr_matrix, bounds: np.ndarray, rank: int, n_neg: int = 4, seed: int = 0,
-                 device: torch.device | str = "cpu") -> UserShardSampler:
+                 device: torch.device | str = "cpu", counts: np.ndarray | None = None) -> UserShardSampler:
         """The sampler of ``rank`` for a users x items ``matrix`` split at ``bounds``: keeps only
-        the rank's rows (the global counts come from the users' degrees)."""
+        the rank's rows (the global counts come from the users' degrees). ``counts``: every
+        user's degree, where ``matrix`` holds only the rank's rows (a rank-loaded dataset)."""
         m = matrix.tocsr()
-        counts = np.diff(m.indptr)
+        counts = np.diff(m.indptr) if counts is None else np.asarray(counts, dtype=np.int64)
         sampleable = np.where(counts < m.shape[1], counts, 0)
         lo, hi = int(bounds[rank]), int(bounds[rank + 1])
         return cls(m[lo:hi], lo, int(sampleable[:lo].sum()), int(sampleable.sum()), n_neg, seed, rank, device)

@@ -50,6 +50,7 @@ class ReadReport:
     blank_lines: int = 0
     header: bool = False  # a header row was found (and not counted as data)
     warnings: list[str] = field(default_factory=list)  # things the caller should tell the user
+    first_reason: str = field(default="", repr=False)  # why the first skipped row is malformed (not saved)
 
     def to_dict(self) -> dict:
         return {**({"warnings": list(self.warnings)} if self.warnings else {}),
@@ -371,14 +372,41 @@ def read_table(
     requested ones (titles, empty trailing fields) are ignored.
     """
     path = Path(path)
-    if on_bad_lines not in BAD_LINES:
-        raise DataError(f"on_bad_lines must be one of {BAD_LINES}, not {on_bad_lines!r}")
-    cols = {"user": user_col, "item": item_col, "rating": rating_col, "timestamp": time_col}
-    if user_col is None or item_col is None:
-        raise DataError(f"{path}: a user column and an item column are required")
+    cols = _check_table_args(path, user_col, item_col, rating_col, time_col, on_bad_lines)
     if path.suffix.lower() in (".parquet", ".pq"):
         return _read_parquet(path, cols, on_bad_lines, min_rating)
     text = _read_text(path, encoding)
+    layout, skip = _table_layout(path, cols, sep, header, text)
+    return _parse_chunk(text, layout, skip, on_bad_lines, min_rating)
+
+
+def _check_table_args(path: Path, user_col, item_col, rating_col, time_col, on_bad_lines: str) -> dict:
+    if on_bad_lines not in BAD_LINES:
+        raise DataError(f"on_bad_lines must be one of {BAD_LINES}, not {on_bad_lines!r}")
+    if user_col is None or item_col is None:
+        raise DataError(f"{path}: a user column and an item column are required")
+    return {"user": user_col, "item": item_col, "rating": rating_col, "timestamp": time_col}
+
+
+@dataclass
+class TableLayout:
+    """What :func:`read_table` decides from a file's first lines: the separator, whether the
+    first non-blank line is a header (and its line number), the columns' positions, the
+    fields of a row, and warnings for the caller."""
+
+    path: Path
+    sep: str
+    header: bool
+    header_line: int  # 1-based line of the header row (0: no header)
+    positions: dict[str, int | None]
+    width: int
+    warnings: list[str]
+
+
+def _table_layout(path: Path, cols: dict, sep: str | None, header: bool | None,
+                  text: str) -> tuple[TableLayout, int]:
+    """The layout, from the first non-blank lines of ``text`` (the file's beginning), and the
+    character offset where the data rows start (past the header, if any)."""
     sample, first_end = _first_lines(text, _SAMPLE)
     if not sample:
         raise DataError(f"{path}: file is empty")
@@ -390,12 +418,24 @@ def read_table(
     positions = _resolve_columns(path, cols, rows[0] if header else None)
     warnings = _unused_time_columns(path, rows, positions, header)
     width = _n_fields(rows[0])  # the fields of a row (the header's, else the first row's)
-    body = text[first_end:] if header else text
+    layout = TableLayout(path, sep, bool(header), sample[0][0] if header else 0, positions, width, warnings)
+    return layout, first_end if header else 0
+
+
+def _parse_chunk(text: str, layout: TableLayout, skip: int, on_bad_lines: str, min_rating: float | None,
+                 line0: int = 0, str_ids: frozenset = frozenset(), final: bool = True) -> Ratings:
+    """The rows of ``text`` (whole lines of the file, the first being line ``line0 + 1``; its
+    first ``skip`` characters are the header): the typed parse where the text is clean, else
+    the exact pass that names the bad line (or skips and counts it). ``str_ids``: id columns
+    to keep as strings (a column that is not integer elsewhere in the file). ``final``: this
+    is the whole file (a file whose every row is malformed is refused here; else the caller's)."""
+    path, sep, width = layout.path, layout.sep, layout.width
+    body = text[skip:]
     body1, sep1 = _one_char(body, sep)
-    fast = _fast_read(body1, sep1, positions) if _max_fields(body1, sep1) <= width else None
+    fast = _fast_read(body1, sep1, layout.positions, str_ids) if _max_fields(body1, sep1) <= width else None
     if fast is not None:
-        report = ReadReport(str(path), rows=len(fast["user"]), blank_lines=_count_blank(body), header=header,
-                            warnings=warnings)
+        report = ReadReport(str(path), rows=len(fast["user"]), blank_lines=_count_blank(body), header=layout.header,
+                            warnings=list(layout.warnings) if line0 == 0 else [])
         ratings = Ratings(fast["user"], fast["item"], fast["rating"], fast["timestamp"], report)
         return ratings.filter_min_rating(min_rating)
     text1, sep1 = _one_char(text, sep)
@@ -403,21 +443,163 @@ def read_table(
         df = _split_fields(text1, sep1)
     except pd.errors.ParserError as e:
         raise DataError(f"{path}: {e}") from None
-    if header:
-        df = df.iloc[sample[0][0]:]  # rows after the header line
-    ratings = _validate(df, path, positions, on_bad_lines, min_rating, header, width)
-    ratings.report.warnings = warnings
+    if skip:
+        df = df.iloc[layout.header_line:]  # rows after the header line
+    df.index = df.index + line0
+    ratings = _validate(df, path, layout.positions, on_bad_lines, min_rating, layout.header, width, str_ids, final)
+    ratings.report.warnings = list(layout.warnings) if line0 == 0 else []
     return ratings
 
 
-def _fast_read(body: str, sep: str, positions: dict[str, int | None]) -> dict | None:
-    """Typed parse of a clean file, or None when anything is off (the caller then finds it)."""
+# --- Reading in chunks (a file larger than memory, see ncf.data.rankload) ---------------------
+
+CHUNK_BYTES = 4 << 20  # text a chunk: bounds what one chunk costs to parse (about 15 times this)
+
+
+def _open_bytes(path: Path):
+    """The file opened for bytes (gzip decompressed); other compressed files are named."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: is a directory, not a ratings file") from None
+    except PermissionError:
+        raise DataError(f"{path}: permission denied") from None
+    if head[:2] == b"\x1f\x8b":
+        return gzip.open(path, "rb")
+    for magic, kind in _COMPRESSED.items():
+        if head.startswith(magic):
+            raise DataError(f"{path}: a {kind}-compressed file; only gzip (.gz) is read directly: decompress it first")
+    return open(path, "rb")  # noqa: SIM115 - the caller's with-block closes it
+
+
+def text_chunks(path: str | Path, encoding: str = "utf-8", chunk_bytes: int = CHUNK_BYTES):
+    """``(text, line0)`` pieces of the file, each of whole lines and about ``chunk_bytes`` long,
+    decoded as :func:`_read_text` decodes the whole file (byte-order mark dropped, line ends
+    made ``\\n``); ``line0``: lines before the piece. The first piece holds at least the lines
+    that :func:`read_table` looks at to detect the layout."""
+    path = Path(path)
+    with _open_bytes(path) as f:
+        rest, line0, offset, first = b"", 0, 0, True
+        while True:
+            try:
+                block = f.read(chunk_bytes)
+            except (OSError, EOFError, zlib.error) as e:
+                raise DataError(f"{path}: a gzip file that cannot be decompressed ({e})") from None
+            data = rest + block
+            if block:
+                cut = data.rfind(b"\n") + 1
+                if cut == 0 or (first and sum(1 for ln in data[:cut].split(b"\n") if ln.strip()) < _SAMPLE):
+                    rest = data  # not a whole line yet (or too few for the layout): read on
+                    continue
+                piece, rest = data[:cut], data[cut:]
+            else:
+                piece, rest = data, b""
+                if not piece and not first:
+                    return
+            try:
+                text = piece.decode(encoding)
+            except UnicodeDecodeError as e:
+                raise DataError(f"{path}: not valid {encoding} text ({e.reason} at byte {offset + e.start})") from None
+            if first:
+                text = text.removeprefix("\ufeff")
+            if "\r" in text:
+                text = text.replace("\r\n", "\n").replace("\r", "\n")
+            yield text, line0
+            line0 += text.count("\n")
+            offset += len(piece)
+            first = False
+            if not block:
+                return
+
+
+def iter_table(
+    path: str | Path,
+    user_col: str | int = 0,
+    item_col: str | int = 1,
+    rating_col: str | int | None = None,
+    time_col: str | int | None = None,
+    sep: str | None = None,
+    header: bool | None = None,
+    on_bad_lines: str = "error",
+    encoding: str = "utf-8",
+    min_rating: float | None = None,
+    chunk_bytes: int = CHUNK_BYTES,
+    str_ids: frozenset = frozenset(),
+):
+    """:func:`read_table` in chunks: one :class:`Ratings` per piece of about ``chunk_bytes``
+    (Parquet: per record batch), by the same layout detection, parse and validation, so
+    errors name the file and the line as :func:`read_table` does. Ids are canonical per
+    chunk (an integer column is int64); ``str_ids`` names id columns to keep as strings (the
+    caller's second try when a column is not integer in every chunk). :func:`merge_reports`
+    adds the chunks' reports up to :func:`read_table`'s."""
+    path = Path(path)
+    cols = _check_table_args(path, user_col, item_col, rating_col, time_col, on_bad_lines)
+    if path.suffix.lower() in (".parquet", ".pq"):
+        yield from _iter_parquet(path, cols, on_bad_lines, min_rating, chunk_bytes, str_ids)
+        return
+    layout = None
+    for text, line0 in text_chunks(path, encoding, chunk_bytes):
+        skip = 0
+        if layout is None:
+            layout, skip = _table_layout(path, cols, sep, header, text)
+        yield _parse_chunk(text, layout, skip, on_bad_lines, min_rating, line0, str_ids, final=False)
+
+
+def merge_reports(reports: list[ReadReport]) -> ReadReport:
+    """The chunks' reports as one (what :func:`read_table` reports for the whole file); a file
+    whose every row is malformed is refused as :func:`read_table` refuses it."""
+    first = reports[0]
+    out = ReadReport(first.path, header=first.header, warnings=list(first.warnings))
+    for r in reports:
+        out.rows += r.rows
+        out.skipped += r.skipped
+        out.skipped_lines = (out.skipped_lines + r.skipped_lines)[:10]
+        out.below_min_rating += r.below_min_rating
+        out.blank_lines += r.blank_lines
+        out.first_reason = out.first_reason or r.first_reason
+    if out.rows + out.below_min_rating == 0 and out.skipped:
+        raise DataError(f"{out.path}: every row is malformed ({out.skipped} skipped, first on line "
+                        f"{out.skipped_lines[0]}: {out.first_reason or 'malformed row'})")
+    return out
+
+
+def _iter_parquet(path: Path, cols: dict, on_bad_lines: str, min_rating: float | None, chunk_bytes: int,
+                  str_ids: frozenset):
+    try:
+        import pyarrow.parquet as pq
+
+        pf = pq.ParquetFile(path)
+    except ImportError as e:
+        raise DataError(f"{path}: reading Parquet needs pyarrow (pip install 'ncf[parquet]')") from e
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except Exception as e:  # noqa: BLE001 - pyarrow raises many types for corrupt files
+        raise DataError(f"{path}: cannot read Parquet ({e})") from None
+    line0 = 0
+    rows = max(1024, chunk_bytes // 32)  # about 32 bytes a row as text
+    try:
+        for batch in pf.iter_batches(batch_size=rows):
+            frame = batch.to_pandas()
+            yield read_frame(frame, cols, path, on_bad_lines, min_rating, line0=line0, str_ids=str_ids, final=False)
+            line0 += len(frame)
+    except DataError:
+        raise
+    except Exception as e:  # noqa: BLE001
+        raise DataError(f"{path}: cannot read Parquet ({e})") from None
+
+
+def _fast_read(body: str, sep: str, positions: dict[str, int | None], str_ids: frozenset = frozenset()) -> dict | None:
+    """Typed parse of a clean file, or None when anything is off (the caller then finds it).
+    ``str_ids``: id columns kept as strings whatever they hold."""
     used = {k: p for k, p in positions.items() if p is not None}
     if not body.strip():
         return None
     for id_dtype in ("int64", "str"):
-        dtype = {p: id_dtype if k in ("user", "item") else ("float64" if k == "rating" else "int64")
-                 for k, p in used.items()}
+        dtype = {p: ("str" if k in str_ids else id_dtype) if k in ("user", "item")
+                 else ("float64" if k == "rating" else "int64") for k, p in used.items()}
         try:
             df = pd.read_csv(
                 io.StringIO(body), sep=sep, header=None, usecols=sorted(used.values()), dtype=dtype,
@@ -430,11 +612,11 @@ def _fast_read(body: str, sep: str, positions: dict[str, int | None]) -> dict | 
         for key, p in used.items():
             col = df[p]
             if key in ("user", "item"):
-                if id_dtype == "str":
+                if id_dtype == "str" or key in str_ids:
                     col = col.str.strip()
                     if col.isna().any() or (col == "").any():
                         return None
-                    if not integer_literals(col):  # the one id rule (ncf.data.ids): strings stay strings
+                    if key in str_ids or not integer_literals(col):  # the one id rule (ncf.data.ids)
                         out[key] = col.to_numpy(dtype=object).astype(str)
                         continue
                     try:  # this column may be all integers though the other is not
@@ -454,9 +636,11 @@ def _fast_read(body: str, sep: str, positions: dict[str, int | None]) -> dict | 
     return None
 
 
-def _ids(col: pd.Series) -> np.ndarray:
+def _ids(col: pd.Series, as_str: bool = False) -> np.ndarray:
     """Stripped id strings -> int64 where every one is an integer, else str (the one id rule,
-    ``ncf.data.ids``, shared with the CLI and the HTTP service)."""
+    ``ncf.data.ids``, shared with the CLI and the HTTP service); ``as_str``: str regardless."""
+    if as_str:
+        return col.astype(str).str.strip().to_numpy(dtype=object).astype(str)
     return canonical_ids(col)
 
 
@@ -501,10 +685,13 @@ def _validate(
     min_rating: float | None,
     header: bool = False,
     expect_fields: int | None = None,
+    str_ids: frozenset = frozenset(),
+    final: bool = True,
 ) -> Ratings:
     """The slow, exact pass: every row checked, bad rows named (or skipped and counted).
 
-    ``expect_fields``: a row with a non-empty field past this many is malformed."""
+    ``expect_fields``: a row with a non-empty field past this many is malformed. ``str_ids``:
+    id columns kept as strings; ``final``: ``df`` is the whole file (see :func:`_parse_chunk`)."""
     report = ReadReport(str(path), header=header)
     width = df.shape[1]
     line_no = df.index.to_numpy() + 1
@@ -541,7 +728,7 @@ def _validate(
             reason = f"field {key!r} (column {used[key]}) is empty"
             for i in np.flatnonzero(wrong)[:1]:
                 reasons.setdefault(int(line_no[i]), reason)
-            over = _beyond_int64(col, wrong | blank | bad)
+            over = np.zeros(len(col), dtype=bool) if key in str_ids else _beyond_int64(col, wrong | blank | bad)
             for i in np.flatnonzero(over)[:1]:
                 reasons.setdefault(int(line_no[i]), f"field {key!r} (column {used[key]}): {col.iloc[i]} is an "
                                                     "integer id beyond the 64-bit range")
@@ -566,14 +753,15 @@ def _validate(
             )
         report.skipped = int(bad.sum())
         report.skipped_lines = [int(x) for x in line_no[bad][:10]]
+        report.first_reason = reasons.get(first_bad, "malformed row")
     keep = ~bad & ~blank
     report.rows = int(keep.sum())
-    if report.rows == 0 and report.skipped:
+    if final and report.rows == 0 and report.skipped:
         raise DataError(f"{path}: every row is malformed ({report.skipped} skipped, first on line "
                         f"{report.skipped_lines[0]}: {reasons.get(report.skipped_lines[0], 'malformed row')})")
     ratings = Ratings(
-        users=_ids(stripped["user"][keep]),
-        items=_ids(stripped["item"][keep]),
+        users=_ids(stripped["user"][keep], "user" in str_ids),
+        items=_ids(stripped["item"][keep], "item" in str_ids),
         ratings=None if out["rating"] is None else out["rating"][keep].astype(np.float32),
         timestamps=None if out["timestamp"] is None else out["timestamp"][keep].astype(np.int64),
         report=report,
@@ -594,10 +782,12 @@ def _read_parquet(path: Path, cols: dict, on_bad_lines: str, min_rating: float |
 
 
 def read_frame(frame: pd.DataFrame, cols: dict, path: Path, on_bad_lines: str = "error",
-               min_rating: float | None = None) -> Ratings:
+               min_rating: float | None = None, line0: int = 0, str_ids: frozenset = frozenset(),
+               final: bool = True) -> Ratings:
     """A DataFrame (from Parquet, or a user's own through ``ncf.from_pandas``) through the same
     validation as a text file; ``cols`` maps user/item/rating/timestamp to column names or
-    positions; row i is reported as "line" i + 1 of ``path``."""
+    positions; row i is reported as "line" ``line0 + i + 1`` of ``path`` (``line0``, ``str_ids``,
+    ``final``: a record batch of a larger file, see :func:`iter_table`)."""
     names = [str(c) for c in frame.columns]
     positions = _resolve_columns(path, cols, names)
     for key, p in positions.items():
@@ -613,8 +803,8 @@ def read_frame(frame: pd.DataFrame, cols: dict, path: Path, on_bad_lines: str = 
             col = col.astype("Int64")  # 3.0 -> "3", as in a text file
         df[p] = col.astype(str).replace({"nan": "", "None": "", "<NA>": "", "NaT": ""}).to_numpy()
     df = df.reindex(columns=range(max(df.columns, default=-1) + 1))
-    df.index = range(len(df))
-    return _validate(df, path, positions, on_bad_lines, min_rating)
+    df.index = range(line0, line0 + len(df))
+    return _validate(df, path, positions, on_bad_lines, min_rating, str_ids=str_ids, final=final)
 
 
 # --- Known formats -----------------------------------------------------------------------
@@ -622,22 +812,36 @@ def read_frame(frame: pd.DataFrame, cols: dict, path: Path, on_bad_lines: str = 
 
 def read_ml100k(path: str | Path, **kw) -> Ratings:
     """MovieLens 100K ``u.data``: user, item, rating, timestamp separated by tabs."""
-    return read_table(path, 0, 1, 2, 3, sep="\t", header=False, **kw)
+    return read_table(path, **FORMATS[read_ml100k], **kw)
 
 
 def read_ml1m(path: str | Path, **kw) -> Ratings:
     """MovieLens 1M / 10M ``ratings.dat``: ``UserID::MovieID::Rating::Timestamp``."""
-    return read_table(path, 0, 1, 2, 3, sep="::", header=False, **kw)
+    return read_table(path, **FORMATS[read_ml1m], **kw)
 
 
 def read_ml_csv(path: str | Path, **kw) -> Ratings:
     """MovieLens 20M / 25M / latest ``ratings.csv`` with header ``userId,movieId,rating,timestamp``."""
-    return read_table(path, "userId", "movieId", "rating", "timestamp", sep=",", header=True, **kw)
+    return read_table(path, **FORMATS[read_ml_csv], **kw)
+
+
+# each known format's read_table columns (what ncf.data.rankload streams the file with)
+FORMATS = {
+    read_ml100k: {"user_col": 0, "item_col": 1, "rating_col": 2, "time_col": 3, "sep": "\t", "header": False},
+    read_ml1m: {"user_col": 0, "item_col": 1, "rating_col": 2, "time_col": 3, "sep": "::", "header": False},
+    read_ml_csv: {"user_col": "userId", "item_col": "movieId", "rating_col": "rating", "time_col": "timestamp",
+                  "sep": ",", "header": True},
+}
 
 
 def read_ncf_rating(path: str | Path, **kw) -> Ratings:
     """NCF ``*.train.rating`` / ``*.test.rating``: user, item and optional rating and timestamp
     (2, 3 or 4 tab-separated columns, decided by the first non-blank line)."""
+    return read_table(path, **ncf_rating_spec(path), **kw)
+
+
+def ncf_rating_spec(path: str | Path) -> dict:
+    """The :func:`read_table` columns of an NCF ``*.rating`` file, from its first non-blank line."""
     path = Path(path)
     try:
         with open(path, encoding="utf-8") as f:
@@ -651,7 +855,8 @@ def read_ncf_rating(path: str | Path, **kw) -> Ratings:
     n = len(first.rstrip("\r\n\t ").split("\t"))
     if n < 2:
         raise DataError(f"{path}:1: expected 2 to 4 tab-separated fields (user, item[, rating, time]), found {n}")
-    return read_table(path, 0, 1, 2 if n >= 3 else None, 3 if n >= 4 else None, sep="\t", header=False, **kw)
+    return {"user_col": 0, "item_col": 1, "rating_col": 2 if n >= 3 else None, "time_col": 3 if n >= 4 else None,
+            "sep": "\t", "header": False}
 
 
 _HEAD = r"^\((-?\d+)\s*,\s*(-?\d+)\)$"
@@ -668,6 +873,19 @@ def read_ncf_negative(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndar
     text = _read_text(path, "utf-8")
     if not text.strip():
         raise DataError(f"{path}: no candidate rows")
+    return _parse_negative(text, path)
+
+
+def iter_ncf_negative(path: str | Path, chunk_bytes: int = CHUNK_BYTES):
+    """:func:`read_ncf_negative` in chunks of about ``chunk_bytes`` (errors name the same line);
+    each chunk's negatives as wide as its longest row (the caller pads to the file's)."""
+    path = Path(path)
+    for text, line0 in text_chunks(path, "utf-8", chunk_bytes):
+        if text.strip():
+            yield _parse_negative(text, path, line0)
+
+
+def _parse_negative(text: str, path: Path, line0: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     width = _max_fields(text, "\t")
     try:  # fast: typed parse of a clean file
         df = pd.read_csv(io.StringIO(text), sep="\t", header=None, names=list(range(width)),
@@ -684,13 +902,13 @@ def read_ncf_negative(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndar
         negatives = np.where(present, np.nan_to_num(values, nan=-1), -1).astype(np.int64)
         negatives = negatives[:, : int(np.flatnonzero(present.any(axis=0)).max(initial=-1)) + 1]  # drop empty tail
         return heads[0].astype("int64").to_numpy(), heads[1].astype("int64").to_numpy(), negatives
-    _negative_error(path, text)
+    _negative_error(path, text, line0)
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _negative_error(path: Path, text: str) -> None:
-    """Name the first malformed line of a ``.test.negative`` file."""
-    for no, line in enumerate(text.splitlines(), start=1):
+def _negative_error(path: Path, text: str, line0: int = 0) -> None:
+    """Name the first malformed line of a ``.test.negative`` file (``text`` starts at line ``line0 + 1``)."""
+    for no, line in enumerate(text.splitlines(), start=line0 + 1):
         if not line.strip():
             continue
         head, *rest = line.split("\t")

@@ -25,6 +25,14 @@ import torch
 from ncf.errors import ConfigError
 
 DENSE_LIMIT = 1 << 30  # bytes for the users x items bool bitmap
+
+
+def sized_dense_limit(nnz: int) -> int:
+    """A bitmap limit that grows with the interactions a structure holds (a rank's, a holdout's
+    seen rows): dense up to 32 bytes an interaction (at least 64 MiB, at most ``DENSE_LIMIT``),
+    so that a rank's membership test never costs more than its rows would as sorted keys by
+    much; the answer is the same either way."""
+    return min(DENSE_LIMIT, max(1 << 26, 32 * int(nnz)))
 _M32 = 0xFFFFFFFF
 
 

@@ -8,6 +8,12 @@ collapse, and a rule that depends on it would change with a re-sorted file. With
 timestamps the held-out interaction is drawn uniformly at random from the user's
 interactions, seeded, as the NCF paper drew its validation item.
 
+Where the draws come from (``DataConfig.split_draws``): ``"sequential"`` (the default) is one
+seeded NumPy stream over all users in order; ``"per_user"`` (:class:`UserDraws`) is a
+counter-based hash of (seed, purpose, user, draw number), so a user's held-out item and
+candidates depend on that user's own interactions alone and a rank holding only some users
+(:mod:`ncf.data.rankload`) draws exactly what one process holding all of them draws.
+
 Users with fewer than ``min_train + 1`` interactions keep them all in training and get no
 holdout; :func:`leave_one_out` returns how many there were.
 """
@@ -22,7 +28,7 @@ import scipy.sparse as sp
 import torch
 
 from ncf.data.interactions import Interactions
-from ncf.data.sampling import Membership
+from ncf.data.sampling import _M32, Membership, _salt, hash32, sized_dense_limit
 from ncf.errors import ConfigError
 
 PAD = -1  # padding in candidate matrices (a row with fewer distinct negatives)
@@ -45,8 +51,31 @@ class HoldOut:
 
 
 @dataclass
+class RankPart:
+    """What a :class:`Dataset` loaded by one rank (:func:`ncf.data.rankload.load_rank_dataset`)
+    knows of the others: the user ranges of every rank (``bounds``, as
+    :func:`ncf.data.partition.user_bounds` draws them from ``train_counts``), every user's
+    training interactions (``train_counts``), and the global sizes of training and holdouts."""
+
+    rank: int
+    world: int
+    bounds: np.ndarray  # [world + 1]: rank r holds users bounds[r]:bounds[r + 1]
+    train_counts: np.ndarray  # [n_users] training interactions of every user (int64)
+    n_train: int
+    n_valid: int | None  # validation rows over all ranks (None: no validation holdout)
+    n_test: int
+
+    @property
+    def users(self) -> tuple[int, int]:
+        return int(self.bounds[self.rank]), int(self.bounds[self.rank + 1])
+
+
+@dataclass
 class Dataset:
-    """A split dataset: ``train`` interactions plus valid/test holdouts (indexes into train's maps)."""
+    """A split dataset: ``train`` interactions plus valid/test holdouts (indexes into train's maps).
+
+    ``part``: set where one rank loaded only its users (:class:`RankPart`): ``train``, ``valid``
+    and ``test`` then hold those users' rows only (the id maps and shapes stay global)."""
 
     name: str
     train: Interactions
@@ -56,6 +85,12 @@ class Dataset:
     report: dict = field(default_factory=dict)
     item_info: dict | None = None  # optional: {"titles": [...], "genres": [[...], ...]} by item index
     config: dict | None = None  # how it was made (DataConfig.to_dict()), saved with every run
+    part: RankPart | None = None  # one rank's users only (see above)
+
+    @property
+    def train_nnz(self) -> int:
+        """Training interactions of all users (of all ranks where ``part`` is set)."""
+        return self.part.n_train if self.part is not None else self.train.nnz
 
     def without_test(self) -> Dataset:
         """This dataset with no test holdout: what fitting gets, so that it cannot read test."""
@@ -82,14 +117,43 @@ class Dataset:
         return m
 
 
+class UserDraws:
+    """Counter-based draws of one purpose (``stream``): ``words(users, k)`` is 32 random bits
+    from a hash of (seed, stream, user, k), so what a user gets never depends on other users."""
+
+    def __init__(self, seed: int, stream: int):
+        self.salt = _salt(seed, 0, stream)
+
+    def words(self, users: np.ndarray, k: np.ndarray | int) -> np.ndarray:
+        """``users`` and ``k`` broadcast together (a column of users and a row of ``k``: each
+        user's key is hashed once)."""
+        u = torch.from_numpy(np.ascontiguousarray(users, dtype=np.int64))
+        x = hash32(hash32((u & _M32) ^ self.salt) ^ ((u >> 32) & _M32))  # the user's key
+        kk = torch.from_numpy(np.ascontiguousarray(k, dtype=np.int64))
+        return hash32(hash32(x ^ (kk & _M32)) ^ 0x2545F491).numpy()
+
+    def below(self, users: np.ndarray, k: np.ndarray | int, n: np.ndarray | int) -> np.ndarray:
+        """Uniform integers in ``[0, n)`` (multiply-shift; ``n < 2^31``)."""
+        return (self.words(users, k) * np.asarray(n, dtype=np.int64)) >> 32
+
+
+CANDIDATE_BLOCK = 4096  # users whose candidates are drawn together (bounds the temporaries)
+
+# the per_user streams of each purpose
+TEST_PICK, VALID_PICK, VALID_CANDIDATES, TEST_CANDIDATES = 101, 102, 103, 104
+
+
 def _latest_index(indptr: np.ndarray, indices: np.ndarray, times: np.ndarray | None,
-                  rng: np.random.Generator) -> np.ndarray:
+                  rng: np.random.Generator | UserDraws) -> np.ndarray:
     """For each row with >= 1 entry, the position (into indices) of its latest entry."""
     n_rows = len(indptr) - 1
     counts = np.diff(indptr)
     rows = np.repeat(np.arange(n_rows), counts)
     if times is None:
-        offsets = (rng.random(n_rows) * np.maximum(counts, 1)).astype(np.int64)
+        if isinstance(rng, UserDraws):
+            offsets = rng.below(np.arange(n_rows), 0, np.maximum(counts, 1))
+        else:
+            offsets = (rng.random(n_rows) * np.maximum(counts, 1)).astype(np.int64)
         return indptr[:-1] + offsets
     order = np.lexsort((indices, times, rows))  # within a row: by time, then item
     last_in_row = indptr[1:] - 1
@@ -98,10 +162,11 @@ def _latest_index(indptr: np.ndarray, indices: np.ndarray, times: np.ndarray | N
 
 def leave_one_out(
     data: Interactions,
-    rng: np.random.Generator,
+    rng: np.random.Generator | UserDraws,
     min_train: int = 1,
 ) -> tuple[Interactions, np.ndarray, np.ndarray, int]:
-    """Hold out each user's latest interaction (random where there are no timestamps).
+    """Hold out each user's latest interaction (random where there are no timestamps: from
+    ``rng``, a NumPy stream over all users, or a :class:`UserDraws`).
 
     Users with fewer than ``min_train + 1`` interactions keep all of theirs in training
     and get no holdout; their count is returned.
@@ -131,47 +196,66 @@ def sample_candidates(
     users: np.ndarray,
     items: np.ndarray,
     n_neg: int,
-    rng: np.random.Generator,
+    rng: np.random.Generator | UserDraws,
+    first_row: int = 0,
 ) -> np.ndarray:
     """``[len(users), 1 + n_neg]``: the held-out item then ``n_neg`` distinct items the user
     never interacted with (``seen`` must include the held-out items), drawn uniformly without
     replacement. Users with fewer than ``n_neg`` unseen items get all of them, padded with
-    ``PAD``. Vectorised over users: over-draw, reject seen items and repeats, top up."""
+    ``PAD``. Vectorised over users: over-draw, reject seen items and repeats, top up.
+
+    ``rng``: a NumPy stream over all users in order, or :class:`UserDraws` (user ``u``'s draws
+    numbered ``0, 1, ...``: a user's candidates depend on its own row alone). ``first_row``:
+    ``seen`` holds the rows of users ``first_row, first_row + 1, ...`` (a rank's users)."""
     n_items = seen.shape[1]
-    member = Membership(seen)
+    member = Membership(seen, dense_limit=sized_dense_limit(seen.nnz))  # exact either way
+    rows = np.asarray(users, dtype=np.int64) - first_row
     out = np.full((len(users), 1 + n_neg), PAD, dtype=np.int64)
     out[:, 0] = items
-    available = np.minimum(n_items - np.diff(seen.indptr)[users], n_neg)
+    available = np.minimum(n_items - np.diff(seen.indptr)[rows], n_neg)
     filled = np.zeros(len(users), dtype=np.int64)
     rem = np.flatnonzero(filled < available)
-    for _ in range(30):
+    width = 2 * n_neg + 16
+    per_user = isinstance(rng, UserDraws)
+    for t in range(30):
         if not len(rem):
             break
-        draw = rng.integers(0, n_items, size=(len(rem), 2 * n_neg + 16))
-        ok = ~member.contains(
-            torch.from_numpy(np.repeat(users[rem], draw.shape[1])), torch.from_numpy(draw.ravel())
-        ).numpy().reshape(draw.shape)
-        combined = np.concatenate([out[rem, 1:], draw], axis=1)
-        valid = np.concatenate([out[rem, 1:] != PAD, ok], axis=1)
-        order = np.argsort(combined, axis=1, kind="stable")
-        srt = np.take_along_axis(combined, order, axis=1)
-        dup = np.zeros_like(valid)
-        np.put_along_axis(dup, order[:, 1:], srt[:, 1:] == srt[:, :-1], axis=1)
-        valid &= ~dup
-        valid &= np.cumsum(valid, axis=1) <= n_neg
-        front = np.argsort(~valid, axis=1, kind="stable")[:, :n_neg]
-        vals = np.take_along_axis(combined, front, axis=1)
-        got = valid.sum(axis=1)
-        vals[np.arange(n_neg)[None, :] >= got[:, None]] = PAD
-        out[rem, 1:] = vals
-        filled[rem] = got
+        # the sequential stream: one draw for every remaining user, as always (its values
+        # depend on the call's size); the rest goes in blocks of users (bounded temporaries)
+        whole = None if per_user else rng.integers(0, n_items, size=(len(rem), width))
+        k = t * width + np.arange(width, dtype=np.int64)
+        for b in range(0, len(rem), CANDIDATE_BLOCK):
+            sel = rem[b: b + CANDIDATE_BLOCK]
+            draw = rng.below(users[sel][:, None], k[None, :], n_items) if per_user else whole[b: b + len(sel)]
+            ok = ~member.contains(
+                torch.from_numpy(np.repeat(rows[sel], width)), torch.from_numpy(draw.ravel())
+            ).numpy().reshape(draw.shape)
+            combined = np.concatenate([out[sel, 1:], draw], axis=1)
+            valid = np.concatenate([out[sel, 1:] != PAD, ok], axis=1)
+            order = np.argsort(combined, axis=1, kind="stable")
+            srt = np.take_along_axis(combined, order, axis=1)
+            dup = np.zeros_like(valid)
+            np.put_along_axis(dup, order[:, 1:], srt[:, 1:] == srt[:, :-1], axis=1)
+            valid &= ~dup
+            valid &= np.cumsum(valid, axis=1) <= n_neg
+            front = np.argsort(~valid, axis=1, kind="stable")[:, :n_neg]
+            vals = np.take_along_axis(combined, front, axis=1)
+            got = valid.sum(axis=1)
+            vals[np.arange(n_neg)[None, :] >= got[:, None]] = PAD
+            out[sel, 1:] = vals
+            filled[sel] = got
+        del whole
         rem = rem[filled[rem] < available[rem]]
     for r in rem:  # users who saw nearly the whole catalogue: enumerate what is left
-        u = users[r]
+        u = rows[r]
         row_seen = seen.indices[seen.indptr[u]: seen.indptr[u + 1]]
         have = out[r, 1: 1 + filled[r]]
         pool = np.setdiff1d(np.arange(n_items), np.concatenate([row_seen, have]))
-        take = rng.permutation(pool)[: n_neg - filled[r]]
+        if isinstance(rng, UserDraws):  # the pool in an order hashed from (user, item)
+            order = np.argsort(rng.words(users[r], (1 << 31) + pool), kind="stable")
+            take = pool[order][: n_neg - filled[r]]
+        else:
+            take = rng.permutation(pool)[: n_neg - filled[r]]
         out[r, 1 + filled[r]: 1 + filled[r] + len(take)] = take
     return out
 

@@ -107,6 +107,14 @@ def all_sum(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def array_all_sum(device: torch.device):
+    """``f(x)``: the sum over ranks of the int64 NumPy vector ``x`` (through ``device``: NCCL
+    reduces device tensors); what :func:`ncf.data.rankload.load_rank_dataset` agrees with."""
+    def f(x):
+        return all_sum(torch.from_numpy(x).to(device)).cpu().numpy()
+    return f
+
+
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         dist.barrier()

@@ -76,10 +76,13 @@ def check_out(out: Path, overwrite: bool = False) -> None:
 
 def _check_trainable(dataset: Dataset) -> None:
     """What would make training fail after it started, said before anything is written."""
-    if dataset.test is not None and len(dataset.test) == 0:
+    part = dataset.part  # one rank's users: the holdouts' sizes over all ranks
+    n_test = part.n_test if part is not None else len(dataset.test) if dataset.test is not None else None
+    n_valid = part.n_valid if part is not None else len(dataset.valid) if dataset.valid is not None else None
+    if n_test == 0:
         raise DataError(f"{dataset.name}: no user has 2 or more interactions, so none can be held out for "
                         f"testing ({dataset.n_users} users, {dataset.n_interactions} interactions)")
-    if dataset.valid is not None and len(dataset.valid) == 0:
+    if n_valid == 0:
         raise DataError(f"{dataset.name}: no user has 3 or more interactions, so none can be held out for "
                         "validation; pass --no-valid (no early stopping)")
 
@@ -161,7 +164,9 @@ def write_header(out: Path, data_cfg: dict, cfg: TrainConfig, model, user_map, i
 
 def _write_header(out: Path, data_cfg: DataConfig, cfg: TrainConfig, model, dataset: Dataset) -> None:
     t = dataset.train
-    write_header(out, _data_dict(data_cfg, dataset), cfg, model, t.user_map, t.item_map, t.matrix, dataset.item_info,
+    # a rank's users only: each rank writes its rows (shards/train-rank{r}), assembled with the model
+    seen = t.matrix if dataset.part is None else None
+    write_header(out, _data_dict(data_cfg, dataset), cfg, model, t.user_map, t.item_map, seen, dataset.item_info,
                  dataset.report)
 
 
@@ -198,15 +203,27 @@ def train_model(data_cfg: DataConfig | None, cfg: TrainConfig, out: Path | None,
     if out is not None and distributed.is_main():
         check_out(Path(out), overwrite)
     resolve_device(cfg.device)  # --device cuda without a GPU: said before reading or writing anything
-    dataset = dataset or load_dataset(data_cfg)
+    dataset = dataset or _load(data_cfg, cfg)
     _check_trainable(dataset)
     if out is None:
         return _train(data_cfg, cfg, None, dataset, progress, init_items, on_epoch)
     return _in_partial(Path(out), lambda work: _train(data_cfg, cfg, work, dataset, progress, init_items, on_epoch))
 
 
+def _load(data_cfg: DataConfig, cfg: TrainConfig) -> Dataset:
+    """The dataset as this process trains on it: a --shard-tables run with per-user split draws
+    reads only its rank's users (``ncf.data.rankload``: no rank holds the whole file); the
+    rest read and split the whole file."""
+    if not (cfg.shard_tables and data_cfg.split_draws == "per_user"):
+        return load_dataset(data_cfg)
+    from ncf.data.rankload import load_rank_dataset
+
+    device = distributed.setup(resolve_device(cfg.device))  # the ranks agree on the partition
+    return load_rank_dataset(data_cfg, distributed.rank(), distributed.world(), distributed.array_all_sum(device))
+
+
 def _train(data_cfg, cfg, out, dataset, progress, init_items, on_epoch=None):
-    cfg = cfg.resolved(dataset.train.nnz)
+    cfg = cfg.resolved(dataset.train_nnz)
     if cfg.pretrain:
         if cfg.model != "neumf":
             raise ConfigError("--pretrain applies to neumf only")
@@ -392,7 +409,7 @@ def resume_run(out: Path, progress: bool = True, **changes) -> dict[str, Any]:
 
 
 def _resume(out: Path, cfg: TrainConfig, data_cfg: DataConfig, progress: bool):
-    dataset = load_dataset(data_cfg)
+    dataset = _load(data_cfg, cfg)
     if (out / "summary.json").exists():
         console.print(f"{out} already finished; continuing it up to epoch {cfg.epochs} (if not there yet) "
                       "and evaluating the saved best model")

@@ -6,6 +6,8 @@ Layout inside a run directory (written by :mod:`ncf.train.sharded`)::
     shards/state-rank{r}.safetensors  the last epoch: rank r's table shards, their fused optimizer
                                   state, the (replicated) tower and its optimizer state; resume
     shards/best-rank{r}.safetensors   the best-validation epoch: table shards and tower
+    shards/train-rank{r}.safetensors  rank r's users' training rows (where each rank loaded only its
+                                  users): CSR rows from ``first_user``; assembled into ``train.safetensors``
 
 ``index.json``::
 
@@ -27,9 +29,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import scipy.sparse as sp
 import torch
 
-from ncf.checkpoint import CheckpointError, atomic_write_json, build_model, load_tensors, read_json, save_model
+from ncf.checkpoint import (
+    CheckpointError,
+    atomic_write_json,
+    build_model,
+    load_tensors,
+    read_json,
+    save_model,
+    save_tensors,
+    save_train_matrix,
+)
 from ncf.errors import ConfigError
 
 FORMAT = 1
@@ -48,6 +61,47 @@ def rank_file(run: Path, tag: str, rank: int) -> Path:
 
 def shard_key(table: str, row: int, col: int) -> str:
     return f"table.{table}.{row}.{col}"
+
+
+def train_file(run: Path, rank: int) -> Path:
+    return shard_dir(run) / f"train-rank{rank}.safetensors"
+
+
+def save_train_rows(run: Path, rank: int, matrix, lo: int, hi: int) -> None:
+    """Rank ``rank``'s users ``lo:hi`` of the training matrix (the run's seen filter, in parts)."""
+    m = matrix.tocsr()[lo:hi]
+    shard_dir(run).mkdir(parents=True, exist_ok=True)
+    save_tensors(train_file(run, rank), {
+        "indptr": torch.from_numpy(m.indptr.astype(np.int64)), "indices": torch.from_numpy(m.indices.astype(np.int64)),
+        "first_user": torch.tensor([lo], dtype=torch.int64), "shape": torch.tensor(matrix.shape, dtype=torch.int64)})
+
+
+def assemble_train(run: Path) -> bool:
+    """``train.safetensors`` from the ranks' ``train-rank{r}`` files, where there are such files
+    (checked: the ranges follow each other and cover every user); False where there are none."""
+    files = sorted(shard_dir(run).glob("train-rank*.safetensors"), key=lambda p: int(p.stem[len("train-rank"):]))
+    if not files:
+        return False
+    indptr, indices, end, shape = [np.zeros(1, dtype=np.int64)], [], 0, None
+    for path in files:
+        t = load_tensors(path)
+        try:
+            first, ip, ix = int(t["first_user"][0]), t["indptr"].numpy(), t["indices"].numpy()
+            here = tuple(int(x) for x in t["shape"])
+        except (KeyError, IndexError) as e:
+            raise CheckpointError(f"{path}: not a rank's training rows ({e})") from None
+        if first != end or (shape is not None and here != shape):
+            raise CheckpointError(f"{path}: rows from user {first} of a {here} matrix; the ranks before it end at "
+                                  f"user {end} (of {shape}): a rank's file is missing or from another run")
+        shape = here
+        indptr.append(ip[1:] + indptr[-1][-1])
+        indices.append(ix)
+        end = first + len(ip) - 1
+    if end != shape[0]:
+        raise CheckpointError(f"{shard_dir(run)}: the ranks' training rows end at user {end} of {shape[0]}")
+    ix = np.concatenate(indices)
+    save_train_matrix(run, sp.csr_matrix((np.ones(len(ix), np.float32), ix, np.concatenate(indptr)), shape=shape))
+    return True
 
 
 def write_index(run: Path, index: dict[str, Any]) -> None:
@@ -116,4 +170,5 @@ def convert(run: Path, tag: str = "best"):
                               f"({str(e).splitlines()[0]})") from None
     extra = {k: v for k, v in cfg.items() if k not in ("format", "model", "model_params", "n_users", "n_items")}
     save_model(run, model, extra)
+    assemble_train(run)  # a run whose ranks loaded only their users: the seen filter from their rows
     return model.eval()

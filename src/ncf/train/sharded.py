@@ -9,9 +9,10 @@ the optimizer fused into the embedding kernels (row-wise AdaGrad by default: one
 state per row; applied inside the backward pass); the tower and output layer (the model's
 own modules, with 1-row tables removed) are data-parallel.
 
-Each rank samples only its own users' interactions (:mod:`ncf.data.partition`), so no rank
-needs the whole interaction matrix for sampling; a step looks up the rank's batch by
-all-to-all. Loss weighting: rank ``r`` back-propagates its loss sum / ``n_global``; table rows
+Each rank samples only its own users' interactions (:mod:`ncf.data.partition`), and a run
+whose data config draws the split per user reads only them (:mod:`ncf.data.rankload`), so no
+rank needs the whole interaction matrix; a step looks up the rank's batch by all-to-all.
+Loss weighting: rank ``r`` back-propagates its loss sum / ``n_global``; table rows
 receive the sum over ranks (the gradient of the global batch's mean loss) and the tower's
 gradients, averaged by DDP, are multiplied by ``W`` to be the same gradient.
 
@@ -36,12 +37,12 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from ncf.checkpoint import CheckpointError, load_tensors, save_tensors
+from ncf.checkpoint import CheckpointError, load_model, load_tensors, save_tensors
 from ncf.config import TrainConfig
 from ncf.data.partition import UserShardSampler, user_bounds
 from ncf.data.split import PAD, HoldOut
 from ncf.errors import ConfigError
-from ncf.eval.evaluator import evaluate
+from ncf.eval.evaluator import evaluate, full_ranks
 from ncf.eval.metrics import pessimistic_rank, summarize
 from ncf.models import Model
 from ncf.train import distributed, shardckpt
@@ -85,7 +86,7 @@ class ShardedTrainer(Trainer):
 
     def __init__(self, model: Model, dataset, cfg: TrainConfig, out_dir: Path | None, progress: bool = True,
                  log=None):
-        cfg = cfg.resolved(dataset.train.nnz)
+        cfg = cfg.resolved(dataset.train_nnz)
         if model.name not in SHARDABLE:
             raise ConfigError(f"--shard-tables supports {', '.join(SHARDABLE)}, not {model.name!r}")
         if cfg.loss != "bce":
@@ -119,11 +120,18 @@ class ShardedTrainer(Trainer):
                              and p.requires_grad]
         self.opt = make_optimizer(cfg.optimizer, self.dense_params, cfg.lr)
         self._init_tables()
-        counts = np.diff(dataset.train.matrix.indptr)
-        self.bounds = user_bounds(counts, self.world)
+        part = dataset.part  # set where this rank loaded only its users (ncf.data.rankload)
+        if part is not None and (part.rank, part.world) != (self.rank, self.world):
+            raise ConfigError(f"the dataset holds the users of rank {part.rank} of {part.world}; this is rank "
+                              f"{self.rank} of {self.world}")
+        counts = part.train_counts if part is not None else np.diff(dataset.train.matrix.indptr)
+        self.bounds = part.bounds if part is not None else user_bounds(counts, self.world)
         # only this rank's users' rows: its samples, and the membership tests of their negatives
         self.sampler = UserShardSampler.for_rank(dataset.train.matrix, self.bounds, self.rank, cfg.neg, cfg.seed,
-                                                 self.device)
+                                                 self.device, counts=counts)
+        if part is not None and self.out:  # the seen filter of the run, a range of users a rank
+            lo, hi = part.users
+            shardckpt.save_train_rows(self.out, self.rank, dataset.train.matrix, lo, hi)
         self.history: list[dict[str, Any]] = []
         self.best: dict[str, Any] = {"epoch": 0, "score": -math.inf, "valid": None}
         self.start_epoch, self.elapsed = 1, 0.0
@@ -273,13 +281,17 @@ class ShardedTrainer(Trainer):
             if len(sel):
                 ranks[s: s + len(sel)] = pessimistic_rank(scores[:, 0], scores[:, 1:], c[:, 1:] != PAD)
         self.net.train()
-        padded = torch.full((int(sizes.max()),), -1, dtype=torch.int64)
-        padded[: len(ranks)] = torch.from_numpy(ranks)
+        return summarize(self._gather(ranks, sizes), (10,))
+
+    def _gather(self, ranks: np.ndarray, sizes: torch.Tensor | None = None) -> np.ndarray:
+        """Every rank's per-user ranks, concatenated in rank order (on every rank)."""
+        sizes = self._counts(len(ranks)) if sizes is None else sizes
+        padded = torch.full((max(int(sizes.max()), 1),), -1, dtype=torch.int64)
+        padded[: len(ranks)] = torch.from_numpy(np.asarray(ranks, dtype=np.int64))
         padded = padded.to(self.device)
         gathered = [torch.empty_like(padded) for _ in range(self.world)]
         dist.all_gather(gathered, padded)
-        allr = np.concatenate([g[: int(n)].cpu().numpy() for g, n in zip(gathered, sizes, strict=True)])
-        return summarize(allr, (10,))
+        return np.concatenate([g[: int(n)].cpu().numpy() for g, n in zip(gathered, sizes, strict=True)])
 
     # -- state -------------------------------------------------------------------------------
     def _local_weights(self) -> dict[str, torch.Tensor]:
@@ -426,17 +438,23 @@ class ShardedTrainer(Trainer):
         dist.all_reduce(mem)
         mem = mem.cpu()
         distributed.barrier()  # every rank's best file is written and read
+        test_full, model = None, None
+        full_bytes = 4 * sum(t["rows"] * t["dim"] for t in self.layout()["tables"].values())
+        if self.main and self.out and full_bytes <= CONVERT_FRACTION * _physical_memory():
+            model = shardckpt.convert(self.out)  # an ordinary run directory: evaluate / recommend / serve
+        elif self.main and self.out:
+            self.console.print(f"[yellow]tables of {full_bytes / 2**30:.1f} GiB: not assembled here; run `ncf convert "
+                               f"{self.out}` on a machine that holds them for an ordinary run directory")
+        if ds.part is not None:  # each rank ranks its own test users against every item, on the converted model
+            if distributed.broadcast_flag(model is not None, self.device):
+                model = model if model is not None else load_model(self.out)
+                ranks = full_ranks(model.eval(), ds.test, ds.seen(include_valid=True))
+                test_full = summarize(self._gather(ranks), (10,), full=True)
+        elif model is not None:
+            test_full = evaluate(model, ds.test, "full", seen=ds.seen(include_valid=True))
         if not self.main:
             distributed.barrier()
             return None
-        test_full = None
-        full_bytes = 4 * sum(t["rows"] * t["dim"] for t in self.layout()["tables"].values())
-        if self.out and full_bytes <= CONVERT_FRACTION * _physical_memory():
-            model = shardckpt.convert(self.out)  # an ordinary run directory: evaluate / recommend / serve
-            test_full = evaluate(model, ds.test, "full", seen=ds.seen(include_valid=True))
-        elif self.out:
-            self.console.print(f"[yellow]tables of {full_bytes / 2**30:.1f} GiB: not assembled here; run `ncf convert "
-                               f"{self.out}` on a machine that holds them for an ordinary run directory")
         samples = sum(r["samples"] for r in self.history)
         train_s = sum(r["train_seconds"] for r in self.history)
         epoch_s = sum(r["seconds"] for r in self.history)
