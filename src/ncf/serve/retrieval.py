@@ -139,6 +139,8 @@ class NCFRanker(Ranker):
             first = self.tower.linears[0]
             # first tower layer split in its user and item halves; the item half precomputed
             self._wu = first.weight.detach()[:, :self.h]
+            # the layers after the first, as plain tensors (no module call per request)
+            self._rest = [(lin.weight.detach(), lin.bias.detach()) for lin in self.tower.linears[1:]]
             bound["mlp_first"] = bound["mlp"] @ first.weight.detach()[:, self.h:].T + first.bias.detach()
         self._items = bound
         self._taylor = self._taylor_items()
@@ -148,8 +150,8 @@ class NCFRanker(Ranker):
         """MLP term for user rows ``pu`` ([1, h] or [C, h]) and items ``sel`` -> [C]."""
         if len(self.tower.linears):
             x = torch.relu(self._items["mlp_first"][sel] + pu @ self._wu.T)  # [C, h1]
-            for lin in self.tower.linears[1:]:
-                x = torch.relu(lin(x))
+            for weight, bias in self._rest:
+                x = torch.relu(torch.nn.functional.linear(x, weight, bias))
         else:
             q = self._items["mlp"][sel]
             x = torch.cat([pu.expand(len(q), -1), q], dim=1)
@@ -204,8 +206,8 @@ class NCFRanker(Ranker):
                 # acts on each pair alone, so the gradient of the sum is every pair's own gradient
                 z = (self._items["mlp_first"][sel][:, None, :] + up[None]).requires_grad_(True)
                 x = torch.relu(z)
-                for lin in self.tower.linears[1:]:
-                    x = torch.relu(lin(x))
+                for weight, bias in self._rest:
+                    x = torch.relu(torch.nn.functional.linear(x, weight, bias))
                 out = x @ self.w_m  # [n, K]
                 (grad,) = torch.autograd.grad(out.sum(), z)
             jac.append(grad.mean(dim=1) @ self._wu)  # d/dp' = W_u^T d/dz, averaged over the users
