@@ -243,8 +243,9 @@ def _report(q: dict, n_users: int) -> None:
         console.print(f"  exact top 10 among the dot-product top {q['candidates']}: {d['first_stage_ceiling']:.3f} "
                       f"(first-order expansion at the mean user: {d['taylor_ceiling']:.3f}); HNSW finds "
                       f"{d['hnsw_recall_of_dot_top10']:.3f} of the dot product's top 10")
-    console.print("  in-process ms p50/p99: " + ", ".join(f"{k} {v['p50']:.2f}/{v['p99']:.2f}" for k, v in ms.items()))
-    console.print(f"  rows computed in {q['rows_seconds']} s ({q['retrieval_users']} users), HNSW built in "
+    console.print("  in-process ms p50/p99: " + ", ".join(f"{k} {v['p50']:.2f}/{v['p99']:.2f}" for k, v in ms.items()
+                                                   if isinstance(v, dict)))
+    console.print(f"  rows computed in {q.get('rows_seconds')} s ({q.get('retrieval_users')} users), HNSW built in "
                   f"{q['ann'].get('build_seconds')} s ({q['ann'].get('build_threads')} threads; M "
                   f"{q['ann'].get('m')}, efConstruction {q['ann'].get('ef_construction')}); service ready in "
                   f"{q['service_ready_seconds']} s; measured under load: {q['uptime']}")
