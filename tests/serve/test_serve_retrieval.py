@@ -37,18 +37,59 @@ def test_gmf_retrieval_is_the_score_without_bias(model_runs):
 
 
 @pytest.mark.parametrize("kind", ["mlp-linear", "mlp", "neumf"])
-def test_taylor_retrieval_exact_at_the_anchor(model_runs, kind):
-    """The first-order expansion equals the MLP term at its expansion point (and everywhere
-    for a tower without hidden layers, which is linear)."""
+def test_taylor_terms_exact_at_the_anchor(model_runs, kind):
+    """Fold-in's affine scores (the first-order expansion at the mean user) equal the model at
+    the expansion point (and everywhere for a tower without hidden layers, which is linear)."""
     model, ranker, vectors = _bound(model_runs[kind])
+    items = np.arange(model.n_items)
+    a, o = ranker.linear_terms(items)
     user = vectors.mean(0)  # the anchor is the mean MLP user vector
-    bias = model.predict.bias.item()
-    np.testing.assert_allclose(ranker.retrieval_scores(user) + bias, ranker.score(user), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(o + a @ user, ranker.score(user), rtol=1e-4, atol=1e-4)
     if kind == "mlp-linear":
-        np.testing.assert_allclose(ranker.retrieval_scores(vectors[3]) + bias, ranker.score(vectors[3]),
-                                   rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(o + a @ vectors[3], ranker.score(vectors[3]), rtol=1e-4, atol=1e-4)
     else:  # away from the anchor a ReLU tower is not linear: the approximation differs
-        assert not np.allclose(ranker.retrieval_scores(vectors[3]) + bias, ranker.score(vectors[3]), atol=1e-3)
+        assert not np.allclose(o + a @ vectors[3], ranker.score(vectors[3]), atol=1e-3)
+
+
+@pytest.mark.parametrize("kind", ["mlp-linear", "mlp", "neumf"])
+def test_retrieval_rows_average_the_jacobian_over_the_users(model_runs, kind):
+    """The first stage's rows: each item's MLP Jacobian averaged over the sampled users, with
+    the intercept that makes the mean of the affine scores over those users exact."""
+    model, ranker, vectors = _bound(model_runs[kind])
+    bias = model.predict.bias.item()
+    if kind == "mlp-linear":  # a linear tower: exact for every user
+        np.testing.assert_allclose(ranker.retrieval_scores(vectors[3]) + bias, ranker.score(vectors[3]),
+                                   rtol=1e-4, atol=1e-5)
+        return
+    sample = ranker.retrieval_sample().numpy()
+    f = ranker.f
+    users = np.zeros((len(sample), ranker.user_dim), np.float32)
+    users[:, f:] = sample  # GMF part zero: only the MLP term's approximation is compared
+    own = np.stack([ranker.score(u) for u in users]) - bias  # [K, n_items]
+    approx = np.stack([ranker.retrieval_scores(u) for u in users])
+    np.testing.assert_allclose(approx.mean(0), own.mean(0), rtol=1e-4, atol=1e-6)
+    # the slope is the mean of the users' own Jacobians (autograd through the model)
+    rows = ranker.retrieval_rows()
+    item = 5
+    grads = []
+    for p in sample:
+        u = torch.tensor(p, requires_grad=True)
+        out = ranker._mlp(u[None], torch.tensor([item]))[0]
+        grads.append(torch.autograd.grad(out, u)[0].numpy())
+    np.testing.assert_allclose(rows[item, f:f + ranker.h], np.mean(grads, 0), rtol=1e-4, atol=1e-6)
+
+
+def test_retrieval_rows_depend_on_the_sample_size(model_runs):
+    model = load_model(model_runs["neumf"])
+    one = NCFRanker(model, retrieval_users=1)
+    one.bind(one.item_features())
+    many = NCFRanker(model)
+    many.bind(many.item_features())
+    assert len(one.retrieval_sample()) == 1 and len(many.retrieval_sample()) == min(model.n_users, 64)
+    assert one.retrieval_key() != many.retrieval_key()
+    assert not np.allclose(one.retrieval_rows(), many.retrieval_rows())
+    with pytest.raises(ValueError, match="retrieval_users"):
+        NCFRanker(model, retrieval_users=0)
 
 
 def test_bind_checks_shapes(model_runs):

@@ -47,6 +47,9 @@ from ncf.data.interactions import IdMap
 from ncf.errors import ConfigError
 from ncf.recommend import Recommender, RerankUnavailable, UnknownItemError, top_k
 from ncf.rerank.lagrangian import load_reranker
+from ncf.serve.ann import CHECK_CANDIDATES as ANN_CHECK_CANDIDATES
+from ncf.serve.ann import CHECK_USERS as ANN_CHECK_USERS
+from ncf.serve.ann import CHECK_WARN as ANN_CHECK_WARN
 from ncf.serve.ann import DEFAULT_CANDIDATES as ANN_CANDIDATES
 from ncf.serve.ann import AnnIndex
 from ncf.serve.ann import resolve as resolve_ann
@@ -217,12 +220,54 @@ class OnlineService:
                 self.ranker.bind(items)
             except ValueError as e:
                 raise StoreDataError(f"store run {self.run_id}: {e}") from None
-            if self.use_ann:  # the queries of (a sample of) the run's users set the index's coordinate scale
-                users = self.ranker.user_vectors()
-                sample = np.random.default_rng(0).permutation(len(users))[:10_000]
-                self.ann = AnnIndex.load_or_build(self.run_dir, self.ranker.retrieval_rows(),
-                                                  queries=self.ranker.retrieval_queries(users[np.sort(sample)]))
+            if self.use_ann:  # loaded from the run directory, or built (and persisted) from the rows
+                self.ann = AnnIndex.load_or_build(self.run_dir, self.ranker.retrieval_key(), self._ann_inputs)
+                self._ann_check()
+            elif self.candidates and self.ranker.can_retrieve:
+                self.ranker.retrieval_rows()  # the first stage's rows, before the first request
             self._ready = True
+
+    def _ann_inputs(self) -> tuple[np.ndarray, np.ndarray]:
+        """The first stage's rows, and the queries of (a sample of) the run's users, which set the
+        index's per-coordinate scale."""
+        users = self.ranker.user_vectors()
+        sample = np.random.default_rng(0).permutation(len(users))[:10_000]
+        return self.ranker.retrieval_rows(), self.ranker.retrieval_queries(users[np.sort(sample)])
+
+    def _ann_check(self, n_users: int = ANN_CHECK_USERS) -> None:
+        """The index's self-check, once per index (kept in ``DIR/ann.json``): for ``n_users`` of
+        the run's users (outside the sample the rows were fitted on), the share of the exact top
+        10 that HNSW + exact re-ranking keeps, at several candidate counts; a warning when the
+        service's own count keeps less than ``ANN_CHECK_WARN`` (raise ``--candidates``)."""
+        want = max(self.candidates or ANN_CANDIDATES, 10)
+        check = self.ann.meta.get("check")
+        if check is None or str(want) not in check["overlap@10"] and want < self.rec.n_items:
+            ranker, vectors = self.ranker, self.ranker.user_vectors()
+            pool = np.setdiff1d(np.arange(len(vectors)), ranker.retrieval_sample_indexes())
+            users = np.sort(np.random.default_rng(1).permutation(pool)[:n_users])
+            counts = sorted({c for c in (*ANN_CHECK_CANDIDATES, want) if c < self.rec.n_items})
+            kept = {c: [] for c in counts}
+            for u in users:
+                exclude = np.zeros(self.rec.n_items, bool)
+                exclude[self.rec.seen_items(int(u))] = True
+                exact = set(top_k(ranker.score(vectors[u]), exclude, 10).tolist())
+                query = ranker.retrieval_query(vectors[u])
+                for c in counts:
+                    cand = self.ann.search(query, c, exclude)
+                    top = cand[top_k(ranker.score(vectors[u], cand), None, 10)]
+                    kept[c].append(len(exact & set(top.tolist())) / max(1, len(exact)))
+            check = {"users": len(users), "overlap@10": {str(c): round(float(np.mean(v)), 4) for c, v in kept.items()}}
+            self.ann.meta["check"] = check
+            try:
+                self.ann.save_meta(self.run_dir)
+            except OSError as e:
+                log.warning("cannot write the ANN self-check to %s (%s)", self.run_dir, e)
+        got = check["overlap@10"].get(str(want))
+        log.info("ANN self-check on %d users, overlap@10 with exact ranking by candidates: %s",
+                 check["users"], check["overlap@10"])
+        if got is not None and got < ANN_CHECK_WARN:
+            log.warning("the ANN first stage keeps %.2f of the exact top 10 with %d candidates (self-check on %d "
+                        "users: %s): raise --candidates", got, want, check["users"], check["overlap@10"])
 
     def parse_id(self, text, what: str) -> str:
         """The canonical string of a raw id under the one id rule (``ncf.data.ids``): the key

@@ -6,7 +6,7 @@ Two kinds, chosen from the model:
   vector fitted to the user's training items plus the items recorded online, starting from
   the trained vector (a known user) or the mean user (a user the model never saw). For the
   NCF models, whose ranker holds each item's score as an affine function of the user vector
-  (exact for GMF, first-order for the MLP term: the two-stage rows), the fit is Newton's method
+  (exact for GMF, first-order at the mean user for the MLP term: ``linear_terms``), the fit is Newton's method
   on the model's BCE (``newton_fold_in``: a d x d solve per iteration, about a millisecond);
   for others (BPR) it is ``Model.fold_in`` (a few Adam steps through the model, ~100 ms).
   The vector is written to the feature store beside the run's user rows, with the number of
