@@ -202,8 +202,14 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--factors", type=int, default=16)
     p.add_argument("--lr", type=float, default=0.0)
     p.add_argument("--batch-size", type=int, default=0)
+    p.add_argument("--neg", type=int, default=4, help="sampled negatives per positive (SGD models)")
+    p.add_argument("--l2", type=float, default=0.0, help="L2 on the embeddings (gmf, mf: TrainConfig.l2)")
+    p.add_argument("--patience", type=int, default=5, help="early stopping on the base run's validation (0: off)")
     p.add_argument("--params", default="{}", help="model parameters as JSON (e.g. '{\"l2\": 300}' for ease)")
     p.add_argument("--no-retrain", action="store_true", help="skip the retrained baseline")
+    p.add_argument("--retrain-points", default="",
+                   help="retrain only after these numbers of events (default: every point)")
+    p.add_argument("--train-only", action="store_true", help="train OUT/base and stop (then --reuse)")
     p.add_argument("--reuse", action="store_true", help="reuse OUT/base if it was trained (same arguments!)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2, help="torch threads for training (serving uses 1)")
@@ -217,8 +223,16 @@ def main(argv: list[str] | None = None) -> dict:
     held = np.sort(rng.choice(eligible, int(round(a.fraction * ds.n_users)), replace=False))
     seqs = sequences(ds, held, a.seed)
     user_raw.update({int(u): ds.train.user_map.raw(int(u)) for u in held})
-    cfg = TrainConfig(model=a.model, factors=a.factors, epochs=a.epochs, lr=a.lr, batch_size=a.batch_size,
-                      seed=a.seed, threads=a.threads, params=json.loads(a.params))
+    options = {"factors": a.factors, "epochs": a.epochs, "lr": a.lr, "batch_size": a.batch_size, "neg": a.neg,
+               "l2": a.l2, "patience": a.patience, "seed": a.seed, "threads": a.threads,
+               "params": json.loads(a.params)}
+    from ncf.models import get_model_class
+
+    cls = get_model_class(a.model)
+    # options the model does not take are left out (TrainConfig.for_model refuses them by name)
+    options = {k: v for k, v in options.items()
+               if k in ("seed", "threads", "params") or k in cls.config_fields or cls.trainable}
+    cfg = TrainConfig.for_model(a.model, options)
     from ncf.train.run import train
 
     a.out.mkdir(parents=True, exist_ok=True)
@@ -229,6 +243,8 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         summary = train(data_cfg, cfg, a.out / "base", dataset=without(ds, held))
         console.print(f"trained {a.model} on {ds.n_users - len(held)} users in {time.perf_counter() - t0:.0f}s")
+    if a.train_only:
+        return {"base": summary}
     torch.set_num_threads(1)
     result = {"dataset": ds.name, "model": a.model, "held_out_users": int(len(held)), "points": points,
               "order": "time" if ds.train.timestamps is not None else "seeded random (no timestamps), test item last",
@@ -239,7 +255,8 @@ def main(argv: list[str] | None = None) -> dict:
     console.print({n: (result["fold-in"]["hr@10"][n], result["popularity"]["hr@10"][n]) for n in points})
     if not a.no_retrain:
         torch.set_num_threads(a.threads)
-        result["retrained"] = retrained(data_cfg, cfg, ds, held, seqs, points, a.out)
+        again = sorted(int(x) for x in a.retrain_points.split(",")) if a.retrain_points else points
+        result["retrained"] = retrained(data_cfg, cfg, ds, held, seqs, again, a.out)
     (a.out / "replay.json").write_text(json.dumps(result, indent=2) + "\n")
     plot(result, a.out / "replay.png")
     t = Table(title=f"replay: {len(held)} held-out {ds.name} users ({result['order']}), {a.model}")
