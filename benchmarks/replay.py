@@ -71,6 +71,15 @@ def sequences(ds: Dataset, users: np.ndarray, seed: int) -> dict[int, np.ndarray
     return out
 
 
+def held_out_users(ds: Dataset, fraction: float, points: list[int], seed: int) -> np.ndarray:
+    """The replayed users: ``fraction`` of all users, drawn (seeded) among those with more than
+    ``max(points)`` interactions, sorted."""
+    counts = np.diff(ds.train.matrix.tocsr().indptr) + (0 if ds.valid is None else 1) + 1
+    eligible = np.flatnonzero(counts > max(points))
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(eligible, int(round(fraction * ds.n_users)), replace=False))
+
+
 def without(ds: Dataset, users: np.ndarray, extra: dict[int, np.ndarray] | None = None) -> Dataset:
     """``ds`` without any interaction of ``users`` (and their holdouts); ``extra``: item indexes
     to add back as training rows of those users (the retrained baseline)."""
@@ -217,10 +226,7 @@ def main(argv: list[str] | None = None) -> dict:
     points = sorted(int(x) for x in a.points.split(","))
     data_cfg = DataConfig(source=a.dataset, seed=a.seed)
     ds = load_dataset(data_cfg)
-    counts = np.diff(ds.train.matrix.tocsr().indptr) + (0 if ds.valid is None else 1) + 1
-    eligible = np.flatnonzero(counts > max(points))
-    rng = np.random.default_rng(a.seed)
-    held = np.sort(rng.choice(eligible, int(round(a.fraction * ds.n_users)), replace=False))
+    held = held_out_users(ds, a.fraction, points, a.seed)
     seqs = sequences(ds, held, a.seed)
     user_raw.update({int(u): ds.train.user_map.raw(int(u)) for u in held})
     options = {"factors": a.factors, "epochs": a.epochs, "lr": a.lr, "batch_size": a.batch_size, "neg": a.neg,
