@@ -121,7 +121,8 @@ def replay(run: Path, seqs: dict[int, np.ndarray], points: list[int], foldin: bo
     from ncf.serve.store import InMemoryStore
 
     client = TestClient(create_app(run, InMemoryStore(), foldin=foldin))
-    item_map = client.app.state.service.rec.item_map
+    service = client.app.state.service
+    item_map = service.rec.item_map
     hits = {n: [] for n in points}
     ndcg = {n: [] for n in points}
     fallback = {n: 0 for n in points}
@@ -148,7 +149,8 @@ def replay(run: Path, seqs: dict[int, np.ndarray], points: list[int], foldin: bo
     return {"hr@10": {n: float(np.mean(hits[n])) for n in points},
             "ndcg@10": {n: float(np.mean(ndcg[n])) for n in points},
             "fallback_answers": fallback,
-            "post_ms_median": 1e3 * float(np.median(post_s)), "get_ms_median": 1e3 * float(np.median(get_s))}
+            "post_ms_median": 1e3 * float(np.median(post_s)), "get_ms_median": 1e3 * float(np.median(get_s)),
+            "prior": None if service.foldin is None else service.foldin.prior}
 
 
 def retrained(data_cfg, cfg, ds: Dataset, held: np.ndarray, seqs, points, out: Path) -> dict:
@@ -220,6 +222,10 @@ def main(argv: list[str] | None = None) -> dict:
                    help="retrain only after these numbers of events (default: every point)")
     p.add_argument("--train-only", action="store_true", help="train OUT/base and stop (then --reuse)")
     p.add_argument("--reuse", action="store_true", help="reuse OUT/base if it was trained (same arguments!)")
+    p.add_argument("--prior", default="",
+                   help="Newton fold-in prior: 'auto' (chosen on training users' validation items, "
+                        "benchmarks/foldin_prior.py, and written to OUT/base/foldin.json), a number, or "
+                        "empty (the run's foldin.json, else the service default)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2, help="torch threads for training (serving uses 1)")
     a = p.parse_args(argv)
@@ -252,9 +258,21 @@ def main(argv: list[str] | None = None) -> dict:
     if a.train_only:
         return {"base": summary}
     torch.set_num_threads(1)
+    prior_check = None
+    if a.prior == "auto":
+        import foldin_prior
+
+        prior_check = foldin_prior.check(a.out / "base", ds, held, points, [float(x) for x in
+                                         foldin_prior.PRIORS.split(",")], seed=a.seed, log=console.print)
+        foldin_prior.write(a.out / "base", prior_check)
+        console.print(f"fold-in prior {prior_check['best']:g}, chosen on validation (training users)")
+    elif a.prior:
+        (a.out / "base" / "foldin.json").write_text(json.dumps({"prior": float(a.prior)}) + "\n")
     result = {"dataset": ds.name, "model": a.model, "held_out_users": int(len(held)), "points": points,
               "order": "time" if ds.train.timestamps is not None else "seeded random (no timestamps), test item last",
               "train": cfg.to_dict(), "base_test": summary.get("test")}
+    if prior_check is not None:
+        result["prior_check"] = prior_check
     result["fold-in"] = replay(a.out / "base", seqs, points, True, "fold-in")
     result["popularity"] = replay(a.out / "base", seqs, points, False, "popularity")
     (a.out / "replay.json").write_text(json.dumps(result, indent=2) + "\n")  # partial: before retraining
@@ -276,7 +294,8 @@ def main(argv: list[str] | None = None) -> dict:
         row = [str(n)]
         for name in ("fold-in", "popularity", "retrained"):
             if name in result:
-                row += [f"{result[name]['hr@10'][n]:.4f}", f"{result[name]['ndcg@10'][n]:.4f}"]
+                got = result[name]["hr@10"].get(n)
+                row += ["-", "-"] if got is None else [f"{got:.4f}", f"{result[name]['ndcg@10'][n]:.4f}"]
         pop = result["popularity"]["hr@10"][n]
         row.append(f"{result['fold-in']['hr@10'][n] / pop:.2f}x" if pop else "-")
         t.add_row(*row)

@@ -244,3 +244,33 @@ def test_ensemble_blends_its_members_history_scores(toy_runs, store):
     after = client.get("/v1/users/1/recommendations?k=10").json()
     assert after["fallback"] is False
     assert {x["item"]: x["score"] for x in after["items"]} != {x["item"]: x["score"] for x in before["items"][1:]}
+
+
+def test_foldin_prior_comes_from_the_run_or_the_option(toy_runs, tmp_path, store_factory):
+    """The Newton prior: RUN/foldin.json (chosen on validation by benchmarks/foldin_prior.py),
+    overridden by ``foldin_prior``; a stronger pull keeps a new visitor nearer the mean user."""
+    import shutil
+
+    from ncf.errors import ConfigError
+
+    model, src = toy_runs["mf"]
+    run = tmp_path / "mf"
+    shutil.copytree(src, run)
+    assert TestClient(create_app(run, store_factory())).app.state.service.foldin.prior == 0.1  # the default
+    (run / "foldin.json").write_text('{"prior": 30.0}')
+    moved = {}
+    for prior in (None, 0.01):
+        store = store_factory()
+        client = TestClient(create_app(run, store, foldin_prior=prior))
+        assert client.app.state.service.foldin.prior == (30.0 if prior is None else prior)
+        client.post("/v1/users/9100/interactions", json={"item": 21})
+        vec, _ = store.read_foldin(client.app.state.service.run_id, "9100")
+        moved[prior] = float(np.linalg.norm(vec - model.model.mean_user_vector().numpy()))
+        store.close()
+    assert moved[None] < 0.5 * moved[0.01], moved
+    for bad in ('{"prior": -1}', '{"prior": "x"}', "[1]", "not json"):
+        (run / "foldin.json").write_text(bad)
+        with pytest.raises(ConfigError, match="foldin.json"):
+            create_app(run, store_factory())
+    with pytest.raises(ConfigError, match="fold-in-prior"):
+        create_app(src, store_factory(), foldin_prior=0.0)

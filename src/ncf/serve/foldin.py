@@ -32,16 +32,44 @@ next GET recomputes it from the recorded interactions and stores it again.
 from __future__ import annotations
 
 import copy
+import json
+import math
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from ncf.errors import ConfigError
 from ncf.models import Model
 from ncf.models.base import NEWTON_PRIOR, newton_fold_in
 from ncf.serve.retrieval import NCFRanker, Ranker
 from ncf.serve.store import FeatureStore, UserState
 
 PRIOR = NEWTON_PRIOR  # L2 pull towards the starting vector (ncf.models.base)
+FOLDIN_FILE = "foldin.json"  # beside a run: {"prior": ...} chosen on validation (benchmarks/foldin_prior.py)
+
+
+def check_prior(prior, where: str) -> float:
+    """``prior`` as a float, or ConfigError naming ``where`` (it must be a positive finite number)."""
+    ok = isinstance(prior, int | float) and not isinstance(prior, bool) and math.isfinite(prior) and prior > 0
+    if not ok:
+        raise ConfigError(f"{where}: the fold-in prior must be a positive number, got {prior!r}")
+    return float(prior)
+
+
+def run_prior(run_dir: Path) -> float:
+    """The Newton fold-in prior of a run: ``RUN/foldin.json``'s ``prior`` where the file exists
+    (written by ``benchmarks/foldin_prior.py --write`` from a choice on validation), else ``PRIOR``."""
+    path = Path(run_dir) / FOLDIN_FILE
+    if not path.exists():
+        return PRIOR
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{path}: not readable JSON ({e})") from None
+    if not isinstance(data, dict) or "prior" not in data:
+        raise ConfigError(f"{path}: expected an object with a 'prior' number")
+    return check_prior(data["prior"], str(path))
 
 
 def foldin_kind(model: Model) -> str | None:
@@ -101,7 +129,10 @@ class FoldIn:
         elif state.index is not None:  # a model scored through its tables: start from the trained row
             params = dict(self.model.named_parameters())
             init = torch.cat([params[n].detach()[state.index] for n in self.model.foldin_tables])[None]
-        v = self.model.fold_in([self.history(state)], init=init, steps=self.steps, max_history=self.max_history)
+        # a Newton fold-in (MF) takes the service's prior; the gradient one (BPR) keeps its own
+        newton = {"prior": self.prior, "negatives": self.negatives} if hasattr(self.model, "linear_terms") else {}
+        v = self.model.fold_in([self.history(state)], init=init, steps=self.steps, max_history=self.max_history,
+                               **newton)
         return v[0].float().cpu().numpy()
 
     def update(self, store: FeatureStore, run_id: str, user: str, state: UserState) -> None:
