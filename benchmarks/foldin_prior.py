@@ -8,6 +8,9 @@ items stay candidates, the same for every prior). The held-out replay users are 
 same seed and fraction as the replay select them, and they are left out.
 
     python benchmarks/foldin_prior.py --run runs/replay-ml1m-mf/base --write
+    python benchmarks/foldin_prior.py --run runs/gmf64 --dataset ncf-ml-1m --fraction 0 --write  # any run
+
+(``--dataset`` and ``--seed`` must be the run's; ``--fraction 0`` for a run that held nobody out.)
 
 The prior with the best mean NDCG@10 over the numbers of events is the choice; ``--write``
 puts it in RUN/foldin.json, which ``ncf serve`` reads (``--fold-in-prior`` overrides it).
@@ -38,7 +41,7 @@ PRIORS = "0.1,0.3,1,3,10"
 
 
 def check(run: Path, ds, held: np.ndarray, events: list[int], priors: list[float], n_users: int = 1000,
-          negatives: int = 4, seed: int = 0, log=print) -> dict:
+          negatives: int = 4, seed: int = 0, log=print, start: str = "mean") -> dict:
     """Validation HR@10 / NDCG@10 of the Newton fold-in of ``run`` for each (events, prior), on
     ``n_users`` training users not in ``held`` (see the module docstring); "best": the prior
     with the highest mean NDCG@10 over ``events``."""
@@ -58,6 +61,8 @@ def check(run: Path, ds, held: np.ndarray, events: list[int], priors: list[float
             return model.score_vectors(torch.as_tensor(u, dtype=torch.float32)[None])[0].double().numpy()
     else:
         raise SystemExit(f"{model.name}: no Newton fold-in (its fold-in has no prior to choose)")
+    if start == "zero":  # start (and pull) at the zero vector instead of the mean user
+        mean = np.zeros_like(mean)
     m = ds.train.matrix.tocsr()
     rng = np.random.default_rng(seed)
     skip = set(held.tolist())
@@ -66,8 +71,8 @@ def check(run: Path, ds, held: np.ndarray, events: list[int], priors: list[float
     pool = [u for u in sorted(valid) if m.indptr[u + 1] - m.indptr[u] > max(events)]
     users = rng.choice(pool, min(n_users, len(pool)), replace=False)
     picks = {int(u): rng.permutation(m.indices[m.indptr[u]:m.indptr[u + 1]])[:max(events)] for u in users}
-    res: dict = {"run": str(run), "users": len(users), "negatives": negatives, "events": events, "priors": priors,
-                 "hr@10": {}, "ndcg@10": {}}
+    res: dict = {"run": str(run), "users": len(users), "negatives": negatives, "start": start, "events": events,
+                 "priors": priors, "hr@10": {}, "ndcg@10": {}}
     t0 = time.perf_counter()
     for n in events:
         for prior in priors:
@@ -108,7 +113,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--events", default="1,3,5,10", help="numbers of folded-in items to check")
     p.add_argument("--priors", default=PRIORS)
     p.add_argument("--users", type=int, default=1000, help="training users sampled as new visitors")
-    p.add_argument("--negatives", type=int, default=4)
+    p.add_argument("--negatives", type=int, default=4, help="negatives per positive the fit weighs (the service: 4)")
+    p.add_argument("--start", choices=("mean", "zero"), default="mean",
+                   help="the vector a new visitor starts from and is pulled to (the service: the mean user)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--write", action="store_true", help="write the best prior to RUN/foldin.json")
     p.add_argument("--out", type=Path, help="the table as JSON")
@@ -118,7 +125,7 @@ def main(argv: list[str] | None = None) -> dict:
     held = held_out_users(ds, a.fraction, sorted(int(x) for x in a.points.split(",")), a.seed)
     res = check(a.run, ds, held, sorted(int(x) for x in a.events.split(",")),
                 [float(x) for x in a.priors.split(",")], a.users, a.negatives, a.seed,
-                log=lambda line: print(line, flush=True))
+                log=lambda line: print(line, flush=True), start=a.start)
     print(f"best prior (mean NDCG@10 over the events): {res['best']:g}")
     if a.write:
         write(a.run, res)

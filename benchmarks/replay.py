@@ -187,8 +187,9 @@ def plot(result: dict, path: Path) -> None:
     for ax, metric in zip(axes, ("hr@10", "ndcg@10"), strict=True):
         for name, style in (("fold-in", "o-"), ("retrained", "s--"), ("popularity", "^:")):
             if name in result:
-                pts = sorted(int(n) for n in result[name][metric])
-                ax.plot(pts, [result[name][metric][n] for n in pts], style, label=name)
+                got = {int(n): v for n, v in result[name][metric].items()}  # int keys, or str from JSON
+                pts = sorted(got)
+                ax.plot(pts, [got[n] for n in pts], style, label=name)
         ax.set_xlabel("events replayed")
         ax.set_ylabel(metric.upper())
         ax.set_xticks(result["points"])
