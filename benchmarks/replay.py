@@ -71,6 +71,15 @@ def sequences(ds: Dataset, users: np.ndarray, seed: int) -> dict[int, np.ndarray
     return out
 
 
+def held_out_users(ds: Dataset, fraction: float, points: list[int], seed: int) -> np.ndarray:
+    """The replayed users: ``fraction`` of all users, drawn (seeded) among those with more than
+    ``max(points)`` interactions, sorted."""
+    counts = np.diff(ds.train.matrix.tocsr().indptr) + (0 if ds.valid is None else 1) + 1
+    eligible = np.flatnonzero(counts > max(points))
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(eligible, int(round(fraction * ds.n_users)), replace=False))
+
+
 def without(ds: Dataset, users: np.ndarray, extra: dict[int, np.ndarray] | None = None) -> Dataset:
     """``ds`` without any interaction of ``users`` (and their holdouts); ``extra``: item indexes
     to add back as training rows of those users (the retrained baseline)."""
@@ -112,7 +121,8 @@ def replay(run: Path, seqs: dict[int, np.ndarray], points: list[int], foldin: bo
     from ncf.serve.store import InMemoryStore
 
     client = TestClient(create_app(run, InMemoryStore(), foldin=foldin))
-    item_map = client.app.state.service.rec.item_map
+    service = client.app.state.service
+    item_map = service.rec.item_map
     hits = {n: [] for n in points}
     ndcg = {n: [] for n in points}
     fallback = {n: 0 for n in points}
@@ -139,7 +149,8 @@ def replay(run: Path, seqs: dict[int, np.ndarray], points: list[int], foldin: bo
     return {"hr@10": {n: float(np.mean(hits[n])) for n in points},
             "ndcg@10": {n: float(np.mean(ndcg[n])) for n in points},
             "fallback_answers": fallback,
-            "post_ms_median": 1e3 * float(np.median(post_s)), "get_ms_median": 1e3 * float(np.median(get_s))}
+            "post_ms_median": 1e3 * float(np.median(post_s)), "get_ms_median": 1e3 * float(np.median(get_s)),
+            "prior": None if service.foldin is None else service.foldin.prior}
 
 
 def retrained(data_cfg, cfg, ds: Dataset, held: np.ndarray, seqs, points, out: Path) -> dict:
@@ -176,8 +187,9 @@ def plot(result: dict, path: Path) -> None:
     for ax, metric in zip(axes, ("hr@10", "ndcg@10"), strict=True):
         for name, style in (("fold-in", "o-"), ("retrained", "s--"), ("popularity", "^:")):
             if name in result:
-                pts = sorted(int(n) for n in result[name][metric])
-                ax.plot(pts, [result[name][metric][n] for n in pts], style, label=name)
+                got = {int(n): v for n, v in result[name][metric].items()}  # int keys, or str from JSON
+                pts = sorted(got)
+                ax.plot(pts, [got[n] for n in pts], style, label=name)
         ax.set_xlabel("events replayed")
         ax.set_ylabel(metric.upper())
         ax.set_xticks(result["points"])
@@ -202,23 +214,38 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--factors", type=int, default=16)
     p.add_argument("--lr", type=float, default=0.0)
     p.add_argument("--batch-size", type=int, default=0)
+    p.add_argument("--neg", type=int, default=4, help="sampled negatives per positive (SGD models)")
+    p.add_argument("--l2", type=float, default=0.0, help="L2 on the embeddings (gmf, mf: TrainConfig.l2)")
+    p.add_argument("--patience", type=int, default=5, help="early stopping on the base run's validation (0: off)")
     p.add_argument("--params", default="{}", help="model parameters as JSON (e.g. '{\"l2\": 300}' for ease)")
     p.add_argument("--no-retrain", action="store_true", help="skip the retrained baseline")
+    p.add_argument("--retrain-points", default="",
+                   help="retrain only after these numbers of events (default: every point)")
+    p.add_argument("--train-only", action="store_true", help="train OUT/base and stop (then --reuse)")
     p.add_argument("--reuse", action="store_true", help="reuse OUT/base if it was trained (same arguments!)")
+    p.add_argument("--prior", default="",
+                   help="Newton fold-in prior: 'auto' (chosen on training users' validation items, "
+                        "benchmarks/foldin_prior.py, and written to OUT/base/foldin.json), a number, or "
+                        "empty (the run's foldin.json, else the service default)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2, help="torch threads for training (serving uses 1)")
     a = p.parse_args(argv)
     points = sorted(int(x) for x in a.points.split(","))
     data_cfg = DataConfig(source=a.dataset, seed=a.seed)
     ds = load_dataset(data_cfg)
-    counts = np.diff(ds.train.matrix.tocsr().indptr) + (0 if ds.valid is None else 1) + 1
-    eligible = np.flatnonzero(counts > max(points))
-    rng = np.random.default_rng(a.seed)
-    held = np.sort(rng.choice(eligible, int(round(a.fraction * ds.n_users)), replace=False))
+    held = held_out_users(ds, a.fraction, points, a.seed)
     seqs = sequences(ds, held, a.seed)
     user_raw.update({int(u): ds.train.user_map.raw(int(u)) for u in held})
-    cfg = TrainConfig(model=a.model, factors=a.factors, epochs=a.epochs, lr=a.lr, batch_size=a.batch_size,
-                      seed=a.seed, threads=a.threads, params=json.loads(a.params))
+    options = {"factors": a.factors, "epochs": a.epochs, "lr": a.lr, "batch_size": a.batch_size, "neg": a.neg,
+               "l2": a.l2, "patience": a.patience, "seed": a.seed, "threads": a.threads,
+               "params": json.loads(a.params)}
+    from ncf.models import get_model_class
+
+    cls = get_model_class(a.model)
+    # options the model does not take are left out (TrainConfig.for_model refuses them by name)
+    options = {k: v for k, v in options.items()
+               if k in ("seed", "threads", "params") or k in cls.config_fields or cls.trainable}
+    cfg = TrainConfig.for_model(a.model, options)
     from ncf.train.run import train
 
     a.out.mkdir(parents=True, exist_ok=True)
@@ -229,17 +256,32 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         summary = train(data_cfg, cfg, a.out / "base", dataset=without(ds, held))
         console.print(f"trained {a.model} on {ds.n_users - len(held)} users in {time.perf_counter() - t0:.0f}s")
+    if a.train_only:
+        return {"base": summary}
     torch.set_num_threads(1)
+    prior_check = None
+    if a.prior == "auto":
+        import foldin_prior
+
+        prior_check = foldin_prior.check(a.out / "base", ds, held, points, [float(x) for x in
+                                         foldin_prior.PRIORS.split(",")], seed=a.seed, log=console.print)
+        foldin_prior.write(a.out / "base", prior_check)
+        console.print(f"fold-in prior {prior_check['best']:g}, chosen on validation (training users)")
+    elif a.prior:
+        (a.out / "base" / "foldin.json").write_text(json.dumps({"prior": float(a.prior)}) + "\n")
     result = {"dataset": ds.name, "model": a.model, "held_out_users": int(len(held)), "points": points,
               "order": "time" if ds.train.timestamps is not None else "seeded random (no timestamps), test item last",
               "train": cfg.to_dict(), "base_test": summary.get("test")}
+    if prior_check is not None:
+        result["prior_check"] = prior_check
     result["fold-in"] = replay(a.out / "base", seqs, points, True, "fold-in")
     result["popularity"] = replay(a.out / "base", seqs, points, False, "popularity")
     (a.out / "replay.json").write_text(json.dumps(result, indent=2) + "\n")  # partial: before retraining
     console.print({n: (result["fold-in"]["hr@10"][n], result["popularity"]["hr@10"][n]) for n in points})
     if not a.no_retrain:
         torch.set_num_threads(a.threads)
-        result["retrained"] = retrained(data_cfg, cfg, ds, held, seqs, points, a.out)
+        again = sorted(int(x) for x in a.retrain_points.split(",")) if a.retrain_points else points
+        result["retrained"] = retrained(data_cfg, cfg, ds, held, seqs, again, a.out)
     (a.out / "replay.json").write_text(json.dumps(result, indent=2) + "\n")
     plot(result, a.out / "replay.png")
     t = Table(title=f"replay: {len(held)} held-out {ds.name} users ({result['order']}), {a.model}")
@@ -253,7 +295,8 @@ def main(argv: list[str] | None = None) -> dict:
         row = [str(n)]
         for name in ("fold-in", "popularity", "retrained"):
             if name in result:
-                row += [f"{result[name]['hr@10'][n]:.4f}", f"{result[name]['ndcg@10'][n]:.4f}"]
+                got = result[name]["hr@10"].get(n)
+                row += ["-", "-"] if got is None else [f"{got:.4f}", f"{result[name]['ndcg@10'][n]:.4f}"]
         pop = result["popularity"]["hr@10"][n]
         row.append(f"{result['fold-in']['hr@10'][n] / pop:.2f}x" if pop else "-")
         t.add_row(*row)

@@ -59,6 +59,26 @@ def test_ials_fold_in_is_the_als_user_step(toy_dataset):
         assert np.corrcoef(f.numpy(), t.numpy())[0, 1] > 0.95
 
 
+@pytest.mark.parametrize("params", [{"alpha": 5.0, "regularization": 0.05},
+                                    {"unobserved_weight": 0.3, "regularization": 0.5}])
+def test_ials_fold_in_solves_implicits_user_equation(toy_dataset, params):
+    """The closed form is implicit's own user step (confidence alpha on seen items, the fit's
+    alpha and regularisation, the unobserved weight converted), not an approximation of it."""
+    pytest.importorskip("implicit")
+    from implicit.cpu.als import user_factor
+
+    x = toy_dataset.train.matrix.tocsr()
+    model = get_model_class("ials").from_params(*x.shape, factors=4, iterations=5, **params)
+    model.fit(_Data(x))
+    alpha, reg = model.solver_params()
+    y = model.item_factors.double().numpy()
+    cui = (sp.csr_matrix(x, dtype=np.float64) > 0).astype(np.float64) * alpha
+    users = [0, 5, 11]
+    got = model.fold_in([_history_of(x, u) for u in users]).double().numpy()
+    want = np.stack([user_factor(y, y.T @ y, cui, u, reg, y.shape[1]) for u in users])
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
 def _spread(model, seed=0):
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -68,7 +88,7 @@ def _spread(model, seed=0):
 
 
 TABLES = [(GMF, {"factors": 5}), (MLP, {"layers": (8, 6, 4)}), (NeuMF, {"factors": 4, "layers": (8, 6, 4)}),
-          ("bpr", {"factors": 5})]
+          ("bpr", {"factors": 5}), ("mf", {"factors": 5})]
 
 
 def _table_model(cls, params):

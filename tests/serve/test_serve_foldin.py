@@ -116,3 +116,161 @@ def test_newton_fold_in_solves_the_linearised_objective(gmf_run):
     # a stronger pull towards the start moves the vector less
     near = newton_fold_in(ranker, hist, mean, prior=10.0)
     assert np.linalg.norm(near - mean) < np.linalg.norm(u - mean)
+
+
+# -- MF (Newton on [p_u ; b_u]) and the ensemble (its members' history scores, blended) ------
+
+def _toy_run(name: str, data, directory, weights=None, **options):
+    import ncf
+
+    opts = {"epochs": 15, "patience": 0, "batch_size": 64, "lr": 0.01} if get_model_class(name).trainable else {}
+    model = ncf.fit(name, data, progress=False, device="cpu", **{**opts, **options})
+    if weights is not None:  # the ensemble's blend, set (validation may give one member all the weight)
+        model.model._hparams["weights"] = list(weights)
+    model.save(directory, overwrite=True)
+    return model, directory
+
+
+_TOY: dict = {}  # fitted once per session (the toy dataset is deterministic)
+
+
+@pytest.fixture
+def toy_runs(toy_dataset, tmp_path_factory):
+    """MF and an ensemble of EASE and that MF, fitted on the planted-groups toy data
+    (users like items 0-19 or 20-39)."""
+    if not _TOY:
+        base = tmp_path_factory.mktemp("toy-foldin")
+        mf, mf_dir = _toy_run("mf", toy_dataset, base / "mf", factors=6, l2=1e-4)
+        ens = _toy_run("ensemble", toy_dataset, base / "ensemble", members=[str(mf_dir), "ease"],
+                       weights=[0.6, 0.4])
+        _TOY.update({"mf": (mf, mf_dir), "ensemble": ens})
+    return _TOY
+
+
+def _second_group_visitor(client, user: int) -> dict:
+    for item in (20, 21, 22):  # raw ids = indexes in the toy data
+        assert client.post(f"/v1/users/{user}/interactions", json={"item": item}).status_code == 201
+    return client.get(f"/v1/users/{user}/recommendations?k=10").json()
+
+
+def test_mf_folds_a_new_visitor_in_by_newton(toy_runs, store):
+    model, run = toy_runs["mf"]
+    net = model.model
+    client = TestClient(create_app(run, store))
+    assert client.app.state.service.foldin.kind == "vector"
+    assert client.get("/v1/users/9001/recommendations?k=10").json()["fallback"] is True
+    body = _second_group_visitor(client, 9001)
+    assert body["fallback"] is False
+    items = [x["item"] for x in body["items"]]
+    assert not {20, 21, 22} & set(items)
+    assert sum(20 <= i < 40 for i in items) >= 9, items  # the clicks' group, not the popular items
+    # the stored vector is [p_u ; b_u], and the slate is that vector scored like a trained row
+    vec, n = store.read_foldin(client.app.state.service.run_id, "9001")
+    assert n == 3 and len(vec) == net.item_emb.embedding_dim + 1
+    hist = [model.recommender.item_map.index(i) for i in (20, 21, 22)]
+    import torch
+
+    want = net.score_histories([torch.tensor(hist)])[0].double().numpy()
+    got = {x["item"]: x["score"] for x in body["items"]}
+    for item, score in got.items():
+        np.testing.assert_allclose(score, want[model.recommender.item_map.index(item)], rtol=1e-5, atol=1e-6)
+
+
+def test_mf_fold_in_is_exact_newton_and_bounded():
+    """MF.fold_in solves the BCE of the affine logit (the gradient at the solution is the prior's
+    pull only), and a long history costs what its latest ``max_history`` items cost."""
+    import torch
+
+    from ncf.models.base import newton_fold_in
+
+    torch.manual_seed(0)
+    net = get_model_class("mf").from_params(30, 500, factors=4)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(torch.randn(p.shape) * 0.7)
+    h = np.array([3, 17, 256])
+    u = net.fold_in([torch.tensor(h)])[0].double().numpy()
+    np.testing.assert_allclose(u, newton_fold_in(net, h, net.mean_user_vector().double().numpy()), rtol=1e-6)
+    a, o = net.linear_terms(np.arange(500))
+    logits = net.score_vectors(torch.tensor(u, dtype=torch.float32)[None])[0].double().numpy()
+    np.testing.assert_allclose(logits, o + a @ u, rtol=1e-5, atol=1e-5)  # the affine form is the model's
+    long = torch.arange(1000) % 500
+    np.testing.assert_array_equal(net.fold_in([long], max_history=50)[0].numpy(),
+                                  net.fold_in([long[-50:]], max_history=50)[0].numpy())
+
+
+def test_mf_known_user_moves_and_survives_a_restart(toy_runs, store_factory):
+    _, run = toy_runs["mf"]
+    first_store = store_factory()
+    first = TestClient(create_app(run, first_store))
+    before = first.get("/v1/users/0/recommendations?k=20").json()  # user 0: the first group
+    assert first.post("/v1/users/0/interactions", json={"item": 25}).status_code == 201
+    after = first.get("/v1/users/0/recommendations?k=20").json()
+    assert after["fallback"] is False and 25 not in [x["item"] for x in after["items"]]
+    s0 = {x["item"]: x["score"] for x in before["items"]}
+    s1 = {x["item"]: x["score"] for x in after["items"]}
+    assert any(abs(s0[i] - s1[i]) > 1e-4 for i in set(s0) & set(s1)), "the known user's vector did not move"
+    first_store.close()
+    second = TestClient(create_app(run, store_factory()))
+    again = second.get("/v1/users/0/recommendations?k=20").json()
+    assert [x["item"] for x in again["items"]] == [x["item"] for x in after["items"]]
+
+
+def test_ensemble_blends_its_members_history_scores(toy_runs, store):
+    """Before fold-in, an ensemble run's new visitor stayed on the popularity list after any
+    number of clicks (the ensemble had no history scoring); now the members' history scores
+    are standardised and blended with the run's weights, as score_all blends their rows."""
+    import torch
+
+    from ncf.models.ensemble import zscore
+
+    model, run = toy_runs["ensemble"]
+    net = model.model
+    assert net.weights == [0.6, 0.4]  # both members take part
+    client = TestClient(create_app(run, store))
+    assert client.app.state.service.foldin.kind == "history"
+    body = _second_group_visitor(client, 9002)
+    assert body["fallback"] is False
+    items = [x["item"] for x in body["items"]]
+    assert sum(20 <= i < 40 for i in items) >= 9, items
+    hist = torch.tensor([model.recommender.item_map.index(i) for i in (20, 21, 22)])
+    want = sum(w * zscore(m.score_histories([hist])) for w, m in zip(net.weights, net.members, strict=True))[0]
+    for x in body["items"]:
+        np.testing.assert_allclose(x["score"], float(want[model.recommender.item_map.index(x["item"])]),
+                                   rtol=1e-5, atol=1e-5)
+    # a known user's click moves their list too (not only filtered out)
+    before = client.get("/v1/users/1/recommendations?k=10").json()
+    client.post("/v1/users/1/interactions", json={"item": before["items"][0]["item"]})
+    after = client.get("/v1/users/1/recommendations?k=10").json()
+    assert after["fallback"] is False
+    assert {x["item"]: x["score"] for x in after["items"]} != {x["item"]: x["score"] for x in before["items"][1:]}
+
+
+def test_foldin_prior_comes_from_the_run_or_the_option(toy_runs, tmp_path, store_factory):
+    """The Newton prior: RUN/foldin.json (chosen on validation by benchmarks/foldin_prior.py),
+    overridden by ``foldin_prior``; a stronger pull keeps a new visitor nearer the mean user."""
+    import shutil
+
+    from ncf.errors import ConfigError
+
+    model, src = toy_runs["mf"]
+    run = tmp_path / "mf"
+    shutil.copytree(src, run)
+    assert TestClient(create_app(run, store_factory())).app.state.service.foldin.prior == 0.1  # the default
+    (run / "foldin.json").write_text('{"prior": 30.0}')
+    moved = {}
+    for prior in (None, 0.01):
+        store = store_factory()
+        client = TestClient(create_app(run, store, foldin_prior=prior))
+        assert client.app.state.service.foldin.prior == (30.0 if prior is None else prior)
+        client.post("/v1/users/9100/interactions", json={"item": 21})
+        vec, _ = store.read_foldin(client.app.state.service.run_id, "9100")
+        moved[prior] = float(np.linalg.norm(vec - model.model.mean_user_vector().numpy()))
+        store.close()
+    assert moved[None] < 0.5 * moved[0.01], moved
+    for bad in ('{"prior": -1}', '{"prior": "x"}', "[1]", "not json"):
+        (run / "foldin.json").write_text(bad)
+        with pytest.raises(ConfigError, match="foldin.json"):
+            create_app(run, store_factory())
+    with pytest.raises(ConfigError, match="fold-in-prior"):
+        create_app(src, store_factory(), foldin_prior=0.0)

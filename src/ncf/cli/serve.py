@@ -40,6 +40,9 @@ def serve_cmd(
                                  "100,000 items on), on, off."),
     foldin: bool = typer.Option(True, "--fold-in/--no-fold-in",
                                 help="Recorded interactions update the user's vector (off: they only filter)."),
+    foldin_prior: float = typer.Option(None, "--fold-in-prior",
+                                       help="Newton fold-in (GMF/MLP/NeuMF/MF): pull towards the starting vector "
+                                            "(default: the run's foldin.json, else 0.1)."),
     threads: int = typer.Option(1, "--threads", help="torch threads per process (requests are small: 1 is best)."),
     log_level: str = typer.Option("warning", "--log-level"),
     api_key: str = typer.Option(None, "--api-key", envvar="NCF_API_KEY", show_envvar=True,
@@ -80,7 +83,7 @@ def serve_cmd(
         application = create_app(directory, store, candidates=candidates, max_k=max_k, foldin=foldin, ann=ann,
                                  api_key=api_key or None, api_key_reads=api_key_reads, max_body_bytes=max_body_bytes,
                                  max_events_per_user=max_events_per_user, max_items_per_request=max_items_per_request,
-                                 events_namespace=events_namespace)
+                                 events_namespace=events_namespace, foldin_prior=foldin_prior)
     except StoreUnavailable as e:
         _fail(str(e))
     info = store.describe()

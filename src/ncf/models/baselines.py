@@ -133,7 +133,7 @@ class HistoryModel(FittedModel):
         return torch.sparse.mm(self.history_rows(users), self.item_matrix())
 
     @torch.no_grad()
-    def score_histories(self, histories: list[torch.Tensor]) -> torch.Tensor:
+    def score_histories(self, histories: list[torch.Tensor], users=None) -> torch.Tensor:
         """``X_h @ item_matrix()`` with ``X_h`` the 0/1 rows of the histories (no fold-in needed)."""
         return history_matrix(histories, self.n_items, self.hist_indptr.device) @ self.item_matrix()
 
@@ -173,7 +173,7 @@ class Popularity(FittedModel):
         return self.counts.expand(len(users), -1).clone()
 
     @torch.no_grad()
-    def score_histories(self, histories: list[torch.Tensor]) -> torch.Tensor:
+    def score_histories(self, histories: list[torch.Tensor], users=None) -> torch.Tensor:
         return self.counts.expand(len(histories), -1).clone()
 
 

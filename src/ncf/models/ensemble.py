@@ -181,6 +181,27 @@ class Ensemble(FittedModel):
             out = part if out is None else out + part
         return out if out is not None else torch.zeros(len(users), self.n_items, device=users.device)
 
+    def can_score_histories(self) -> bool:
+        return all(m.can_score_histories() for w, m in zip(self.weights, self.members, strict=True) if w)
+
+    @torch.no_grad()
+    def score_histories(self, histories: list[torch.Tensor], users=None) -> torch.Tensor:
+        """[B, n_items]: users known by their item histories (fold-in, issue 18), blended as
+        ``score_all`` blends: Σ w_k z(member_k.score_histories(histories)), each member's rows
+        standardised over the catalogue. ``users`` (the model's index of each history's user,
+        or None) goes to the members: those with user tables start a known user's fold-in from
+        the trained row."""
+        dev = next(self.parameters(), torch.empty(0)).device
+        out = None
+        for w, m in zip(self.weights, self.members, strict=True):
+            if w == 0:
+                continue
+            if not m.can_score_histories():
+                raise NotImplementedError(f"ensemble member {m.name!r} cannot score users by their histories")
+            part = w * zscore(m.score_histories(histories, users=users))
+            out = part if out is None else out + part
+        return out if out is not None else torch.zeros(len(histories), self.n_items, device=dev)
+
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """Scores of (user, item) pairs through ``score_all`` of the distinct users (the
         standardisation needs each user's whole row)."""

@@ -77,9 +77,7 @@ class ImplicitALS(FittedModel):
             raise ConfigError(f"training matrix {x.shape} does not match the model ({self.n_users}, {self.n_items})")
         hp = self._hparams
         threads = int(getattr(cfg, "threads", 0) or 0) or _cores()
-        alpha, reg = hp["alpha"], hp["regularization"]
-        if hp["unobserved_weight"] > 0:
-            alpha, reg = 1.0 + 1.0 / hp["unobserved_weight"], reg / hp["unobserved_weight"]
+        alpha, reg = self.solver_params()
         with threadpool_limits(1, "blas"):  # implicit checks this when the model is built
             als = AlternatingLeastSquares(
                 factors=hp["factors"], regularization=reg, alpha=alpha,
@@ -89,6 +87,13 @@ class ImplicitALS(FittedModel):
         self._put("user_factors", np.asarray(als.user_factors, dtype=np.float32))
         self._put("item_factors", np.asarray(als.item_factors, dtype=np.float32))
         return self
+
+    def solver_params(self) -> tuple[float, float]:
+        """(alpha, regularization) as ``implicit`` takes them (the unobserved weight converted)."""
+        hp = self._hparams
+        if hp["unobserved_weight"] > 0:
+            return 1.0 + 1.0 / hp["unobserved_weight"], hp["regularization"] / hp["unobserved_weight"]
+        return hp["alpha"], hp["regularization"]
 
     def forward(self, users, items):
         return (self.user_factors[users] * self.item_factors[items]).sum(-1)
@@ -102,19 +107,21 @@ class ImplicitALS(FittedModel):
 
     @torch.no_grad()
     def fold_in(self, histories: list[torch.Tensor], init=None, **_) -> torch.Tensor:
-        """[B, factors]: the ALS user step in closed form, u = (YᵀY + alpha Y_hᵀY_h + reg I)⁻¹
-        (1 + alpha) Y_hᵀ1 for each history h (what one more ALS sweep would give the user)."""
+        """[B, factors]: the ALS user step in closed form, as ``implicit`` solves it (confidence
+        c = alpha on a seen item, 1 elsewhere): u = (YᵀY + (c - 1) Y_hᵀY_h + reg I)⁻¹ c Y_hᵀ1 for
+        each history h, with the fit's alpha and regularisation (``solver_params``): what one
+        more ALS sweep would give the user."""
         y = self.item_factors.double()
-        alpha, reg = self._hparams["alpha"], self._hparams["regularization"]
+        alpha, reg = self.solver_params()
         gram = y.T @ y + reg * torch.eye(y.shape[1], dtype=y.dtype, device=y.device)
         out = torch.zeros(len(histories), y.shape[1], dtype=y.dtype, device=y.device)
         for row, h in enumerate(histories):
             h = torch.unique(torch.as_tensor(h, dtype=torch.int64, device=y.device))
             if len(h):
                 yh = y[h]
-                out[row] = torch.linalg.solve(gram + alpha * yh.T @ yh, (1 + alpha) * yh.sum(0))
+                out[row] = torch.linalg.solve(gram + (alpha - 1) * yh.T @ yh, alpha * yh.sum(0))
         return out.float()
 
     @torch.no_grad()
-    def score_histories(self, histories: list[torch.Tensor]) -> torch.Tensor:
+    def score_histories(self, histories: list[torch.Tensor], users=None) -> torch.Tensor:
         return self.fold_in(histories) @ self.item_factors.T

@@ -232,7 +232,7 @@ class Item2Vec(Model):
         return torch.where(self.has_vector[None, :], s, torch.full_like(s, NO_VECTOR))
 
     @torch.no_grad()
-    def score_histories(self, histories: list[torch.Tensor]) -> torch.Tensor:  # [B, n_items]
+    def score_histories(self, histories: list[torch.Tensor], users=None) -> torch.Tensor:  # [B, n_items]
         """The profile of each history (its ``recent`` latest items; all where ``recent`` is 0),
         scored like a training user's."""
         unit = self._unit()

@@ -199,7 +199,7 @@ class SequenceModel(Model):
         return (s[s > 0] - 1).cpu()
 
     @torch.no_grad()
-    def score_histories(self, histories: list[torch.Tensor]) -> torch.Tensor:
+    def score_histories(self, histories: list[torch.Tensor], users=None) -> torch.Tensor:
         """``[B, n_items]`` scores for users given only by their item-index histories
         (1-D int64, oldest first, possibly empty); the latest ``max_len`` items count."""
         if not len(histories):

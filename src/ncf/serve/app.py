@@ -53,7 +53,7 @@ from ncf.serve.ann import CHECK_WARN as ANN_CHECK_WARN
 from ncf.serve.ann import DEFAULT_CANDIDATES as ANN_CANDIDATES
 from ncf.serve.ann import AnnIndex
 from ncf.serve.ann import resolve as resolve_ann
-from ncf.serve.foldin import FoldIn
+from ncf.serve.foldin import FoldIn, check_prior, run_prior
 from ncf.serve.guard import ApiKey, BodyLimit, Unauthorized
 from ncf.serve.limits import MAX_BODY_BYTES, MAX_EVENTS_PER_USER, MAX_ITEMS_PER_REQUEST
 from ncf.serve.retrieval import make_ranker
@@ -158,7 +158,8 @@ class OnlineService:
 
     def __init__(self, run_dir: str | Path, store: FeatureStore, candidates: int = 0, max_k: int = 1000,
                  foldin: bool = True, ann: str = "auto", events_namespace: str | None = None,
-                 max_events_per_user: int = 0, max_items_per_request: int = MAX_ITEMS_PER_REQUEST):
+                 max_events_per_user: int = 0, max_items_per_request: int = MAX_ITEMS_PER_REQUEST,
+                 foldin_prior: float | None = None):
         self.run_dir = Path(run_dir)
         self.rec = Recommender.from_run(self.run_dir)
         self.events_ns = catalog_id(self.rec.item_map) if events_namespace is None else events_namespace
@@ -172,7 +173,9 @@ class OnlineService:
         self.max_items = max_items_per_request
         self.ranker = make_ranker(self.rec.model)
         # recorded interactions move the user's recommendations (ncf.serve.foldin); off: they only filter
-        self.foldin = FoldIn(self.rec.model, self.ranker, self.rec.item_map.get) if foldin else None
+        # the Newton fold-in's prior: given, else the run's foldin.json (chosen on validation), else 0.1
+        prior = run_prior(self.run_dir) if foldin_prior is None else check_prior(foldin_prior, "--fold-in-prior")
+        self.foldin = FoldIn(self.rec.model, self.ranker, self.rec.item_map.get, prior=prior) if foldin else None
         if candidates < 0:
             raise ConfigError(f"candidates must be >= 0, got {candidates}")
         if candidates and not self.ranker.can_retrieve:
@@ -433,10 +436,11 @@ def create_app(run_dir: str | Path, store: FeatureStore | None = None, candidate
                max_k: int = 1000, foldin: bool = True, ann: str = "auto", *, api_key: str | None = None,
                api_key_reads: bool = False, max_body_bytes: int = MAX_BODY_BYTES,
                max_events_per_user: int = MAX_EVENTS_PER_USER, max_items_per_request: int = MAX_ITEMS_PER_REQUEST,
-               events_namespace: str | None = None) -> FastAPI:
+               events_namespace: str | None = None, foldin_prior: float | None = None) -> FastAPI:
     """The service over ``run_dir``; ``store`` defaults to an in-process store (no journal);
     ``foldin``: recorded interactions update the user's vector (``ncf.serve.foldin``);
-    ``ann``: approximate first stage (``ncf.serve.ann``): auto, on or off.
+    ``ann``: approximate first stage (``ncf.serve.ann``): auto, on or off; ``foldin_prior``: the
+    Newton fold-in's pull towards the starting vector (default: the run's ``foldin.json``, else 0.1).
 
     ``api_key``: required (``X-API-Key`` header) on the write endpoints, and on the reads too
     with ``api_key_reads``; ``max_body_bytes``: larger request bodies get 413;
@@ -444,7 +448,7 @@ def create_app(run_dir: str | Path, store: FeatureStore | None = None, candidate
     if api_key_reads and not api_key:
         raise ConfigError("--api-key-reads needs an API key (--api-key or $NCF_API_KEY)")
     service = OnlineService(run_dir, store if store is not None else InMemoryStore(), candidates, max_k, foldin,
-                            ann, events_namespace, max_events_per_user, max_items_per_request)
+                            ann, events_namespace, max_events_per_user, max_items_per_request, foldin_prior)
     metrics = _Metrics()
     errors = {422: {"model": ErrorBody}, 503: {"model": ErrorBody}}
     guard = ApiKey(api_key, api_key_reads) if api_key else None

@@ -2,22 +2,27 @@
 
 Two kinds, chosen from the model:
 
-- ``vector`` (models with user tables, ``Model.foldin_tables``: GMF, MLP, NeuMF, BPR): a user
+- ``vector`` (models with user tables, ``Model.foldin_tables``: GMF, MLP, NeuMF, MF, BPR): a user
   vector fitted to the user's training items plus the items recorded online, starting from
   the trained vector (a known user) or the mean user (a user the model never saw). For the
   NCF models, whose ranker holds each item's score as an affine function of the user vector
   (exact for GMF, first-order at the mean user for the MLP term: ``linear_terms``), the fit is Newton's method
   on the model's BCE (``newton_fold_in``: a d x d solve per iteration, about a millisecond);
-  for others (BPR) it is ``Model.fold_in`` (a few Adam steps through the model, ~100 ms).
+  MF's logit is affine in ``[p_u ; b_u]`` exactly, and its ``Model.fold_in`` is the same Newton
+  solve (``MF.linear_terms``); for others (BPR) it is ``Model.fold_in`` (a few Adam steps
+  through the model, ~100 ms).
   The vector is written to the feature store beside the run's user rows, with the number of
   recorded items it covers, and scored like a trained vector (for NCF models by the ranker, so
   two-stage and ANN retrieval apply).
 - ``history`` (models that score histories directly: EASE, item-KNN, item2vec, iALS's
-  closed-form user step, popularity): ``score_histories`` of the training items plus the
-  recorded ones, computed per request (nothing to store but the interactions themselves).
+  closed-form user step, popularity, and the ensemble, which blends its members'
+  ``score_histories`` as it blends their ``score_all``): ``score_histories`` of the training
+  items plus the recorded ones, computed per request (nothing to store but the interactions
+  themselves).
 
-Cost per interaction is bounded: ``steps`` Adam steps over at most ``max_history`` items
-(``Model.fold_in``), whatever the history's length. The vector is computed inside the POST,
+Cost per interaction is bounded: at most ``max_history`` items (the latest) enter a fold-in,
+with ``steps`` Adam steps (``Model.fold_in``) or at most 10 Newton iterations over at most 4,096
+scored items, whatever the history's length. The vector is computed inside the POST,
 so the next GET sees it. Durability: the stored vector is a derivative of the recorded
 interactions; where it is missing or covers fewer interactions than the store holds (an
 in-process store restarted from its journal, a write lost, another replica's POST), the
@@ -27,61 +32,62 @@ next GET recomputes it from the recorded interactions and stores it again.
 from __future__ import annotations
 
 import copy
+import json
+import math
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from ncf.errors import ConfigError
 from ncf.models import Model
+from ncf.models.base import NEWTON_PRIOR, newton_fold_in
 from ncf.serve.retrieval import NCFRanker, Ranker
 from ncf.serve.store import FeatureStore, UserState
 
-PRIOR = 0.1  # L2 pull towards the starting vector, per fold-in (the loss is a mean over positives)
+PRIOR = NEWTON_PRIOR  # L2 pull towards the starting vector (ncf.models.base)
+FOLDIN_FILE = "foldin.json"  # beside a run: {"prior": ...} chosen on validation (benchmarks/foldin_prior.py)
 
 
-def newton_fold_in(ranker: NCFRanker, history: np.ndarray, init: np.ndarray, prior: float = PRIOR,
-                   negatives: int = 4, iters: int = 10, seed: int = 0, samples: int = 64,
-                   max_rows: int = 4096) -> np.ndarray:
-    """[user_dim] float32: the user vector minimising the model's BCE over ``history`` (positives)
-    and ``negatives`` uniform items per positive (seeded), scores taken as the affine functions of
-    ``NCFRanker.linear_terms`` (exact for GMF, first-order for the MLP term), plus ``prior`` *
-    |u - init|², by Newton's method (a d x d solve per iteration: no autograd, well under a
-    millisecond of arithmetic for a history of 200 items)."""
-    history = np.unique(np.asarray(history, np.int64))
-    if not len(history):
-        return np.asarray(init, np.float32)
-    rng = np.random.default_rng(seed)
-    # many more negative samples than the training ratio, each weighted down to keep that ratio:
-    # the same objective in expectation, far less noise for a history of a few items
-    n_neg = min(max(samples * len(history), 256), max_rows)
-    neg = rng.integers(0, ranker.n_items, n_neg)
-    neg = neg[~np.isin(neg, history)]
-    a, o = ranker.linear_terms(np.concatenate([history, neg]))
-    y = np.zeros(len(a))
-    y[:len(history)] = 1.0
-    w = np.full(len(a), negatives * len(history) / max(1, len(neg)))
-    w[:len(history)] = 1.0
-    w /= len(history)
-    u0 = np.asarray(init, np.float64)
-    u = u0.copy()
-    eye = np.eye(len(u))
-    for _ in range(iters):
-        p = 1.0 / (1.0 + np.exp(-(o + a @ u)))
-        grad = a.T @ (w * (p - y)) + 2 * prior * (u - u0)
-        hess = (a.T * (w * p * (1 - p))) @ a + 2 * prior * eye
-        step = np.linalg.solve(hess, grad)
-        u -= step
-        if np.abs(step).max() < 1e-6:
-            break
-    return u.astype(np.float32)
+def check_prior(prior, where: str) -> float:
+    """``prior`` as a float, or ConfigError naming ``where`` (it must be a positive finite number)."""
+    ok = isinstance(prior, int | float) and not isinstance(prior, bool) and math.isfinite(prior) and prior > 0
+    if not ok:
+        raise ConfigError(f"{where}: the fold-in prior must be a positive number, got {prior!r}")
+    return float(prior)
+
+
+def run_prior(run_dir: Path) -> float:
+    """The Newton fold-in prior of a run: ``RUN/foldin.json``'s ``prior`` where the file exists
+    (written by ``benchmarks/foldin_prior.py --write`` from a choice on validation), else ``PRIOR``."""
+    path = Path(run_dir) / FOLDIN_FILE
+    if not path.exists():
+        return PRIOR
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{path}: not readable JSON ({e})") from None
+    if not isinstance(data, dict) or "prior" not in data:
+        raise ConfigError(f"{path}: expected an object with a 'prior' number")
+    return check_prior(data["prior"], str(path))
 
 
 def foldin_kind(model: Model) -> str | None:
     """``"vector"``, ``"history"`` or None (the model cannot use recorded interactions)."""
     if model.foldin_tables:
         return "vector"
-    if type(model).score_histories is not Model.score_histories:
+    if model.can_score_histories():
         return "history"
     return None
+
+
+def _swaps(model: Model) -> bool:
+    """Whether folding in through ``model`` swaps user tables inside a module (the gradient
+    fold-in and ``score_vectors`` of ``Model``, through ``torch.func.functional_call``): the
+    model itself or an ensemble's member."""
+    return any(isinstance(m, Model) and m.foldin_tables and (type(m).fold_in is Model.fold_in
+                                                            or type(m).score_vectors is Model.score_vectors)
+               for m in model.modules())
 
 
 class FoldIn:
@@ -96,7 +102,7 @@ class FoldIn:
         # fold-in swaps the user tables during a call (torch.func.functional_call); models scored
         # through their own tables (not through the ranker's bound arrays) get a private copy so
         # that a concurrent request never sees a swapped table
-        self.model = model if self.ncf or self.kind != "vector" else copy.deepcopy(model)
+        self.model = copy.deepcopy(model) if self.kind is not None and not self.ncf and _swaps(model) else model
         self.model.eval()
         self.prior, self.negatives = prior, negatives
         if self.ncf:
@@ -123,7 +129,10 @@ class FoldIn:
         elif state.index is not None:  # a model scored through its tables: start from the trained row
             params = dict(self.model.named_parameters())
             init = torch.cat([params[n].detach()[state.index] for n in self.model.foldin_tables])[None]
-        v = self.model.fold_in([self.history(state)], init=init, steps=self.steps, max_history=self.max_history)
+        # a Newton fold-in (MF) takes the service's prior; the gradient one (BPR) keeps its own
+        newton = {"prior": self.prior, "negatives": self.negatives} if hasattr(self.model, "linear_terms") else {}
+        v = self.model.fold_in([self.history(state)], init=init, steps=self.steps, max_history=self.max_history,
+                               **newton)
         return v[0].float().cpu().numpy()
 
     def update(self, store: FeatureStore, run_id: str, user: str, state: UserState) -> None:
@@ -139,7 +148,8 @@ class FoldIn:
             return None, None
         if self.kind == "history":
             with torch.no_grad():
-                return None, self.model.score_histories([self.history(state)])[0].double().cpu().numpy()
+                scores = self.model.score_histories([self.history(state)], users=[state.index])
+                return None, scores[0].double().cpu().numpy()
         got = store.read_foldin(run_id, user)
         if got is None or got[1] != len(state.events) or len(got[0]) != self.model.foldin_dim():
             vector = self.compute(state)
