@@ -18,7 +18,10 @@ from ncf.models.baselines import ease_weights
 from ncf.train.trainer import Trainer
 
 FITTED = {"pop": {}, "itemknn": {"k": 5, "shrink": 2.0}, "ease": {"l2": 5.0},
-          "ials": {"factors": 4, "iterations": 8, "regularization": 0.05, "alpha": 5.0}}
+          "ials": {"factors": 4, "iterations": 8, "regularization": 0.05, "alpha": 5.0},
+          # Rendle et al.'s frequency-scaled regulariser: ncf's own solver instead of implicit's
+          "ials:scaled": {"factors": 4, "iterations": 8, "regularization": 0.002, "unobserved_weight": 0.3,
+                          "frequency_scaling": 1.0}}
 ALL = {**FITTED, "bpr": {"factors": 4}}
 
 
@@ -30,7 +33,7 @@ class _Data:
 
 
 def fitted(name, dataset, **extra):
-    cls = get_model_class(name)
+    cls = get_model_class(name.split(":")[0])
     params = {**ALL[name], **extra}
     m = cls.from_params(dataset.n_users if hasattr(dataset, "n_users") else dataset.train.matrix.shape[0],
                         dataset.n_items if hasattr(dataset, "n_items") else dataset.train.matrix.shape[1],
@@ -47,7 +50,7 @@ def fitted(name, dataset, **extra):
         finally:
             torch.set_num_threads(threads)
     else:
-        m.fit(dataset, TrainConfig(model=name, seed=0))
+        m.fit(dataset, TrainConfig(model=cls.name, seed=0))
     return m
 
 
@@ -75,7 +78,7 @@ def test_checkpoint_round_trip(name, toy_dataset, tmp_path):
     assert torch.equal(m.score_all(users), back.score_all(users))
 
 
-@pytest.mark.parametrize("name", ["itemknn", "ease", "ials", "bpr"])
+@pytest.mark.parametrize("name", ["itemknn", "ease", "ials", "ials:scaled", "bpr"])
 def test_learns_planted_groups(name, toy_dataset):
     """Own-group items must outscore other-group items for almost every user (AUC > 0.9)."""
     m = fitted(name, toy_dataset)
@@ -149,11 +152,59 @@ def test_ials_is_seeded(toy_dataset):
     assert not torch.equal(a.item_factors, c.item_factors)
 
 
+def _ials_objective(x, users, items, w, reg_u, reg_i):
+    """Rendle et al.'s iALS loss, written out densely (the reference for the solver)."""
+    s = users @ items.T
+    return (((s - 1) ** 2)[x > 0].sum() + w * (s ** 2).sum()
+            + (reg_u[:, None] * users ** 2).sum() + (reg_i[:, None] * items ** 2).sum())
+
+
+def test_als_sweep_solves_each_rows_normal_equations():
+    from ncf.models.ials import als_sweep, row_regularization
+
+    x = sp.csr_matrix(_random_matrix(n_users=30, n_items=20, density=0.25))
+    rng = np.random.default_rng(3)
+    items = torch.as_tensor(rng.normal(size=(20, 5)), dtype=torch.float64)
+    start = torch.as_tensor(rng.normal(size=(30, 5)), dtype=torch.float64)
+    reg = row_regularization(np.diff(x.indptr), 20, 0.05, 0.3, 1.0).double()
+    y = items.numpy()
+    want = np.stack([np.linalg.solve(y[x[r].indices].T @ y[x[r].indices] + 0.3 * y.T @ y
+                                     + float(reg[r]) * np.eye(5), y[x[r].indices].sum(0)) for r in range(30)])
+    # conjugate gradients reach the solution in at most `factors` steps (in exact arithmetic)
+    np.testing.assert_allclose(als_sweep(x, items, start, 0.3, reg, steps=5).numpy(), want, rtol=1e-6, atol=1e-8)
+    assert not np.allclose(als_sweep(x, items, start, 0.3, reg, steps=1).numpy(), want, atol=1e-3)
+    # the float32 sweep of a fit agrees too
+    got = als_sweep(x, items.float(), start.float(), 0.3, reg.float(), steps=5).double().numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4)
+
+
+def test_scaled_ials_sweeps_lower_rendles_objective():
+    from ncf.models.ials import als_sweep, row_regularization
+
+    x = _random_matrix(n_users=25, n_items=18, density=0.3)
+    xs, xt = sp.csr_matrix(x), sp.csr_matrix(x.T)
+    rng = np.random.default_rng(0)
+    users = torch.as_tensor(rng.normal(scale=0.1, size=(25, 6)))
+    items = torch.as_tensor(rng.normal(scale=0.1, size=(18, 6)))
+    reg_u = row_regularization(x.sum(1), 18, 0.01, 0.2, 1.0).double()
+    reg_i = row_regularization(x.sum(0), 25, 0.01, 0.2, 1.0).double()
+    losses = [_ials_objective(x, users, items, 0.2, reg_u, reg_i)]
+    for _ in range(6):
+        users = als_sweep(xs, items, users, 0.2, reg_u, steps=6)
+        losses.append(_ials_objective(x, users, items, 0.2, reg_u, reg_i))
+        items = als_sweep(xt, users, items, 0.2, reg_i, steps=6)
+        losses.append(_ials_objective(x, users, items, 0.2, reg_u, reg_i))
+    assert all(b <= a + 1e-9 for a, b in zip(losses, losses[1:], strict=False)), losses
+    assert losses[-1] < 0.5 * losses[0]
+
+
 @pytest.mark.parametrize("name,params,match", [
     ("itemknn", {"k": 0}, "k must be"),
     ("itemknn", {"shrink": -1}, "shrink"),
     ("ease", {"l2": 0}, "l2 must be > 0"),
     ("ials", {"alpha": -1.0}, "alpha"),
+    ("ials", {"frequency_scaling": 1.0}, "needs unobserved_weight"),
+    ("ials", {"frequency_scaling": -1.0, "unobserved_weight": 0.3}, "frequency_scaling must be >= 0"),
     ("bpr", {"factors": 0}, "factors"),
     ("ease", {"lambda": 3}, "unknown parameter"),
 ])
@@ -202,6 +253,7 @@ def test_cli_train_evaluate_recommend(name, ratings_file, tmp_path):
     from ncf.models import get_model_class
 
     params = [a for k, v in FITTED.get(name, {}).items() for a in ("--param", f"{k}={v}")]
+    name = name.split(":")[0]  # a variant: the model's name with other parameters
     cls = get_model_class(name)  # only the flags that apply: the others are refused
     params += ["--epochs", "2"] if cls.trainable else []
     params += ["--factors", "4"] if "factors" in cls.config_fields else []

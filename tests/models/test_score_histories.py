@@ -146,3 +146,24 @@ def test_fold_in_refuses_models_without_tables_and_bad_items():
     torch.testing.assert_close(model.fold_in([torch.empty(0, dtype=torch.int64)]), model.mean_user_vector()[None])
     pop = get_model_class("widedeep")
     assert not pop.foldin_tables
+
+
+def test_scaled_ials_fold_in_is_the_exact_user_step_of_its_objective(toy_dataset):
+    """With the frequency-scaled regulariser the closed form is Rendle et al.'s user step
+    (seen pairs weight 1, every pair the unobserved weight, L2 reg * (n + w * n_items) ** nu)."""
+    x = toy_dataset.train.matrix.tocsr()
+    model = get_model_class("ials").from_params(*x.shape, factors=4, iterations=6, regularization=0.003,
+                                                unobserved_weight=0.3, frequency_scaling=1.0)
+    model.fit(_Data(x))
+    y = model.item_factors.double().numpy()
+    users = [0, 5, 11]
+    got = model.fold_in([_history_of(x, u) for u in users]).double().numpy()
+    want = []
+    for u in users:
+        h = np.unique(x[u].indices)
+        reg = 0.003 * (len(h) + 0.3 * x.shape[1])
+        want.append(np.linalg.solve(y[h].T @ y[h] + 0.3 * y.T @ y + reg * np.eye(4), y[h].sum(0)))
+    np.testing.assert_allclose(got, np.stack(want), rtol=1e-4, atol=1e-5)
+    trained = model.score_all(torch.tensor(users))
+    for f, t in zip(model.score_histories([_history_of(x, u) for u in users]), trained, strict=True):
+        assert np.corrcoef(f.numpy(), t.numpy())[0, 1] > 0.95  # near convergence one more step barely moves

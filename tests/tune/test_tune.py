@@ -93,6 +93,28 @@ def test_budget_stops_an_sgd_trial_at_its_best_epoch(toy_dataset, tmp_path):
     assert t.state == optuna.trial.TrialState.COMPLETE and t.user_attrs["best_epoch"] == 1
 
 
+def test_the_next_trial_goes_to_the_model_that_used_the_least_time():
+    from ncf.tune.search import choose
+
+    # a 500 s MF trial against 5 s iALS trials: iALS keeps the turn until it has used as much time
+    assert choose({"ials": (40.0, [0.5, 0.51, 0.52]), "mf": (500.0, [0.55])}) == "ials"
+    assert choose({"ials": (520.0, [0.5, 0.51, 0.52]), "mf": (500.0, [0.55])}) == "mf"
+    assert choose({"ease": (9.0, [0.5]), "ials": (9.0, [0.4])}) == "ease"  # a tie: the order given
+    assert choose({}) is None
+
+
+def test_a_stalled_model_waits_while_another_still_improves():
+    from ncf.tune.search import STALL_TRIALS, choose, stalled
+
+    flat = [0.59] + [0.58] * STALL_TRIALS  # no new best in its last STALL_TRIALS trials
+    assert stalled(flat) and not stalled(flat[:-1]) and not stalled([0.5] * STALL_TRIALS)
+    assert not stalled([0.59] + [0.58] * (STALL_TRIALS - 1) + [0.6])  # the last trial is a new best
+    assert not stalled([0.59] * STALL_TRIALS + [0.5902])  # a gain of more than STALL_GAIN counts
+    assert stalled([0.59] * STALL_TRIALS + [0.59001])  # a smaller one does not
+    assert choose({"ease": (50.0, flat), "mf": (500.0, [0.55])}) == "mf"
+    assert choose({"ease": (50.0, flat), "mf": (500.0, flat)}) == "ease"  # all stalled: least time again
+
+
 @pytest.mark.parametrize("name", sorted(space.SPACES))
 def test_spaces_give_valid_configs(name):
     from ncf.compare import trial_config

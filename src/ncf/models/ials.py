@@ -1,8 +1,10 @@
-"""Implicit ALS (Hu, Koren & Volinsky, ICDM 2008) fitted by the ``implicit`` library.
+"""Implicit ALS (Hu, Koren & Volinsky, ICDM 2008) fitted by the ``implicit`` library, or, with
+Rendle et al.'s frequency-scaled regulariser, by ncf's own conjugate-gradient ALS.
 
-The factorisation itself is ``implicit.cpu.als.AlternatingLeastSquares`` (conjugate-gradient
-ALS, seeded by ``cfg.seed``); this module only feeds it the users x items training matrix
-and keeps the factors as frozen parameters, so that checkpoints, ``ncf evaluate`` and
+The factorisation is ``implicit.cpu.als.AlternatingLeastSquares`` (conjugate-gradient ALS,
+seeded by ``cfg.seed``) unless ``frequency_scaling`` (ν) is set: ``implicit`` has one
+regularisation for every row, so that objective is solved here (:func:`als_sweep`, in torch).
+The factors are kept as frozen parameters, so that checkpoints, ``ncf evaluate`` and
 ``ncf recommend`` work as for every other model. score(u, i) = x_u · y_i.
 
 Threads: ``cfg.threads`` when set, else every core this process may use; BLAS is held to
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from typing import ClassVar
 
 import numpy as np
@@ -30,6 +33,57 @@ def _cores() -> int:
         return os.cpu_count() or 1
 
 
+CG_STEPS = 3  # conjugate-gradient steps per row and sweep, warm-started (as implicit's solver does)
+
+
+def _sparse(matrix, dtype: torch.dtype) -> torch.Tensor:
+    """A scipy CSR matrix as a torch sparse CSR tensor of ``dtype`` (its stored values)."""
+    with warnings.catch_warnings():  # "sparse CSR support is in beta": nothing for a user to act on
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(torch.as_tensor(matrix.indptr, dtype=torch.int64),
+                                       torch.as_tensor(matrix.indices, dtype=torch.int64),
+                                       torch.as_tensor(matrix.data, dtype=dtype), size=matrix.shape,
+                                       check_invariants=False)
+
+
+def row_regularization(counts, n_other: int, reg: float, unobserved_weight: float, nu: float) -> torch.Tensor:
+    """Rendle et al.'s frequency-scaled L2 of each row: ``reg * (n_row + unobserved_weight * n_other) ** nu``
+    (``n_row``: the row's observed pairs, ``n_other``: the other side's size)."""
+    counts = torch.as_tensor(np.asarray(counts).ravel(), dtype=torch.float64)
+    return (reg * (counts + unobserved_weight * n_other) ** nu).float()
+
+
+def als_sweep(matrix, other: torch.Tensor, start: torch.Tensor, unobserved_weight: float, reg: torch.Tensor,
+              steps: int = CG_STEPS) -> torch.Tensor:
+    """One ALS half-step of Rendle et al.'s iALS objective for every row of the 0/1 CSR ``matrix``:
+    row r's factors x minimise ``sum_{i seen} (x·y_i - 1)^2 + w sum_{all i} (x·y_i)^2 + reg_r |x|^2``
+    (y: ``other``'s rows, w: ``unobserved_weight``), i.e. solve
+    ``(Y_rᵀY_r + w YᵀY + reg_r I) x = Y_rᵀ1`` by ``steps`` conjugate-gradient steps from ``start``
+    (exact after ``factors`` steps). Every row at once: the seen pairs' products through sparse
+    sampled products (``torch.sparse.sampled_addmm``), never a dense users x items matrix."""
+    x = _sparse(matrix, other.dtype)
+    gram = other.T @ other
+    lam = reg.to(other.dtype)[:, None]
+
+    def apply(v):
+        seen = torch.sparse.sampled_addmm(x, v, other.T, beta=0.0)  # v_r · y_i on the seen pairs
+        return unobserved_weight * (v @ gram) + lam * v + seen @ other
+
+    out = start.clone()
+    r = x @ other - apply(out)
+    p = r.clone()
+    rs = (r * r).sum(1, keepdim=True)
+    for _ in range(steps):
+        ap = apply(p)
+        step = rs / (p * ap).sum(1, keepdim=True).clamp_min(1e-30)
+        out = out + step * p
+        r = r - step * ap
+        rs_new = (r * r).sum(1, keepdim=True)
+        p = r + rs_new / rs.clamp_min(1e-30) * p
+        rs = rs_new
+    return out
+
+
 class ImplicitALS(FittedModel):
     """Weighted matrix factorisation for implicit feedback: weight ``alpha`` on seen pairs (target 1),
     1 on the others (target 0), ``regularization`` on the factors, ``iterations`` sweeps of ALS.
@@ -41,15 +95,22 @@ class ImplicitALS(FittedModel):
     with ``alpha = 1 + 1 / unobserved_weight`` and ``regularization / unobserved_weight`` (the
     seen pairs' target becomes ``1 / (1 + unobserved_weight)`` instead of 1: every score is scaled,
     not reordered, apart from the regulariser's effect). When it is set (> 0) it replaces ``alpha``;
-    their frequency-scaled regulariser is not available through ``implicit``."""
+    their frequency-scaled regulariser is not available through ``implicit``.
+
+    ``frequency_scaling`` ν > 0 (with ``unobserved_weight``) is that regulariser: a user's L2 is
+    ``regularization * (n_u + unobserved_weight * n_items) ** ν`` (an item's likewise with its
+    users), so ``regularization`` is on another scale (about 0.01 at ν = 1 on ML-1M). ncf's own
+    conjugate-gradient ALS (:func:`als_sweep`) then solves their objective as written, on
+    ``cfg.threads`` torch threads."""
 
     name = "ials"
     params: ClassVar[dict] = {"factors": 8, "regularization": 0.01, "alpha": 1.0, "iterations": 15,
-                              "unobserved_weight": 0.0}
+                              "unobserved_weight": 0.0, "frequency_scaling": 0.0}
     config_fields = ("factors",)
 
     def __init__(self, n_users: int, n_items: int, factors: int = 8, regularization: float = 0.01,
-                 alpha: float = 1.0, iterations: int = 15, unobserved_weight: float = 0.0):
+                 alpha: float = 1.0, iterations: int = 15, unobserved_weight: float = 0.0,
+                 frequency_scaling: float = 0.0):
         super().__init__(n_users, n_items)
         checks = [
             (int(factors) == factors and factors >= 1, f"factors must be a positive integer, got {factors!r}"),
@@ -58,13 +119,17 @@ class ImplicitALS(FittedModel):
             (int(iterations) == iterations and iterations >= 1,
              f"iterations must be a positive integer, got {iterations!r}"),
             (unobserved_weight >= 0, f"unobserved_weight must be >= 0 (0: use alpha), got {unobserved_weight!r}"),
+            (frequency_scaling >= 0, f"frequency_scaling must be >= 0, got {frequency_scaling!r}"),
+            (frequency_scaling == 0 or unobserved_weight > 0,
+             f"frequency_scaling {frequency_scaling!r} needs unobserved_weight > 0 (Rendle et al.'s objective)"),
         ]
         for ok, msg in checks:
             if not ok:
                 raise ConfigError(f"ials: {msg}")
         self._hparams = {"factors": int(factors), "regularization": float(regularization),
                          "alpha": float(alpha), "iterations": int(iterations),
-                         "unobserved_weight": float(unobserved_weight)}
+                         "unobserved_weight": float(unobserved_weight),
+                         "frequency_scaling": float(frequency_scaling)}
         self.user_factors = _frozen(torch.zeros(n_users, int(factors)))
         self.item_factors = _frozen(torch.zeros(n_items, int(factors)))
 
@@ -77,6 +142,8 @@ class ImplicitALS(FittedModel):
             raise ConfigError(f"training matrix {x.shape} does not match the model ({self.n_users}, {self.n_items})")
         hp = self._hparams
         threads = int(getattr(cfg, "threads", 0) or 0) or _cores()
+        if hp["frequency_scaling"] > 0:
+            return self._fit_scaled(x, int(getattr(cfg, "seed", 0)), threads)
         alpha, reg = self.solver_params()
         with threadpool_limits(1, "blas"):  # implicit checks this when the model is built
             als = AlternatingLeastSquares(
@@ -86,6 +153,31 @@ class ImplicitALS(FittedModel):
             als.fit(x, show_progress=sys.stderr.isatty())
         self._put("user_factors", np.asarray(als.user_factors, dtype=np.float32))
         self._put("item_factors", np.asarray(als.item_factors, dtype=np.float32))
+        return self
+
+    def _fit_scaled(self, x, seed: int, threads: int) -> ImplicitALS:
+        """Rendle et al.'s objective with the frequency-scaled regulariser (:func:`als_sweep`)."""
+        hp = self._hparams
+        w, nu, k = hp["unobserved_weight"], hp["frequency_scaling"], hp["factors"]
+        gen = torch.Generator().manual_seed(seed)
+        users = torch.randn(self.n_users, k, generator=gen) * (0.1 / k ** 0.5)
+        items = torch.randn(self.n_items, k, generator=gen) * (0.1 / k ** 0.5)
+        xt = x.T.tocsr()
+        reg_u = row_regularization(np.diff(x.indptr), self.n_items, hp["regularization"], w, nu)
+        reg_i = row_regularization(np.diff(xt.indptr), self.n_users, hp["regularization"], w, nu)
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            with torch.no_grad():
+                for _ in range(hp["iterations"]):
+                    users = als_sweep(x, items, users, w, reg_u)
+                    items = als_sweep(xt, users, items, w, reg_i)
+        finally:
+            torch.set_num_threads(before)
+        if not (torch.isfinite(users).all() and torch.isfinite(items).all()):
+            raise RuntimeError(f"ials: the fit diverged (non-finite factors) at {hp}")
+        self._put("user_factors", users)
+        self._put("item_factors", items)
         return self
 
     def solver_params(self) -> tuple[float, float]:
@@ -112,6 +204,8 @@ class ImplicitALS(FittedModel):
         each history h, with the fit's alpha and regularisation (``solver_params``): what one
         more ALS sweep would give the user."""
         y = self.item_factors.double()
+        if self._hparams["frequency_scaling"] > 0:
+            return self._fold_in_scaled(histories, y)
         alpha, reg = self.solver_params()
         gram = y.T @ y + reg * torch.eye(y.shape[1], dtype=y.dtype, device=y.device)
         out = torch.zeros(len(histories), y.shape[1], dtype=y.dtype, device=y.device)
@@ -120,6 +214,22 @@ class ImplicitALS(FittedModel):
             if len(h):
                 yh = y[h]
                 out[row] = torch.linalg.solve(gram + (alpha - 1) * yh.T @ yh, alpha * yh.sum(0))
+        return out.float()
+
+    def _fold_in_scaled(self, histories, y: torch.Tensor) -> torch.Tensor:
+        """The user step of the frequency-scaled objective, exactly: (Y_hᵀY_h + w YᵀY + reg_h I)⁻¹ Y_hᵀ1."""
+        hp = self._hparams
+        w = hp["unobserved_weight"]
+        gram = w * (y.T @ y)
+        eye = torch.eye(y.shape[1], dtype=y.dtype, device=y.device)
+        out = torch.zeros(len(histories), y.shape[1], dtype=y.dtype, device=y.device)
+        for row, h in enumerate(histories):
+            h = torch.unique(torch.as_tensor(h, dtype=torch.int64, device=y.device))
+            if len(h):
+                yh = y[h]
+                reg = float(row_regularization([len(h)], self.n_items, hp["regularization"], w,
+                                               hp["frequency_scaling"])[0])
+                out[row] = torch.linalg.solve(gram + yh.T @ yh + reg * eye, yh.sum(0))
         return out.float()
 
     @torch.no_grad()

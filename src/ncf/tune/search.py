@@ -13,10 +13,13 @@ best epoch so far. Fitted models (ease, ials, ...) are skipped once a trial of t
 the time left (estimated from their earlier trials).
 
 Scheduling: every model gets its default trial first (cheapest first, ``space.ORDER``); then the
-models take turns, except that a model 0.02 (of the metric) or more behind the best one after
-three trials drops out. With ``ensemble`` among the models, the last part of the budget blends
-the best run of up to three other models (:class:`ncf.models.ensemble.Ensemble`, weights chosen
-on validation), which then competes like any trial.
+next trial goes to the model that has used the least time so far (:func:`choose`: shares of the
+budget's seconds, not turns, so a 5 s iALS trial and a 500 s MF trial do not count alike), except
+that a model 0.02 (of the metric) or more behind the best one after three trials drops out, and a
+model whose last eight trials brought no new best (by 1e-4) waits while another still improves.
+With ``ensemble`` among the models, the last part of the budget blends the best run of up to three
+other models (:class:`ncf.models.ensemble.Ensemble`, weights chosen on validation), which then
+competes like any trial.
 
 Selection is by the validation holdout only (``protocol`` sampled: 1 + 99 candidates; full:
 among every unseen item); test is read once, for the chosen model. Outputs in DIR::
@@ -33,6 +36,7 @@ import json
 import math
 import shutil
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +51,7 @@ DEFAULT_MODELS = ("ease", "itemknn", "ials", "mf", "ensemble")
 PROTOCOLS = ("sampled", "full")
 TRAINABLE = ("mf", "bpr", "gmf", "mlp", "neumf")  # SGD: stopped per epoch (pruning, budget)
 DROP_MARGIN = 0.02  # a model this far behind the best after 3 trials stops getting turns
+STALL_TRIALS, STALL_GAIN = 8, 1e-4  # no gain of STALL_GAIN in this many trials: the model waits
 ENSEMBLE_RESERVE = 0.1  # share of the budget (20 to 300 s, at most half) kept for the ensemble
 
 
@@ -73,6 +78,22 @@ def valid_score(run: Path, dataset: Dataset, protocol: str, metric: str, summary
     from ncf.eval.evaluator import evaluate
 
     return float(evaluate(load_model(run), dataset.valid, "full", seen=dataset.train.matrix)[metric])
+
+
+def stalled(values: list[float]) -> bool:
+    """True when the last ``STALL_TRIALS`` of these validation scores (trial order) did not beat
+    the best before them by ``STALL_GAIN``."""
+    if len(values) <= STALL_TRIALS:
+        return False
+    return max(values[-STALL_TRIALS:]) < max(values[:-STALL_TRIALS]) + STALL_GAIN
+
+
+def choose(models: dict[str, tuple[float, list[float]]]) -> str | None:
+    """The model to try next among ``models`` (name: (seconds its trials used, its finished trials'
+    validation scores in order), in the order of preference for ties): the one that has used the
+    least time, among those not :func:`stalled` (all of them where every one is)."""
+    fresh = [m for m, (_, values) in models.items() if not stalled(values)] or list(models)
+    return min(fresh, key=lambda m: (models[m][0], list(models).index(m))) if fresh else None
 
 
 def _drop_weights(run: Path) -> None:
@@ -125,11 +146,13 @@ class Tuner:
 
     def _study(self, name: str, k: int):
         optuna = self.optuna
+        with warnings.catch_warnings():  # PatientPruner is marked experimental; the warning says nothing to a user
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            pruner = optuna.pruners.PatientPruner(
+                optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=2), patience=1)
         study = optuna.create_study(
             study_name=name, storage=self.storage, load_if_exists=True, direction="maximize",
-            sampler=optuna.samplers.TPESampler(seed=self.seed + 1000 * k, n_startup_trials=4),
-            pruner=optuna.pruners.PatientPruner(optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=2),
-                                                patience=1),
+            sampler=optuna.samplers.TPESampler(seed=self.seed + 1000 * k, n_startup_trials=4), pruner=pruner,
         )
         for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
             study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)  # died with its process
@@ -152,6 +175,10 @@ class Tuner:
                 if t.datetime_complete and t.datetime_start:
                     total += (t.datetime_complete - t.datetime_start).total_seconds()
         return total
+
+    def seconds(self, name: str) -> float:
+        """Seconds the trials of ``name`` have used (finished and pruned; every session)."""
+        return sum(t.user_attrs.get("seconds", 0.0) for t in self.studies[name].get_trials(deepcopy=False))
 
     def best(self, name: str):
         done = self._done(name)
@@ -229,7 +256,7 @@ class Tuner:
         secs = [t.user_attrs.get("seconds", 0.0) for m in self.models for t in self._done(m)]
         return sum(secs) / len(secs) if secs else 0.0
 
-    def _next(self, deadline: float, turn: int, exhausted: set[str]) -> str | None:
+    def _next(self, deadline: float, exhausted: set[str]) -> str | None:
         left = deadline - time.time()
         candidates = []
         for m in self.models:
@@ -253,7 +280,8 @@ class Tuner:
             return None
         top = max(scored.values())
         keep = [m for m in candidates if m in scored and (len(self._done(m)) < 3 or scored[m] >= top - DROP_MARGIN)]
-        return keep[turn % len(keep)] if keep else None
+        return choose({m: (self.seconds(m), [t.value for t in sorted(self._done(m), key=lambda t: t.number)])
+                       for m in keep})
 
     def run(self) -> dict[str, Any]:
         start = time.time()
@@ -263,13 +291,11 @@ class Tuner:
         deadline = start + self.budget - before
         reserve = min(max(ENSEMBLE_RESERVE * self.budget, 20.0), 300.0, self.budget / 2) if self.ensemble else 0.0
         exhausted: set[str] = set()
-        turn = 0
         while time.time() < deadline - reserve:
-            name = self._next(deadline - reserve, turn, exhausted)
+            name = self._next(deadline - reserve, exhausted)
             if name is None:
                 break
             self.run_trial(name, deadline - reserve)
-            turn += 1
         if self.ensemble:  # requested: runs even where the last trial ate into its reserve
             self.run_ensemble()
         from ncf.tune.report import finish
