@@ -504,7 +504,7 @@ def test_run_with_recency_beats_popularity_where_popularity_drifts(tmp_path):
     for protocol in ("sampled", "full"):
         choice = res["choices"]["recent-pop (5-fold CV)"][protocol]
         assert choice["weighting"] != "unweighted" and set(choice["by_weighting"]) == {
-            "unweighted", "half-life 7 d", "half-life 30 d", "half-life 90 d", "half-life 365 d"}
+            "unweighted", *(f"half-life {h:g} d" for h in coldstart.HALF_LIVES_DAYS)}
         assert cold["recent-pop (5-fold CV)"][protocol]["hr@10"] > cold["pop"][protocol]["hr@10"] + 0.05, protocol
 
 

@@ -462,7 +462,7 @@ def _prior_rows(train: sp.csr_matrix, names, codes, cold: HoldOut, seen, choose)
 
 
 LATEST_WEIGHTS = (0.0, 1.0, 10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0, 10000.0)
-HALF_LIVES_DAYS = (7.0, 30.0, 90.0, 365.0)
+HALF_LIVES_DAYS = (1.0, 3.0, 7.0, 30.0, 90.0, 365.0)
 
 
 def weightings(data: Dataset, latest: tuple = LATEST_WEIGHTS,
