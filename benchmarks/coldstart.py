@@ -5,6 +5,7 @@ and compare, on their latest items, most-popular with features-only scorers: the
 full protocols.
 
     nice python benchmarks/coldstart.py --dataset ncf-ml-1m --no-model --out runs/cs   # counts only, fast
+    nice python benchmarks/coldstart.py --dataset ncf-ml-1m --no-model --recency --out runs/cs  # + recency rows
     nice python benchmarks/coldstart.py --dataset ml-100k --epochs 20 --out runs/coldstart-ml100k
 
 Writes OUT/coldstart.json, OUT/coldstart.png and (with a model) the run directory itself.
@@ -33,6 +34,11 @@ def main(argv: list[str] | None = None) -> dict:
                    "(as many again are cold validation users)")
     p.add_argument("--folds", type=int, default=10, help="cross-validation folds over warm users for the prior")
     p.add_argument("--no-model", action="store_true", help="count-based scorers only (no widedeep)")
+    p.add_argument("--recency", action="store_true", help="also recent-pop and segment prior + recency: counts "
+                   "favouring recent events (NCF layout: the warm users' latest rows weigh w; timestamped "
+                   "data: exp decay by half-life), the weighting chosen on validation users")
+    p.add_argument("--recency-joint", action="store_true", help="choose the prior's weighting jointly with its "
+                   "mode and alpha (default: the weighting chosen for recent-pop)")
     p.add_argument("--model-run", type=Path, default=None, help="a widedeep run already trained on this "
                    "benchmark's warm users (instead of training one)")
     p.add_argument("--epochs", type=int, default=20)
@@ -57,7 +63,7 @@ def main(argv: list[str] | None = None) -> dict:
                           params={"id_dropout": a.id_dropout, "crosses": a.crosses})
     t0 = time.perf_counter()
     res = coldstart.run(DataConfig(source=a.dataset, seed=a.seed), cfg, a.out, a.fraction, a.seed, overwrite=True,
-                        model_run=a.model_run, folds=a.folds)
+                        model_run=a.model_run, folds=a.folds, recency=a.recency, recency_joint=a.recency_joint)
     t = Table(title=f"{res['dataset']}: {res['cold_users']} cold test users, {res['cold_valid_users']} cold "
                     f"validation users, {res['warm_users']} warm users")
     for col in ("users", "scorer", "HR@10 sampled", "NDCG@10 sampled", "HR@10 full", "NDCG@10 full"):
@@ -66,7 +72,8 @@ def main(argv: list[str] | None = None) -> dict:
         for name, m in res.get(group, {}).items():
             t.add_row(group, name, *(f"{m[p][k]:.4f}" for p in ("sampled", "full") for k in ("hr@10", "ndcg@10")))
     Console().print(t)
-    print(json.dumps({"choices": {k: {p: {x: v[p][x] for x in ("mode", "alpha", "beta") if x in v[p]}
+    print(json.dumps({"choices": {k: {p: {x: v[p][x] for x in ("weighting", "mode", "alpha", "beta")
+                                         if x in v[p]}
                                       for p in ("sampled", "full")} for k, v in res["choices"].items()},
                       "train_seconds": res.get("train_seconds"), "seconds": round(time.perf_counter() - t0, 1),
                       "out": str(a.out)}))

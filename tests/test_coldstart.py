@@ -374,3 +374,151 @@ def test_recommend_features_uses_the_segment_prior(cold_run, capsys):
     with pytest.raises(CheckpointError, match="mode must be one of"):
         Recommender.from_run(out)
     (out / "cold_prior.json").unlink()
+
+
+# --- recency: weighted counts (issue 17) ------------------------------------------------------
+
+
+def _old_and_recent():
+    """Item 0: three users long ago (t = 0); item 1: two users lately (t = 100); user 3 is cold."""
+    from ncf.data.interactions import Interactions
+
+    return Interactions.from_raw(np.array([0, 1, 2, 0, 1, 3]), np.array([0, 0, 0, 1, 1, 2]),
+                                 np.array([0, 0, 0, 100, 100, 100]))
+
+
+def test_recency_weights_favour_recent_items():
+    data = _old_and_recent()
+    train = sp.csr_matrix(sp.diags([1.0, 1.0, 1.0, 0.0]) @ data.matrix)  # user 3 held out (item 2 stays)
+    train.eliminate_zeros()
+    cold = torch.tensor([3])
+    unweighted = coldstart.SegmentPrior(train, [], float("inf")).score_all(cold).numpy()[0]
+    assert unweighted[0] > unweighted[1]  # all-time: item 0 (3 users) over item 1 (2 users)
+    w = coldstart.recency_weights(data, 10.0)
+    assert np.allclose(w[0, 0], 2.0 ** -10) and w[0, 1] == 1.0  # 100 time units = 10 half-lives
+    recent = coldstart.SegmentPrior(train, [], float("inf"), weights=w).score_all(cold).numpy()[0]
+    assert recent[1] > recent[0]  # recent: item 1 first
+    counts = np.array([3 * 2.0 ** -10, 2.0, 0.0])  # user 3's row is not in train: no weight counted
+    assert np.allclose(recent, np.log((counts + 0.5) / (counts.sum() + 0.5 * 3)))
+    slow = coldstart.SegmentPrior(train, [], float("inf"), weights=coldstart.recency_weights(data, 1e9))
+    assert slow.score_all(cold).numpy()[0].argmax() == 0  # a half-life far beyond the data: all-time again
+    assert coldstart.recency_weights(data, None) is None
+
+
+def test_weighted_segment_prior_by_hand():
+    """The segment prior with weights is the same formula over weighted counts; weights=None and
+    all-ones weights rank exactly as before."""
+    train = sp.csr_matrix(np.array([[1, 1, 0, 0],
+                                    [1, 0, 0, 1],
+                                    [0, 0, 1, 1],
+                                    [0, 0, 0, 0]], dtype=np.float32))
+    code = np.array([1, 1, 2, 1])
+    weights = sp.csr_matrix(np.array([[1, 4, 0, 0],
+                                      [1, 0, 0, 4],
+                                      [0, 0, 1, 1],
+                                      [9, 9, 9, 9]], dtype=np.float64))  # row 3: no interactions, ignored
+    counts = np.array([2.0, 4, 1, 5])
+    p = (counts + 0.5) / (counts.sum() + 0.5 * 4)
+    m = 1.0 * counts.sum() / 2  # alpha 1, two values hold interactions
+    value1 = np.log((np.array([2, 4, 0, 4]) + m * p) / (10 + m))
+    got = coldstart.SegmentPrior(train, [code], 1.0, "naive-bayes", weights=weights)
+    assert np.allclose(got.score_all(torch.tensor([3])).numpy()[0], value1)
+    plain = coldstart.SegmentPrior(train, [code], 1.0, "naive-bayes").score_all(torch.arange(4)).numpy()
+    assert not np.allclose(got.score_all(torch.arange(4)).numpy(), plain)  # the weights are used
+    data, codes = _planted_segments(n_users=200)
+    ones = data.train.matrix.copy()
+    ones.data[:] = 1.0
+    for mode in coldstart.SegmentPrior.MODES:
+        base = coldstart.SegmentPrior(data.train.matrix, codes, 1.0, mode).score_all(torch.arange(200)).numpy()
+        none = coldstart.SegmentPrior(data.train.matrix, codes, 1.0, mode, weights=None)
+        assert np.array_equal(none.score_all(torch.arange(200)).numpy(), base)
+        same = coldstart.SegmentPrior(data.train.matrix, codes, 1.0, mode, weights=ones)
+        assert np.array_equal(same.score_all(torch.arange(200)).numpy(), base)
+
+
+def test_recency_and_weights_errors_name_the_bad_value():
+    from ncf.errors import ConfigError, DataError
+
+    data = _old_and_recent()
+    for bad in (0, -5.0, float("nan"), float("inf"), "7", True):
+        with pytest.raises(ConfigError, match=f"half-life must be a positive finite number.*got {bad!r}"):
+            coldstart.recency_weights(data, bad)
+    untimed = data.__class__(data.matrix, data.user_map, data.item_map)
+    with pytest.raises(DataError, match="need timestamps"):
+        coldstart.recency_weights(untimed, 30.0)
+    neg = data.matrix.astype(np.float64)
+    neg[1, 0] = -2.0
+    with pytest.raises(ConfigError, match=r"finite and >= 0: 1 are not, e\.g\. -2\.0 \(user index 1, item index 0\)"):
+        coldstart.SegmentPrior(data.matrix, [], 1.0, weights=neg)
+    with pytest.raises(ConfigError, match=r"weights have shape \(2, 3\), the training matrix \(4, 3\)"):
+        coldstart.SegmentPrior(data.matrix, [], 1.0, weights=sp.csr_matrix((2, 3)))
+    with pytest.raises(ConfigError, match="must be a scipy sparse matrix, got ndarray"):
+        coldstart.SegmentPrior(data.matrix, [], 1.0, weights=np.ones((4, 3)))
+    latest = HoldOut(np.array([2]), np.array([1]), np.array([[1]]))
+    with pytest.raises(ConfigError, match="latest rows must be a finite number >= 0, got -1"):
+        coldstart.latest_weighted(data.matrix, latest, -1)
+    with pytest.raises(DataError, match="a latest row is also a training row"):
+        coldstart.latest_weighted(data.matrix, HoldOut(np.array([0]), np.array([0]), np.array([[0]])), 1.0)
+
+
+def _drifting(n_users=300, n_items=30, per_user=12, seed=0):
+    """Popularity drifts: an event at time T in [0, 1) (x 10^7 s) is from the 'new' items 25-29
+    with probability T^3, else from the 'old' items 0-24, so old items dominate all-time counts
+    while users' latest items are mostly new. Returns ratings CSV rows (user, item, 5, time)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for u in range(n_users):
+        times = np.sort(rng.random(per_user))
+        taken: set[int] = set()
+        for t in times:
+            pool = np.arange(25, 30) if rng.random() < t ** 3 else np.arange(25)
+            pool = np.array([i for i in pool if i not in taken] or [i for i in range(n_items) if i not in taken])
+            item = int(rng.choice(pool, p=np.linspace(2, 1, len(pool)) / np.linspace(2, 1, len(pool)).sum()))
+            taken.add(item)
+            rows.append(f"{u},{item},5,{int(t * 1e7)}")
+    return rows
+
+
+def test_latest_weighted_counts_the_latest_rows():
+    data, _ = _planted_segments(n_users=100)
+    corpus, w0 = coldstart.latest_weighted(data.train.matrix, data.test, 0.0)
+    assert corpus.nnz == data.train.nnz + len(data.test)
+    cold = torch.tensor([0])
+    base = coldstart.SegmentPrior(data.train.matrix, [], float("inf")).score_all(cold)
+    assert torch.equal(coldstart.SegmentPrior(corpus, [], float("inf"), weights=w0).score_all(cold), base)
+    _, heavy = coldstart.latest_weighted(data.train.matrix, data.test, 1e6)
+    got = coldstart.SegmentPrior(corpus, [], float("inf"), weights=heavy).score_all(cold).numpy()[0]
+    latest_counts = np.bincount(data.test.items, minlength=data.n_items)
+    assert latest_counts[got.argmax()] == latest_counts.max()  # ranked by the latest rows first
+
+
+def test_run_with_recency_beats_popularity_where_popularity_drifts(tmp_path):
+    """Counts only: with the half-life chosen on validation, recent-pop beats all-time pop on
+    cold users whose latest items follow the drift; the cold test users' rows are never counted."""
+    ratings = tmp_path / "plays.csv"
+    ratings.write_text("\n".join(_drifting()) + "\n")
+    res = coldstart.run(DataConfig(source=str(ratings), rating_col="2", time_col="3"), None, tmp_path / "cs",
+                        fraction=0.2, seed=0, progress=False, recency=True, folds=5)
+    cold = res["cold"]
+    assert {"recent-pop (5-fold CV)", "recent-pop (cold valid users)"} <= set(cold)
+    for protocol in ("sampled", "full"):
+        choice = res["choices"]["recent-pop (5-fold CV)"][protocol]
+        assert choice["weighting"] != "unweighted" and set(choice["by_weighting"]) == {
+            "unweighted", *(f"half-life {h:g} d" for h in coldstart.HALF_LIVES_DAYS)}
+        assert cold["recent-pop (5-fold CV)"][protocol]["hr@10"] > cold["pop"][protocol]["hr@10"] + 0.05, protocol
+
+
+def test_choose_weighting_never_counts_the_held_out_users():
+    """Each user's own latest row counted hugely would make recent-pop a perfect oracle for them;
+    held out by folds it cannot, so the weighting's score stays that of popularity."""
+    data, codes = _planted_segments(n_users=200)
+    corpus, _ = coldstart.latest_weighted(data.train.matrix, data.test, 0.0)
+    ws = {"none": coldstart.latest_weighted(data.train.matrix, data.test, 0.0)[1],
+          "huge": coldstart.latest_weighted(data.train.matrix, data.test, 1e9)[1]}
+    got = coldstart.choose_weighting(corpus, ws, data.test, data.seen(), "full", folds=5)
+    leaked = coldstart.SegmentPrior(corpus, [], float("inf"), weights=ws["huge"])
+    assert got["by_weighting"]["huge"] < evaluate(leaked, data.test, "full", seen=data.seen())["ndcg@10"]
+    joint = coldstart.choose_weighting(corpus, ws, data.test, data.seen(), "full", folds=5, user_codes=codes,
+                                       alphas=(1.0, float("inf")))
+    assert joint["weighting"] in ws and joint["mode"] in coldstart.SegmentPrior.MODES
+    assert joint["value"] >= got["value"]

@@ -32,7 +32,7 @@ import torch
 
 from ncf.data.interactions import Interactions
 from ncf.data.split import Dataset, HoldOut
-from ncf.errors import ConfigError
+from ncf.errors import ConfigError, DataError
 from ncf.models.baselines import Popularity
 
 
@@ -127,12 +127,19 @@ class SegmentPrior(_Scorer):
 
     ``alpha = inf`` is most-popular (same ranking as :class:`ncf.models.baselines.Popularity`,
     ties included); ``alpha`` and ``mode`` are chosen on validation users by :func:`choose_prior`.
-    Only cat/bucket fields take part (a multi-valued user field is left out)."""
+    Only cat/bucket fields take part (a multi-valued user field is left out).
+
+    ``weights``: None (every training interaction counts 1), or a sparse ``[n_users, n_items]``
+    matrix of each training interaction's weight (finite, >= 0; an interaction with no stored
+    weight, or weight 0, does not count; entries outside ``train`` are ignored). Every count
+    above, ``p`` included, is then a sum of weights: e.g. :func:`recency_weights` makes recent
+    events count more. ``alpha = inf`` then ranks by weighted popularity."""
 
     MODES = ("naive-bayes", "joint")
 
     def __init__(self, train: sp.csr_matrix, user_codes: list[np.ndarray], alpha: float = 1.0,
-                 mode: str = "naive-bayes", field_names: list[str] | None = None):
+                 mode: str = "naive-bayes", field_names: list[str] | None = None,
+                 weights: sp.spmatrix | None = None):
         if mode not in self.MODES:
             raise ConfigError(f"segment prior mode must be one of {', '.join(self.MODES)}, got {mode!r}")
         if not alpha >= 0:  # NaN too
@@ -152,6 +159,8 @@ class SegmentPrior(_Scorer):
         m.sum_duplicates()
         m.eliminate_zeros()  # (rows zeroed out by a fold mask)
         m.data[:] = 1.0
+        if weights is not None:
+            m = self._weighted(m, weights)
         counts = np.asarray(m.sum(axis=0)).ravel()
         total = counts.sum()
         self.log_p = np.log((counts + 0.5) / (total + 0.5 * self.n_items))  # ranks as the counts do
@@ -168,6 +177,22 @@ class SegmentPrior(_Scorer):
             uniq, seg = np.unique(combo, return_inverse=True)
             self._segments = {int(u): n for n, u in enumerate(uniq)}
             self.tables.append(self._shrunk(m, seg, len(uniq), total, p))
+
+    @staticmethod
+    def _weighted(m: sp.csr_matrix, weights: sp.spmatrix) -> sp.csr_matrix:
+        """The binary training matrix ``m`` with each interaction's weight in place of its 1."""
+        if not sp.issparse(weights):
+            raise ConfigError(f"segment prior weights must be a scipy sparse matrix, got {type(weights).__name__}")
+        if weights.shape != m.shape:
+            raise ConfigError(f"segment prior weights have shape {weights.shape}, the training matrix {m.shape}")
+        w = sp.csr_matrix(weights, dtype=np.float64)
+        bad = ~(np.isfinite(w.data) & (w.data >= 0))
+        if bad.any():
+            r = np.repeat(np.arange(w.shape[0]), np.diff(w.indptr))
+            k = int(np.flatnonzero(bad)[0])
+            raise ConfigError(f"segment prior weights must be finite and >= 0: {int(bad.sum())} are not, e.g. "
+                              f"{w.data[k]} (user index {int(r[k])}, item index {int(w.indices[k])})")
+        return sp.csr_matrix(m.multiply(w))
 
     def _shrunk(self, m: sp.csr_matrix, code: np.ndarray, size: int, total: float, p: np.ndarray) -> np.ndarray:
         """[size, I] log((c_v(i) + m p(i)) / (n_v + m)) over the warm users' interactions."""
@@ -207,6 +232,8 @@ class SegmentPrior(_Scorer):
 
     def score_all(self, users):
         u = users.cpu().numpy()
+        if not self.codes:  # no user fields: (weighted) popularity for everyone
+            return torch.as_tensor(self.log_p, dtype=torch.float32).expand(len(u), -1).clone()
         return torch.as_tensor(self.score_codes([c[u] for c in self.codes]), dtype=torch.float32)
 
     def score(self, users, items):
@@ -216,6 +243,43 @@ class SegmentPrior(_Scorer):
     def settings(self) -> dict[str, Any]:
         return {"mode": self.mode, "alpha": self.alpha if np.isfinite(self.alpha) else "inf",
                 "fields": list(self.field_names)}
+
+
+def recency_weights(interactions: Interactions, half_life: float | None,
+                    now: float | None = None) -> sp.csr_matrix | None:
+    """Each interaction's weight ``exp(-(now - t) ln 2 / half_life)`` (1 at ``now``, 1/2 one
+    half-life earlier) as a sparse matrix for :class:`SegmentPrior`'s ``weights``; ``now``
+    defaults to the latest timestamp; ``half_life`` and ``now`` are in the timestamps' units
+    (seconds for MovieLens). ``half_life=None``: None (unweighted)."""
+    if half_life is None:
+        return None
+    if isinstance(half_life, bool) or not isinstance(half_life, (int, float)) or not 0 < half_life < float("inf"):
+        raise ConfigError(f"recency half-life must be a positive finite number (timestamp units) or None, "
+                          f"got {half_life!r}")
+    if interactions.timestamps is None:
+        raise DataError("recency weights need timestamps, and these interactions have none")
+    t = interactions.timestamps.astype(np.float64)
+    now = float(t.max(initial=0)) if now is None else float(now)
+    m = interactions.matrix
+    return sp.csr_matrix((np.exp(-np.maximum(now - t, 0) * np.log(2) / half_life), m.indices.copy(),
+                          m.indptr.copy()), shape=m.shape)
+
+
+def latest_weighted(train: sp.csr_matrix, latest: HoldOut, weight: float) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+    """For data whose training rows have no timestamps but whose users' latest items are known
+    (the NCF layout: ``latest`` is the test holdout): (the binary matrix of ``train`` plus the
+    ``latest`` rows, weights for :class:`SegmentPrior`: 1 for a training row, ``weight`` for a
+    latest row). ``weight`` 0 counts the training rows only; 1 all rows alike."""
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 <= weight < float("inf"):
+        raise ConfigError(f"weight of the latest rows must be a finite number >= 0, got {weight!r}")
+    base = sp.csr_matrix(train, dtype=np.float64, copy=True)
+    base.data[:] = 1.0
+    last = sp.csr_matrix((np.ones(len(latest)), (latest.users, latest.items)), shape=train.shape)
+    last.data[:] = 1.0  # (a user's repeated latest item counts once)
+    if base.multiply(last).nnz:
+        raise DataError("a latest row is also a training row")
+    corpus = (base + last).tocsr()
+    return corpus, (base + weight * last).tocsr() if weight else base
 
 
 def _pooled_ranks(make, holdout: HoldOut, protocol: str, seen: sp.csr_matrix | None,
@@ -235,9 +299,10 @@ def _pooled_ranks(make, holdout: HoldOut, protocol: str, seen: sp.csr_matrix | N
 def choose_prior(train: sp.csr_matrix, user_codes: list[np.ndarray], valid: HoldOut, seen: sp.csr_matrix | None,
                  protocol: str = "full", alphas=(0.0, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0, float("inf")),
                  modes=SegmentPrior.MODES, folds: int | None = 10, seed: int = 0, metric: str = "ndcg@10",
-                 field_names: list[str] | None = None) -> dict[str, Any]:
+                 field_names: list[str] | None = None, weights: sp.spmatrix | None = None) -> dict[str, Any]:
     """The ``(mode, alpha)`` of :class:`SegmentPrior` with the best ``metric`` on validation users'
     held-out items ``valid`` under ``protocol``; ties to the larger alpha (closer to popularity).
+    ``weights``: the interactions' weights (:class:`SegmentPrior`), the same for every fit.
 
     ``folds=None``: ``valid``'s users are already absent from ``train`` (a separate set of cold
     validation users). ``folds=K``: ``valid``'s users are warm users, split into K seeded folds;
@@ -266,14 +331,38 @@ def choose_prior(train: sp.csr_matrix, user_codes: list[np.ndarray], valid: Hold
     for mode in modes:
         curve[mode] = []
         for a in alphas:
-            ranks = _pooled_ranks(lambda k, a=a, mode=mode: SegmentPrior(fitted[k], user_codes, a, mode, field_names),
-                                  valid, protocol, seen, groups)
+            def make(k, a=a, mode=mode):
+                return SegmentPrior(fitted[k], user_codes, a, mode, field_names, weights)
+
+            ranks = _pooled_ranks(make, valid, protocol, seen, groups)
             curve[mode].append(float(summarize(ranks, (10,), full=protocol == "full")[metric]))
     best = max(((v, a, mode) for mode in modes for a, v in zip(alphas, curve[mode], strict=True)),
                key=lambda t: (t[0], t[1]))
     return {"mode": best[2], "alpha": best[1], "protocol": protocol, "metric": metric, "value": best[0],
             "alphas": [a if np.isfinite(a) else "inf" for a in alphas], "curve": curve,
             "chosen_on": "separate cold validation users" if folds is None else f"{folds}-fold CV over users"}
+
+
+def choose_weighting(train: sp.csr_matrix, weightings: dict[str, sp.spmatrix | None], valid: HoldOut,
+                     seen: sp.csr_matrix | None, protocol: str = "full", folds: int | None = 10, seed: int = 0,
+                     metric: str = "ndcg@10", user_codes: list[np.ndarray] | None = None,
+                     field_names: list[str] | None = None, **grid) -> dict[str, Any]:
+    """The label of ``weightings`` (``{label: weights for SegmentPrior}``, None = unweighted)
+    with the best ``metric`` on ``valid`` under ``protocol``, users held out as
+    :func:`choose_prior` does (``folds``); ties to the earlier label. Without ``user_codes``, each
+    weighting is scored as its weighted most-popular (``alpha = inf``, no features); with them,
+    by :func:`choose_prior`'s best ``(mode, alpha)`` (``grid``: its ``alphas`` / ``modes``), so
+    the weighting, mode and alpha are chosen jointly. Returns :func:`choose_prior`'s dict for the
+    best weighting plus ``"weighting"`` and ``"by_weighting"`` (``{label: best value}``)."""
+    if not weightings:
+        raise ConfigError("choosing a weighting needs at least one")
+    if not user_codes:
+        user_codes, grid = [], {"alphas": (float("inf"),), "modes": (SegmentPrior.MODES[0],)}
+    got = {label: choose_prior(train, user_codes, valid, seen, protocol, folds=folds, seed=seed, metric=metric,
+                               field_names=field_names, weights=w, **grid)
+           for label, w in weightings.items()}
+    best = max(got, key=lambda label: (got[label]["value"], -list(got).index(label)))
+    return {**got[best], "weighting": best, "by_weighting": {label: g["value"] for label, g in got.items()}}
 
 
 class FeatureScorer(_Scorer):
@@ -372,8 +461,71 @@ def _prior_rows(train: sp.csr_matrix, names, codes, cold: HoldOut, seen, choose)
     return metrics, choices
 
 
+LATEST_WEIGHTS = (0.0, 1.0, 10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0, 10000.0)
+HALF_LIVES_DAYS = (1.0, 3.0, 7.0, 30.0, 90.0, 365.0)
+
+
+def weightings(data: Dataset, latest: tuple = LATEST_WEIGHTS,
+               half_lives_days: tuple = HALF_LIVES_DAYS) -> tuple[sp.csr_matrix, dict, str]:
+    """(counted matrix, ``{label: SegmentPrior weights}``, how) of the recency options for
+    ``data``'s users. Training rows with timestamps: the training matrix, unweighted or
+    :func:`recency_weights` at each half-life. Without timestamps (the NCF layout): the training
+    rows plus the users' latest (test) rows, the latter weighing ``w`` each (:func:`latest_weighted`;
+    ``w = 0`` is the training rows alone)."""
+    if data.train.timestamps is not None:
+        ws = {"unweighted": None, **{f"half-life {h:g} d": recency_weights(data.train, h * 86400.0)
+                                     for h in half_lives_days}}
+        return data.train.matrix, ws, "training rows, weighted exp(-age ln2 / half-life) (age: to the latest one)"
+    if data.test is None:
+        raise ConfigError(f"{data.name}: recency weighting needs timestamps or the users' latest (test) items")
+    corpus = latest_weighted(data.train.matrix, data.test, 0.0)[0]
+    return corpus, {f"latest x{w:g}": latest_weighted(data.train.matrix, data.test, w)[1] for w in latest}, \
+        "training rows (untimed) weigh 1, each warm user's latest (test) row weighs w"
+
+
+def _recency_rows(warm: Dataset, narrow: Dataset, cold_valid: HoldOut, cold: HoldOut, seen, names, codes,
+                  folds: int, seed: int, joint: bool) -> tuple[dict, dict]:
+    """Rows ``recent-pop`` and ``segment-prior + recency``, each chosen by ``folds``-fold CV over
+    the warm users and on the cold validation users. The prior's weighting is the one chosen for
+    ``recent-pop`` (then its mode and alpha at that weighting), or with ``joint`` chosen together
+    with mode and alpha. Counts: warm users only (``narrow`` for the cold validation users)."""
+    from ncf.eval.evaluator import evaluate
+
+    fit, fit_w, how = weightings(warm)
+    rows, choices = {}, {}
+    setups = {f"{folds}-fold CV": (fit, fit_w, warm.test, folds),
+              "cold valid users": (*weightings(narrow)[:2], cold_valid, None)}
+    for where, (corpus, ws, valid, k) in setups.items():
+        pop_name, prior_name = f"recent-pop ({where})", f"segment-prior + recency ({where})"
+        for name in (pop_name, prior_name):
+            rows[name], choices[name] = {}, {}
+        for protocol in ("sampled", "full"):
+            c = choose_weighting(corpus, ws, valid, seen, protocol, folds=k, seed=seed)
+            scorer = SegmentPrior(fit, [], float("inf"), weights=fit_w[c["weighting"]])
+            rows[pop_name][protocol] = evaluate(scorer, cold, protocol, seen=seen)
+            choices[pop_name][protocol] = {"weighting": c["weighting"], "by_weighting": c["by_weighting"],
+                                           "chosen_on": c["chosen_on"], "how": how}
+            if not codes:
+                continue
+            if joint:
+                p = choose_weighting(corpus, ws, valid, seen, protocol, folds=k, seed=seed, user_codes=codes,
+                                     field_names=names)
+            else:
+                p = {**choose_prior(corpus, codes, valid, seen, protocol, folds=k, seed=seed, field_names=names,
+                                    weights=ws[c["weighting"]]), "weighting": c["weighting"]}
+            prior = SegmentPrior(fit, codes, p["alpha"], p["mode"], names, fit_w[p["weighting"]])
+            rows[prior_name][protocol] = evaluate(prior, cold, protocol, seen=seen)
+            choices[prior_name][protocol] = {**p, "alpha": p["alpha"] if np.isfinite(p["alpha"]) else "inf",
+                                             "joint": joint, "how": how}
+        if not codes:
+            del rows[prior_name], choices[prior_name]
+    return rows, choices
+
+
 def run(data_cfg, train_cfg, out: Path, fraction: float = 0.1, seed: int = 0, progress: bool = True,
-        overwrite: bool = False, model_run: Path | None = None, folds: int = 10) -> dict:
+        overwrite: bool = False, model_run: Path | None = None, folds: int = 10, recency: bool = False,
+        recency_joint: bool = False) -> dict:
+
     """The cold-start benchmark (issue 7, 17); writes ``coldstart.json`` and ``coldstart.png`` in ``out``.
 
     Users: ``fraction`` of the users with a test item are the cold *test* users (drawn by ``seed``,
@@ -386,7 +538,10 @@ def run(data_cfg, train_cfg, out: Path, fraction: float = 0.1, seed: int = 0, pr
     Count-based scorers (pop, segment-pop, segment prior) are fitted on all warm users. With
     ``train_cfg`` (widedeep), the model is trained into ``out`` on the warm users only (neither
     cold set), or ``model_run`` is such a run already trained; its rows compare with a
-    most-popular fitted on the same users (``pop (train of widedeep)``)."""
+    most-popular fitted on the same users (``pop (train of widedeep)``).
+
+    ``recency``: also the rows of :func:`_recency_rows` (counts that favour recent events,
+    :func:`weightings`; the cold test users' rows never counted), ``recency_joint`` as there."""
     from ncf.data.datasets import load_dataset
 
     out = Path(out)
@@ -415,6 +570,10 @@ def run(data_cfg, train_cfg, out: Path, fraction: float = 0.1, seed: int = 0, pr
         result["cold"][valid_users], result["choices"][valid_users] = _prior_rows(
             warm.train.matrix, names, codes, cold, seen,
             lambda p: choose_prior(narrow.train.matrix, codes, cold_valid, seen, p, folds=None, field_names=names))
+    if recency:
+        rows, choices = _recency_rows(warm, narrow, cold_valid, cold, seen, names, codes, folds, seed, recency_joint)
+        result["cold"].update(rows)
+        result["choices"].update(choices)
     if train_cfg is not None or model_run is not None:
         result.update(_model_rows(data_cfg, train_cfg, out, model_run, narrow, cold, cold_valid, seen, progress,
                                   overwrite, result))  # (trains into out first: files are written after)
