@@ -66,6 +66,7 @@ def test_sgd_trials_are_pruned_from_their_epochs(toy_dataset, tmp_path):
     (mf,) = tuner.studies["mf"].trials
     assert mf.state == optuna.trial.TrialState.PRUNED and list(mf.intermediate_values) == [1]
     assert not (out / "runs" / "mf" / "t000" / "model.safetensors").exists()  # weights of pruned trials go
+    assert not (out / "runs" / "mf" / ".t000.partial").exists()  # and the state a resume would need
 
 
 def test_a_climbing_trial_below_the_median_is_not_pruned_until_it_stalls(toy_dataset, tmp_path):

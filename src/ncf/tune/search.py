@@ -97,8 +97,13 @@ def choose(models: dict[str, tuple[float, list[float]]]) -> str | None:
 
 
 def _drop_weights(run: Path) -> None:
+    """Delete a trial's weights, and the resumable state an unfinished (pruned, failed) trial
+    leaves beside its run directory: a tune never resumes a trial."""
+    from ncf.train.run import partial_dir
+
     for f in ("model.safetensors", "state.safetensors"):
         (run / f).unlink(missing_ok=True)
+    shutil.rmtree(partial_dir(run), ignore_errors=True)
 
 
 class Tuner:
