@@ -5,11 +5,11 @@ takes (model hyperparameters and TrainConfig fields by name). ``DEFAULTS`` is ea
 trial (enqueued before TPE takes over): for ``ials`` Rendle et al.'s recipe (RecSys 2022: a large
 dimension, a small unobserved weight, the frequency-scaled regulariser ν = 1) at the values that
 fit it on ncf-ml-1m's validation holdout (256, 0.2, 0.007: 0.600 validation NDCG@10, where their
-192 and 0.3 without the scaling, through ``implicit``, reached 0.586); for ``mf`` Rendle et al.'s (RecSys 2020) dimension 192 and 8
-negatives with the Adam step and L2 that fit them at this batch (lr 0.0008, L2 1.3e-4: the best MF
-of a 3000 s ``ncf tune`` of ncf-ml-1m, chosen on validation: 0.589 validation NDCG@10 after 20
-epochs, where their SGD setting, L2 0.005 at lr 0.005, reached 0.574); for the others the
-defaults ``ncf compare`` always tried first.
+192 and 0.3 without the scaling, through ``implicit``, reached 0.586); for ``mf`` Rendle et al.'s
+(RecSys 2020) dimension 192 and 8 negatives with the Adam step and L2 that fit them at this batch
+(lr 0.0008, L2 1.3e-4: the best MF of a 3000 s ``ncf tune`` of ncf-ml-1m, chosen on validation:
+0.589 validation NDCG@10 after 20 epochs, where their SGD setting, L2 0.005 at lr 0.005, reached
+0.574); for the others the defaults ``ncf compare`` always tried first.
 
 SGD models train at most ``epochs`` epochs (early stopping on validation, patience 3) at a fixed
 batch size: what is searched is what moved validation most in issues 3-5 (size, L2, learning
