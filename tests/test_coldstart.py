@@ -627,3 +627,60 @@ def test_past_rows_errors_and_latest_times(tmp_path):
     plays.write_text("\n".join(_drifting(n_users=20)) + "\n")
     with pytest.raises(ConfigError, match="NCF-layout"):
         coldstart.latest_times(DataConfig(source=str(plays), rating_col="2", time_col="3"))
+
+
+def test_run_recency_rows_on_the_ncf_layout_are_past_only(tmp_path):
+    """An NCF-layout folder with timed latest rows: the benchmark's recency rows count past rows
+    only (``recency_past_only``), and counting every latest row (``past_only=False``) differs."""
+    data, _ = _planted_segments(n_users=200, n_items=70)
+    d = tmp_path / "ncf"
+    d.mkdir()
+    users, items = data.train.matrix.nonzero()
+    (d / "p.train.rating").write_text("".join(f"{u}\t{i}\n" for u, i in zip(users, items, strict=True)))
+    rng = np.random.default_rng(1)
+    times = rng.permutation(len(data.test.users)) * 1000
+    (d / "p.test.rating").write_text("".join(f"{u}\t{i}\t5\t{t}\n" for u, i, t in zip(
+        data.test.users, data.test.items, times, strict=True)))
+    seen = data.train.matrix.tolil()
+    neg = []
+    for u, i in zip(data.test.users, data.test.items, strict=True):
+        cand = [j for j in range(70) if j != i and not seen[u, j]][:20]
+        neg.append(f"({u},{i})\t" + "\t".join(map(str, cand)) + "\n")
+    (d / "p.test.negative").write_text("".join(neg))
+    cfg = DataConfig(source=str(d), valid=False)
+    past = coldstart.run(cfg, None, tmp_path / "a", fraction=0.1, seed=0, progress=False, recency=True, folds=3)
+    assert past["recency_past_only"] is True
+    assert coldstart.latest_times(cfg)[data.test.users].tolist() == times.tolist()
+    every = coldstart.run(cfg, None, tmp_path / "b", fraction=0.1, seed=0, progress=False, recency=True, folds=3,
+                          past_only=False)
+    assert every["recency_past_only"] is False and past["cold"]["pop"] == every["cold"]["pop"]
+    # the cold test users' recent-pop row, recomputed user by user: warm latest rows dated <= theirs
+    from ncf.data.datasets import load_dataset
+
+    full = load_dataset(cfg)
+    warm, cold = coldstart.cold_split(full, 0.1, 0)
+    at = coldstart.latest_times(cfg)
+    base = np.bincount(warm.train.matrix.indices, minlength=70).astype(float)
+
+    class ByHand(coldstart._Scorer):
+        n_users, n_items, name = 200, 70, "by hand"
+
+        def __init__(self, w):
+            self.w = w
+
+        def score_all(self, users):
+            out = []
+            for u in users.numpy():
+                keep = at[warm.test.users] <= at[u]
+                c = base + self.w * np.bincount(warm.test.items[keep], minlength=70)
+                out.append(np.log((c + 0.5) / (c.sum() + 0.5 * 70)))
+            return torch.tensor(np.array(out), dtype=torch.float32)
+
+        def score(self, users, items):
+            return self.score_all(users)[torch.arange(len(users)), items]
+
+    name = "recent-pop (3-fold CV)"
+    for protocol in ("sampled", "full"):
+        w = float(past["choices"][name][protocol]["weighting"].split("x")[1])
+        got = evaluate(ByHand(w), cold, protocol, seen=full.seen(include_valid=True))
+        assert got == pytest.approx(past["cold"][name][protocol]), protocol
