@@ -6,6 +6,7 @@ full protocols.
 
     nice python benchmarks/coldstart.py --dataset ncf-ml-1m --no-model --out runs/cs   # counts only, fast
     nice python benchmarks/coldstart.py --dataset ncf-ml-1m --no-model --recency --out runs/cs  # + recency rows
+    (recency rows count only rows dated no later than the scored user's latest; --count-future: all)
     nice python benchmarks/coldstart.py --dataset ml-100k --epochs 20 --out runs/coldstart-ml100k
 
 Writes OUT/coldstart.json, OUT/coldstart.png and (with a model) the run directory itself.
@@ -37,6 +38,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--recency", action="store_true", help="also recent-pop and segment prior + recency: counts "
                    "favouring recent events (NCF layout: the warm users' latest rows weigh w; timestamped "
                    "data: exp decay by half-life), the weighting chosen on validation users")
+    p.add_argument("--count-future", action="store_true", help="NCF layout: count every warm latest row for "
+                   "every scored user (default: only those dated no later than the user's own latest row)")
     p.add_argument("--recency-joint", action="store_true", help="choose the prior's weighting jointly with its "
                    "mode and alpha (default: the weighting chosen for recent-pop)")
     p.add_argument("--model-run", type=Path, default=None, help="a widedeep run already trained on this "
@@ -63,7 +66,8 @@ def main(argv: list[str] | None = None) -> dict:
                           params={"id_dropout": a.id_dropout, "crosses": a.crosses})
     t0 = time.perf_counter()
     res = coldstart.run(DataConfig(source=a.dataset, seed=a.seed), cfg, a.out, a.fraction, a.seed, overwrite=True,
-                        model_run=a.model_run, folds=a.folds, recency=a.recency, recency_joint=a.recency_joint)
+                        model_run=a.model_run, folds=a.folds, recency=a.recency, recency_joint=a.recency_joint,
+                        past_only=not a.count_future)
     t = Table(title=f"{res['dataset']}: {res['cold_users']} cold test users, {res['cold_valid_users']} cold "
                     f"validation users, {res['warm_users']} warm users")
     for col in ("users", "scorer", "HR@10 sampled", "NDCG@10 sampled", "HR@10 full", "NDCG@10 full"):

@@ -522,3 +522,165 @@ def test_choose_weighting_never_counts_the_held_out_users():
                                        alphas=(1.0, float("inf")))
     assert joint["weighting"] in ws and joint["mode"] in coldstart.SegmentPrior.MODES
     assert joint["value"] >= got["value"]
+
+
+def test_past_rows_count_only_rows_dated_no_later_than_the_scored_user():
+    """User 3 (no training rows) is scored at time 10: a past row dated 20 does not change their
+    scores, the same row dated 9 does; their own row is never counted; by hand at alpha inf."""
+    train = sp.csr_matrix(np.array([[1, 1, 0, 0],
+                                    [1, 0, 0, 1],
+                                    [0, 1, 1, 0],
+                                    [0, 0, 0, 0]], dtype=np.float32))
+    code = np.array([1, 2, 1, 1])
+    at = np.array([0.0, 0.0, 0.0, 10.0])
+    three = torch.tensor([3])
+
+    def scores(users, items, times, alpha=1.0, mode="naive-bayes", weight=5.0):
+        past = coldstart.PastRows(np.array(users), np.array(items), np.array(times, dtype=float), at, weight)
+        return coldstart.SegmentPrior(train, [code], alpha, mode, past=past).score_all(three).numpy()[0]
+
+    for mode in coldstart.SegmentPrior.MODES:
+        before = scores([0], [2], [5.0], mode=mode)
+        assert np.array_equal(scores([0, 1], [2, 3], [5.0, 20.0], mode=mode), before)  # dated after: ignored
+        assert not np.allclose(scores([0, 1], [2, 3], [5.0, 9.0], mode=mode), before)  # dated before: counted
+        assert np.array_equal(scores([0, 3], [2, 3], [5.0, 1.0], mode=mode), before)  # own row: never
+        assert not np.allclose(before, scores([], [], [], mode=mode))
+    counts = np.array([2.0, 2, 1 + 5, 1])  # training rows + the row dated 5 (weight 5); not the one at 20
+    expect = np.log((counts + 0.5) / (counts.sum() + 0.5 * 4))
+    assert np.allclose(scores([0, 1], [2, 3], [5.0, 20.0], alpha=float("inf")), expect)
+    # the segment of value 1 (users 0, 2, 3): the row of user 0 dated 5 counts, user 1 is value 2
+    p = np.exp(expect)
+    c1 = np.array([1.0, 2, 1 + 5, 0])
+    m = 1.0 * counts.sum() / 2
+    nb = expect + np.log((c1 + m * p) / (c1.sum() + m)) - expect
+    assert np.allclose(scores([0, 1], [2, 3], [5.0, 20.0]), nb)
+    # score_codes: every past row (deployment: all of them are past), or those up to ``at``
+    prior = coldstart.SegmentPrior(train, [code], float("inf"), past=coldstart.PastRows(
+        np.array([0, 1]), np.array([2, 3]), np.array([5.0, 20.0]), at, 5.0))
+    everything = np.array([2.0, 2, 6, 6])
+    assert np.allclose(prior.score_codes([np.array([1])])[0],
+                       np.log((everything + 0.5) / (everything.sum() + 2)))
+    assert np.allclose(prior.score_codes([np.array([1])], at=np.array([10.0]))[0], expect)
+
+
+def test_past_rows_all_dated_before_equal_the_weighted_scorer():
+    """Past-only with every latest row dated before the scored users is latest_weighted's corpus."""
+    data, codes = _planted_segments(n_users=200)
+    cold = np.arange(0, 200, 7)
+    keep = ~np.isin(data.test.users, cold)
+    latest = HoldOut(data.test.users[keep], data.test.items[keep], data.test.candidates[keep])
+    train = sp.diags(np.isin(np.arange(200), cold, invert=True).astype(float)) @ data.train.matrix
+    corpus, weights = coldstart.latest_weighted(train, latest, 30.0)
+    at = np.full(200, 100.0)
+    past = coldstart.PastRows(latest.users, latest.items, np.linspace(0, 99, len(latest.users)), at, 30.0)
+    for mode in coldstart.SegmentPrior.MODES:
+        for alpha in (0.3, 3.0, float("inf")):
+            want = coldstart.SegmentPrior(corpus, codes, alpha, mode, weights=weights).score_all(torch.tensor(cold))
+            got = coldstart.SegmentPrior(train, codes, alpha, mode, past=past).score_all(torch.tensor(cold))
+            assert torch.allclose(got, want, atol=1e-5), (mode, alpha)
+    # half of them dated after the users: no longer the same
+    late = coldstart.PastRows(latest.users, latest.items, np.linspace(0, 199, len(latest.users)), at, 30.0)
+    got = coldstart.SegmentPrior(train, codes, 3.0, past=late).score_all(torch.tensor(cold))
+    assert not torch.allclose(got, coldstart.SegmentPrior(corpus, codes, 3.0, weights=weights).score_all(
+        torch.tensor(cold)), atol=1e-5)
+
+
+def test_choose_weighting_with_past_rows_never_counts_the_held_out_users():
+    """As with weights: a fold's own latest rows, even dated before everyone, are not counted."""
+    data, codes = _planted_segments(n_users=200)
+    at = np.full(200, 1.0)
+    ws = {"none": None, "huge": coldstart.PastRows(data.test.users, data.test.items, np.zeros(len(data.test)), at,
+                                                   1e9)}
+    got = coldstart.choose_weighting(data.train.matrix, ws, data.test, data.seen(), "full", folds=5)
+    corpus, huge = coldstart.latest_weighted(data.train.matrix, data.test, 1e9)
+    oracle = coldstart.SegmentPrior(corpus, [], float("inf"), weights=huge)
+    assert got["by_weighting"]["huge"] < evaluate(oracle, data.test, "full", seen=data.seen())["ndcg@10"]
+    joint = coldstart.choose_weighting(data.train.matrix, ws, data.test, data.seen(), "full", folds=5,
+                                       user_codes=codes, alphas=(1.0, float("inf")))
+    assert joint["weighting"] in ws and joint["mode"] in coldstart.SegmentPrior.MODES
+
+
+def test_past_rows_errors_and_latest_times(tmp_path):
+    from ncf.errors import ConfigError, DataError
+
+    with pytest.raises(ConfigError, match="weight of the past rows must be a finite number >= 0, got -1"):
+        coldstart.PastRows(np.array([0]), np.array([0]), np.array([0.0]), np.zeros(2), -1)
+    with pytest.raises(ConfigError, match=r"differ in length \(\[1, 2\]\)"):
+        coldstart.PastRows(np.array([0]), np.array([0, 1]), np.array([0.0]), np.zeros(2))
+    train = sp.csr_matrix(np.eye(3))
+    with pytest.raises(ConfigError, match="2 user times for 3 users"):
+        coldstart.SegmentPrior(train, [], past=coldstart.PastRows(np.array([0]), np.array([1]), np.ones(1),
+                                                                   np.zeros(2)))
+    with pytest.raises(ConfigError, match=r"item index 7 outside 0\.\.2"):
+        coldstart.SegmentPrior(train, [], past=coldstart.PastRows(np.array([0]), np.array([7]), np.ones(1),
+                                                                   np.zeros(3)))
+    d = tmp_path / "tiny"
+    d.mkdir()
+    (d / "t.train.rating").write_text("0\t0\n0\t1\n1\t1\n1\t2\n2\t0\n")
+    (d / "t.test.rating").write_text("0\t2\t5\t900\n2\t1\t4\t300\n")
+    (d / "t.test.negative").write_text("(0,2)\t1\n(2,1)\t2\n")
+    assert coldstart.latest_times(DataConfig(source=str(d), valid=False)).tolist() == [900, -np.inf, 300]
+    (d / "t.test.rating").write_text("0\t2\n2\t1\n")
+    with pytest.raises(DataError, match="no timestamps"):
+        coldstart.latest_times(DataConfig(source=str(d), valid=False))
+    plays = tmp_path / "plays.csv"
+    plays.write_text("\n".join(_drifting(n_users=20)) + "\n")
+    with pytest.raises(ConfigError, match="NCF-layout"):
+        coldstart.latest_times(DataConfig(source=str(plays), rating_col="2", time_col="3"))
+
+
+def test_run_recency_rows_on_the_ncf_layout_are_past_only(tmp_path):
+    """An NCF-layout folder with timed latest rows: the benchmark's recency rows count past rows
+    only (``recency_past_only``), and counting every latest row (``past_only=False``) differs."""
+    data, _ = _planted_segments(n_users=200, n_items=70)
+    d = tmp_path / "ncf"
+    d.mkdir()
+    users, items = data.train.matrix.nonzero()
+    (d / "p.train.rating").write_text("".join(f"{u}\t{i}\n" for u, i in zip(users, items, strict=True)))
+    rng = np.random.default_rng(1)
+    times = rng.permutation(len(data.test.users)) * 1000
+    (d / "p.test.rating").write_text("".join(f"{u}\t{i}\t5\t{t}\n" for u, i, t in zip(
+        data.test.users, data.test.items, times, strict=True)))
+    seen = data.train.matrix.tolil()
+    neg = []
+    for u, i in zip(data.test.users, data.test.items, strict=True):
+        cand = [j for j in range(70) if j != i and not seen[u, j]][:20]
+        neg.append(f"({u},{i})\t" + "\t".join(map(str, cand)) + "\n")
+    (d / "p.test.negative").write_text("".join(neg))
+    cfg = DataConfig(source=str(d), valid=False)
+    past = coldstart.run(cfg, None, tmp_path / "a", fraction=0.1, seed=0, progress=False, recency=True, folds=3)
+    assert past["recency_past_only"] is True
+    assert coldstart.latest_times(cfg)[data.test.users].tolist() == times.tolist()
+    every = coldstart.run(cfg, None, tmp_path / "b", fraction=0.1, seed=0, progress=False, recency=True, folds=3,
+                          past_only=False)
+    assert every["recency_past_only"] is False and past["cold"]["pop"] == every["cold"]["pop"]
+    # the cold test users' recent-pop row, recomputed user by user: warm latest rows dated <= theirs
+    from ncf.data.datasets import load_dataset
+
+    full = load_dataset(cfg)
+    warm, cold = coldstart.cold_split(full, 0.1, 0)
+    at = coldstart.latest_times(cfg)
+    base = np.bincount(warm.train.matrix.indices, minlength=70).astype(float)
+
+    class ByHand(coldstart._Scorer):
+        n_users, n_items, name = 200, 70, "by hand"
+
+        def __init__(self, w):
+            self.w = w
+
+        def score_all(self, users):
+            out = []
+            for u in users.numpy():
+                keep = at[warm.test.users] <= at[u]
+                c = base + self.w * np.bincount(warm.test.items[keep], minlength=70)
+                out.append(np.log((c + 0.5) / (c.sum() + 0.5 * 70)))
+            return torch.tensor(np.array(out), dtype=torch.float32)
+
+        def score(self, users, items):
+            return self.score_all(users)[torch.arange(len(users)), items]
+
+    name = "recent-pop (3-fold CV)"
+    for protocol in ("sampled", "full"):
+        w = float(past["choices"][name][protocol]["weighting"].split("x")[1])
+        got = evaluate(ByHand(w), cold, protocol, seen=full.seen(include_valid=True))
+        assert got == pytest.approx(past["cold"][name][protocol]), protocol

@@ -23,6 +23,7 @@ item the cold test users are scored on (:func:`run`, issue 17).
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +112,35 @@ class SegmentPopular(_Scorer):
         return sum(t[c[users], items] for t, c in zip(self.tables, self.codes, strict=True)) / len(self.tables)
 
 
+@dataclass(frozen=True)
+class PastRows:
+    """Timestamped interactions that :class:`SegmentPrior` counts for a scored user only if dated
+    no later than that user's own time: what a deployed system could have counted when the user
+    came (issue 17). ``users``, ``items``, ``times``: one entry per row (each counts ``weight``;
+    a row of the scored user is never counted for them); ``at``: ``[n_users]`` each user's time
+    (NCF layout: the time of their own latest item, :func:`latest_times`). Rows are counted
+    besides ``train``'s (untimed) rows, which always count."""
+
+    users: np.ndarray
+    items: np.ndarray
+    times: np.ndarray
+    at: np.ndarray
+    weight: float = 1.0
+
+    def __post_init__(self):
+        w = self.weight
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 <= w < float("inf"):
+            raise ConfigError(f"weight of the past rows must be a finite number >= 0, got {w!r}")
+        n = {len(np.asarray(x)) for x in (self.users, self.items, self.times)}
+        if len(n) != 1:
+            raise ConfigError(f"past rows: users, items and times differ in length ({sorted(n)})")
+
+    def without(self, users: np.ndarray) -> PastRows:
+        """These rows less those of ``users`` (e.g. a held-out fold)."""
+        keep = ~np.isin(self.users, users)
+        return PastRows(self.users[keep], self.items[keep], self.times[keep], self.at, self.weight)
+
+
 class SegmentPrior(_Scorer):
     """Features-conditioned popularity with shrinkage (issue 17): the cold-start scorer.
 
@@ -133,13 +163,18 @@ class SegmentPrior(_Scorer):
     matrix of each training interaction's weight (finite, >= 0; an interaction with no stored
     weight, or weight 0, does not count; entries outside ``train`` are ignored). Every count
     above, ``p`` included, is then a sum of weights: e.g. :func:`recency_weights` makes recent
-    events count more. ``alpha = inf`` then ranks by weighted popularity."""
+    events count more. ``alpha = inf`` then ranks by weighted popularity.
+
+    ``past``: :class:`PastRows`, timestamped rows counted (besides ``train``'s) for a scored user
+    only where dated no later than ``past.at[user]``, the user's own rows never: every count
+    above (``p``, ``c_v``, ``n_v``, the number of values holding interactions) is then the user's
+    own. :meth:`score_codes` counts the rows dated up to ``at`` (default: all of them)."""
 
     MODES = ("naive-bayes", "joint")
 
     def __init__(self, train: sp.csr_matrix, user_codes: list[np.ndarray], alpha: float = 1.0,
                  mode: str = "naive-bayes", field_names: list[str] | None = None,
-                 weights: sp.spmatrix | None = None):
+                 weights: sp.spmatrix | None = None, past: PastRows | None = None):
         if mode not in self.MODES:
             raise ConfigError(f"segment prior mode must be one of {', '.join(self.MODES)}, got {mode!r}")
         if not alpha >= 0:  # NaN too
@@ -166,6 +201,12 @@ class SegmentPrior(_Scorer):
         self.log_p = np.log((counts + 0.5) / (total + 0.5 * self.n_items))  # ranks as the counts do
         self.tables: list[np.ndarray] = []  # naive-bayes: [V_f, I] log-odds; joint: one [S, I] table
         self._segments: dict[int, int] = {}  # joint: mixed-radix combination -> table row
+        self._past = None
+        if past is not None:
+            if not isinstance(past, PastRows):
+                raise ConfigError(f"segment prior past rows must be PastRows, got {type(past).__name__}")
+            self._past = self._past_state(m, past)
+            return
         if not np.isfinite(self.alpha) or not self.codes:
             return
         p = np.exp(self.log_p)
@@ -194,6 +235,81 @@ class SegmentPrior(_Scorer):
                               f"{w.data[k]} (user index {int(r[k])}, item index {int(w.indices[k])})")
         return sp.csr_matrix(m.multiply(w))
 
+    def _values(self) -> list[np.ndarray]:
+        """Each table's value per user: the field's codes (naive-bayes), or the segment (joint)."""
+        if self.mode == "naive-bayes":
+            return list(self.codes)
+        uniq, seg = np.unique(self._combination(self.codes), return_inverse=True)
+        self._segments = {int(u): n for n, u in enumerate(uniq)}
+        return [seg.reshape(-1)]
+
+    def _past_state(self, m: sp.csr_matrix, past: PastRows) -> dict[str, Any]:
+        """The untimed counts per table value and the past rows sorted by time, for :meth:`_past_scores`."""
+        at = np.asarray(past.at, dtype=np.float64).reshape(-1)
+        if len(at) != self.n_users:
+            raise ConfigError(f"past rows: {len(at)} user times for {self.n_users} users")
+        users, items = np.asarray(past.users, dtype=np.int64), np.asarray(past.items, dtype=np.int64)
+        times = np.asarray(past.times, dtype=np.float64)
+        for what, x, n in (("user", users, self.n_users), ("item", items, self.n_items)):
+            if len(x) and (x.min() < 0 or x.max() >= n):
+                raise ConfigError(f"past rows: {what} index {int(x.min() if x.min() < 0 else x.max())} "
+                                  f"outside 0..{n - 1}")
+        if np.isnan(times).any() or np.isnan(at).any():
+            raise ConfigError("past rows: a time is NaN")
+        order = np.argsort(times, kind="stable")
+        users, times = users[order], times[order]
+        rows = sp.csr_matrix((np.full(len(order), float(past.weight)), (np.arange(len(order)), items[order])),
+                             shape=(len(order), self.n_items))
+        tables = []
+        if np.isfinite(self.alpha) and self.codes:
+            for vals in self._values():
+                size = int(vals.max(initial=-1)) + 1
+                onehot = sp.csr_matrix((np.ones(len(vals)), (vals, np.arange(len(vals)))), shape=(size, len(vals)))
+                base = np.asarray((onehot @ m).todense())  # [size, I]
+                first = np.full(size, np.inf)  # when a value without untimed rows gets its first past row
+                np.minimum.at(first, vals[users], times)
+                first[base.sum(axis=1) > 0] = -np.inf
+                tables.append((vals, base, np.sort(first)))
+        return {"at": at, "users": users, "times": times, "rows": rows,
+                "base": np.asarray(m.sum(axis=0)).ravel(), "tables": tables}
+
+    def _past_scores(self, values: list[np.ndarray], cut: np.ndarray, own: np.ndarray | None) -> np.ndarray:
+        """[B, I] scores counting the past rows dated <= ``cut[b]`` (not those of user ``own[b]``);
+        ``values``: per table, each scored user's value (-1: none in the vocabulary)."""
+        st = self._past
+        b, n = len(cut), len(st["times"])
+        k = np.searchsorted(st["times"], cut, side="right")  # rows [0, k_b) are counted for user b
+        rows = np.repeat(np.arange(b), k)
+        cols = np.arange(int(k.sum())) - np.repeat(np.cumsum(k) - k, k)
+        if own is not None:
+            keep = st["users"][cols] != own[rows]
+            rows, cols = rows[keep], cols[keep]
+
+        def extra(sel: np.ndarray | None = None) -> np.ndarray:
+            r, c = (rows, cols) if sel is None else (rows[sel], cols[sel])
+            return (sp.csr_matrix((np.ones(len(r)), (r, c)), shape=(b, n)) @ st["rows"]).toarray()
+
+        counts = st["base"][None, :] + extra()
+        total = counts.sum(axis=1, keepdims=True)
+        log_p = np.log((counts + 0.5) / (total + 0.5 * self.n_items))
+        if not st["tables"]:
+            return log_p
+        p, out = np.exp(log_p), log_p.copy()
+        for (vals, base, first), v in zip(st["tables"], values, strict=True):
+            c = np.zeros((b, self.n_items))
+            inside = (v >= 0) & (v < len(base))
+            c[inside] = base[v[inside]]
+            c += extra(vals[st["users"][cols]] == np.where(inside, v, -1)[rows])
+            nv = c.sum(axis=1, keepdims=True)
+            filled = np.maximum(np.searchsorted(first, cut, side="right"), 1)[:, None]
+            pseudo = self.alpha * total / filled
+            with np.errstate(divide="ignore", invalid="ignore"):
+                shrunk = np.where(nv > 0, np.log((c + pseudo * p) / (nv + pseudo)), log_p)
+            if self.mode == "joint":
+                return shrunk
+            out += shrunk - log_p
+        return out
+
     def _shrunk(self, m: sp.csr_matrix, code: np.ndarray, size: int, total: float, p: np.ndarray) -> np.ndarray:
         """[size, I] log((c_v(i) + m p(i)) / (n_v + m)) over the warm users' interactions."""
         onehot = sp.csr_matrix((np.ones(len(code)), (code, np.arange(len(code)))), shape=(size, len(code)))
@@ -210,11 +326,14 @@ class SegmentPrior(_Scorer):
             combo = combo * size + np.minimum(c, size - 1)
         return combo
 
-    def score_codes(self, codes: list[np.ndarray]) -> np.ndarray:
+    def score_codes(self, codes: list[np.ndarray], at: np.ndarray | None = None) -> np.ndarray:
         """[B, n_items] float64 scores of users given by their codes (one ``[B]`` array per field
-        of :attr:`field_names`, as :func:`ncf.data.features.encode_features` makes them)."""
+        of :attr:`field_names`, as :func:`ncf.data.features.encode_features` makes them); ``at``:
+        with ``past`` rows, the users' times (default: every past row counts)."""
         codes = [np.asarray(c, dtype=np.int64).reshape(-1) for c in codes]
         b = len(codes[0]) if codes else 1
+        if self._past is not None:
+            return self._scores_at(codes, np.full(b, np.inf) if at is None else np.asarray(at, np.float64), None)
         out = np.repeat(self.log_p[None, :], b, axis=0)
         if not self.tables:
             return out
@@ -230,8 +349,22 @@ class SegmentPrior(_Scorer):
             out[inside] += table[c[inside]]
         return out
 
+    def _scores_at(self, codes: list[np.ndarray], cut: np.ndarray, own: np.ndarray | None) -> np.ndarray:
+        if self._past["tables"] and len(codes) != len(self.codes):
+            raise ConfigError(f"segment prior: {len(codes)} feature arrays for {len(self.codes)} fields")
+        if not self._past["tables"]:
+            values = []
+        elif self.mode == "joint":
+            values = [np.array([self._segments.get(int(x), -1) for x in self._combination(codes)], dtype=np.int64)]
+        else:
+            values = codes
+        return self._past_scores(values, cut.reshape(-1), own)
+
     def score_all(self, users):
         u = users.cpu().numpy()
+        if self._past is not None:
+            scores = self._scores_at([c[u] for c in self.codes], self._past["at"][u], u)
+            return torch.as_tensor(scores, dtype=torch.float32)
         if not self.codes:  # no user fields: (weighted) popularity for everyone
             return torch.as_tensor(self.log_p, dtype=torch.float32).expand(len(u), -1).clone()
         return torch.as_tensor(self.score_codes([c[u] for c in self.codes]), dtype=torch.float32)
@@ -299,10 +432,12 @@ def _pooled_ranks(make, holdout: HoldOut, protocol: str, seen: sp.csr_matrix | N
 def choose_prior(train: sp.csr_matrix, user_codes: list[np.ndarray], valid: HoldOut, seen: sp.csr_matrix | None,
                  protocol: str = "full", alphas=(0.0, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0, float("inf")),
                  modes=SegmentPrior.MODES, folds: int | None = 10, seed: int = 0, metric: str = "ndcg@10",
-                 field_names: list[str] | None = None, weights: sp.spmatrix | None = None) -> dict[str, Any]:
+                 field_names: list[str] | None = None, weights: sp.spmatrix | None = None,
+                 past: PastRows | None = None) -> dict[str, Any]:
     """The ``(mode, alpha)`` of :class:`SegmentPrior` with the best ``metric`` on validation users'
     held-out items ``valid`` under ``protocol``; ties to the larger alpha (closer to popularity).
-    ``weights``: the interactions' weights (:class:`SegmentPrior`), the same for every fit.
+    ``weights``, ``past``: as :class:`SegmentPrior`'s, the same for every fit (a held-out fold's
+    past rows left out with its training rows).
 
     ``folds=None``: ``valid``'s users are already absent from ``train`` (a separate set of cold
     validation users). ``folds=K``: ``valid``'s users are warm users, split into K seeded folds;
@@ -327,12 +462,14 @@ def choose_prior(train: sp.csr_matrix, user_codes: list[np.ndarray], valid: Hold
         fold_of[users] = np.random.default_rng(seed).permutation(len(users)) % folds
         groups = [np.flatnonzero(fold_of[valid.users] == k) for k in range(folds)]
         fitted = [sp.diags((fold_of != k).astype(np.float64)) @ train for k in range(folds)]
+    pasts = [None if past is None else past if folds is None else past.without(np.flatnonzero(fold_of == k))
+             for k in range(len(fitted))]
     curve: dict[str, list[float]] = {}
     for mode in modes:
         curve[mode] = []
         for a in alphas:
             def make(k, a=a, mode=mode):
-                return SegmentPrior(fitted[k], user_codes, a, mode, field_names, weights)
+                return SegmentPrior(fitted[k], user_codes, a, mode, field_names, weights, pasts[k])
 
             ranks = _pooled_ranks(make, valid, protocol, seen, groups)
             curve[mode].append(float(summarize(ranks, (10,), full=protocol == "full")[metric]))
@@ -343,11 +480,16 @@ def choose_prior(train: sp.csr_matrix, user_codes: list[np.ndarray], valid: Hold
             "chosen_on": "separate cold validation users" if folds is None else f"{folds}-fold CV over users"}
 
 
-def choose_weighting(train: sp.csr_matrix, weightings: dict[str, sp.spmatrix | None], valid: HoldOut,
+def _weighting(w: sp.spmatrix | PastRows | None) -> dict[str, Any]:
+    """SegmentPrior's keyword for a weighting of :func:`weightings`."""
+    return {"past": w} if isinstance(w, PastRows) else {"weights": w}
+
+
+def choose_weighting(train: sp.csr_matrix, weightings: dict[str, sp.spmatrix | PastRows | None], valid: HoldOut,
                      seen: sp.csr_matrix | None, protocol: str = "full", folds: int | None = 10, seed: int = 0,
                      metric: str = "ndcg@10", user_codes: list[np.ndarray] | None = None,
                      field_names: list[str] | None = None, **grid) -> dict[str, Any]:
-    """The label of ``weightings`` (``{label: weights for SegmentPrior}``, None = unweighted)
+    """The label of ``weightings`` (``{label: weights or PastRows for SegmentPrior}``, None = unweighted)
     with the best ``metric`` on ``valid`` under ``protocol``, users held out as
     :func:`choose_prior` does (``folds``); ties to the earlier label. Without ``user_codes``, each
     weighting is scored as its weighted most-popular (``alpha = inf``, no features); with them,
@@ -359,7 +501,7 @@ def choose_weighting(train: sp.csr_matrix, weightings: dict[str, sp.spmatrix | N
     if not user_codes:
         user_codes, grid = [], {"alphas": (float("inf"),), "modes": (SegmentPrior.MODES[0],)}
     got = {label: choose_prior(train, user_codes, valid, seen, protocol, folds=folds, seed=seed, metric=metric,
-                               field_names=field_names, weights=w, **grid)
+                               field_names=field_names, **_weighting(w), **grid)
            for label, w in weightings.items()}
     best = max(got, key=lambda label: (got[label]["value"], -list(got).index(label)))
     return {**got[best], "weighting": best, "by_weighting": {label: g["value"] for label, g in got.items()}}
@@ -465,43 +607,74 @@ LATEST_WEIGHTS = (0.0, 1.0, 10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0, 10000.0)
 HALF_LIVES_DAYS = (1.0, 3.0, 7.0, 30.0, 90.0, 365.0)
 
 
-def weightings(data: Dataset, latest: tuple = LATEST_WEIGHTS,
-               half_lives_days: tuple = HALF_LIVES_DAYS) -> tuple[sp.csr_matrix, dict, str]:
-    """(counted matrix, ``{label: SegmentPrior weights}``, how) of the recency options for
-    ``data``'s users. Training rows with timestamps: the training matrix, unweighted or
-    :func:`recency_weights` at each half-life. Without timestamps (the NCF layout): the training
+def latest_times(data_cfg) -> np.ndarray:
+    """``[n_users]`` the time of each user's latest (test) row in an NCF-layout source (its
+    ``.test.rating`` file's timestamps; -inf for a user without one)."""
+    from ncf.data import readers
+    from ncf.data.datasets import DataConfig, ncf_prefix, read_source
+
+    cfg = DataConfig(source=data_cfg) if isinstance(data_cfg, str) else data_cfg
+    name, ratings, folder = read_source(cfg)
+    if ratings is not None:
+        raise ConfigError(f"{name}: the latest rows' times come from an NCF-layout source's .test.rating file")
+    path = folder / f"{ncf_prefix(name, folder)}.test.rating"
+    te = readers.read_ncf_rating(path)
+    if te.timestamps is None:
+        raise DataError(f"{path}: no timestamps (4th column): rows cannot be counted past-only")
+    users = te.users.astype(np.int64)
+    at = np.full(int(users.max(initial=-1)) + 1, -np.inf)
+    at[users] = te.timestamps
+    return at
+
+
+def weightings(data: Dataset, latest: tuple = LATEST_WEIGHTS, half_lives_days: tuple = HALF_LIVES_DAYS,
+               at: np.ndarray | None = None) -> tuple[sp.csr_matrix, dict, str]:
+    """(counted matrix, ``{label: SegmentPrior weights or PastRows}``, how) of the recency
+    options for ``data``'s users. Training rows with timestamps: the training matrix, unweighted
+    or :func:`recency_weights` at each half-life. Without timestamps (the NCF layout): the training
     rows plus the users' latest (test) rows, the latter weighing ``w`` each (:func:`latest_weighted`;
-    ``w = 0`` is the training rows alone)."""
+    ``w = 0`` is the training rows alone); with ``at`` (:func:`latest_times`, ``[n_users]``), the
+    latest rows are :class:`PastRows` dated ``at[user]``: a scored user counts only those dated no
+    later than their own."""
     if data.train.timestamps is not None:
         ws = {"unweighted": None, **{f"half-life {h:g} d": recency_weights(data.train, h * 86400.0)
                                      for h in half_lives_days}}
         return data.train.matrix, ws, "training rows, weighted exp(-age ln2 / half-life) (age: to the latest one)"
     if data.test is None:
         raise ConfigError(f"{data.name}: recency weighting needs timestamps or the users' latest (test) items")
+    if at is not None:
+        n = data.train.matrix.shape[0]
+        at = np.concatenate([np.asarray(at, dtype=np.float64), np.full(max(n - len(at), 0), -np.inf)])[:n]
+        t = at[data.test.users]
+        return data.train.matrix, {f"latest x{w:g}": PastRows(data.test.users, data.test.items, t, at, w) if w
+                                   else None for w in latest}, \
+            "training rows (untimed) weigh 1, each warm user's latest (test) row weighs w, counted for a user " \
+            "only if dated no later than the user's own latest row"
     corpus = latest_weighted(data.train.matrix, data.test, 0.0)[0]
     return corpus, {f"latest x{w:g}": latest_weighted(data.train.matrix, data.test, w)[1] for w in latest}, \
         "training rows (untimed) weigh 1, each warm user's latest (test) row weighs w"
 
 
 def _recency_rows(warm: Dataset, narrow: Dataset, cold_valid: HoldOut, cold: HoldOut, seen, names, codes,
-                  folds: int, seed: int, joint: bool) -> tuple[dict, dict]:
+                  folds: int, seed: int, joint: bool, at: np.ndarray | None = None) -> tuple[dict, dict]:
     """Rows ``recent-pop`` and ``segment-prior + recency``, each chosen by ``folds``-fold CV over
     the warm users and on the cold validation users. The prior's weighting is the one chosen for
     ``recent-pop`` (then its mode and alpha at that weighting), or with ``joint`` chosen together
-    with mode and alpha. Counts: warm users only (``narrow`` for the cold validation users)."""
+    with mode and alpha. Counts: warm users only (``narrow`` for the cold validation users);
+    ``at``: past-only (:func:`weightings`)."""
     from ncf.eval.evaluator import evaluate
 
-    fit, fit_w, how = weightings(warm)
+    fit, fit_w, how = weightings(warm, at=at)
     rows, choices = {}, {}
     setups = {f"{folds}-fold CV": (fit, fit_w, warm.test, folds),
-              "cold valid users": (*weightings(narrow)[:2], cold_valid, None)}
+              "cold valid users": (*weightings(narrow, at=at)[:2], cold_valid, None)}
     for where, (corpus, ws, valid, k) in setups.items():
         pop_name, prior_name = f"recent-pop ({where})", f"segment-prior + recency ({where})"
         for name in (pop_name, prior_name):
             rows[name], choices[name] = {}, {}
         for protocol in ("sampled", "full"):
             c = choose_weighting(corpus, ws, valid, seen, protocol, folds=k, seed=seed)
-            scorer = SegmentPrior(fit, [], float("inf"), weights=fit_w[c["weighting"]])
+            scorer = SegmentPrior(fit, [], float("inf"), **_weighting(fit_w[c["weighting"]]))
             rows[pop_name][protocol] = evaluate(scorer, cold, protocol, seen=seen)
             choices[pop_name][protocol] = {"weighting": c["weighting"], "by_weighting": c["by_weighting"],
                                            "chosen_on": c["chosen_on"], "how": how}
@@ -512,8 +685,8 @@ def _recency_rows(warm: Dataset, narrow: Dataset, cold_valid: HoldOut, cold: Hol
                                      field_names=names)
             else:
                 p = {**choose_prior(corpus, codes, valid, seen, protocol, folds=k, seed=seed, field_names=names,
-                                    weights=ws[c["weighting"]]), "weighting": c["weighting"]}
-            prior = SegmentPrior(fit, codes, p["alpha"], p["mode"], names, fit_w[p["weighting"]])
+                                    **_weighting(ws[c["weighting"]])), "weighting": c["weighting"]}
+            prior = SegmentPrior(fit, codes, p["alpha"], p["mode"], names, **_weighting(fit_w[p["weighting"]]))
             rows[prior_name][protocol] = evaluate(prior, cold, protocol, seen=seen)
             choices[prior_name][protocol] = {**p, "alpha": p["alpha"] if np.isfinite(p["alpha"]) else "inf",
                                              "joint": joint, "how": how}
@@ -524,7 +697,7 @@ def _recency_rows(warm: Dataset, narrow: Dataset, cold_valid: HoldOut, cold: Hol
 
 def run(data_cfg, train_cfg, out: Path, fraction: float = 0.1, seed: int = 0, progress: bool = True,
         overwrite: bool = False, model_run: Path | None = None, folds: int = 10, recency: bool = False,
-        recency_joint: bool = False) -> dict:
+        recency_joint: bool = False, past_only: bool = True) -> dict:
 
     """The cold-start benchmark (issue 7, 17); writes ``coldstart.json`` and ``coldstart.png`` in ``out``.
 
@@ -541,7 +714,11 @@ def run(data_cfg, train_cfg, out: Path, fraction: float = 0.1, seed: int = 0, pr
     most-popular fitted on the same users (``pop (train of widedeep)``).
 
     ``recency``: also the rows of :func:`_recency_rows` (counts that favour recent events,
-    :func:`weightings`; the cold test users' rows never counted), ``recency_joint`` as there."""
+    :func:`weightings`; the cold test users' rows never counted), ``recency_joint`` as there.
+    ``past_only`` (NCF layout; default): a scored user (cold test, cold validation, held-out
+    fold) counts only the latest rows dated no later than their own latest row
+    (:func:`latest_times`); False counts every latest row, including later ones a deployed
+    system could not have counted."""
     from ncf.data.datasets import load_dataset
 
     out = Path(out)
@@ -571,7 +748,10 @@ def run(data_cfg, train_cfg, out: Path, fraction: float = 0.1, seed: int = 0, pr
             warm.train.matrix, names, codes, cold, seen,
             lambda p: choose_prior(narrow.train.matrix, codes, cold_valid, seen, p, folds=None, field_names=names))
     if recency:
-        rows, choices = _recency_rows(warm, narrow, cold_valid, cold, seen, names, codes, folds, seed, recency_joint)
+        at = latest_times(data_cfg) if past_only and warm.train.timestamps is None else None
+        rows, choices = _recency_rows(warm, narrow, cold_valid, cold, seen, names, codes, folds, seed, recency_joint,
+                                      at)
+        result["recency_past_only"] = at is not None
         result["cold"].update(rows)
         result["choices"].update(choices)
     if train_cfg is not None or model_run is not None:
