@@ -100,6 +100,25 @@ def test_resume_after_kill_9(ml100k_dir, tmp_path):
     assert not work.exists()
 
 
+class _Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize("resumable", [True, False])
+def test_a_run_stopped_by_its_hook_keeps_resumable_state_unless_told_not_to(ml100k, tmp_path, resumable):
+    def stop_after_two(record):
+        if record["epoch"] == 2:
+            raise _Stop  # what ncf tune's pruner does from inside the epoch hook
+        return False
+
+    out = tmp_path / "r"
+    with pytest.raises(_Stop):
+        train(DataConfig("ml-100k"), small_cfg(model="gmf", epochs=4), out, dataset=ml100k, progress=False,
+              on_epoch=stop_after_two, resumable=resumable)
+    assert not out.exists()
+    assert (partial_dir(out) / "state.safetensors").exists() == resumable
+
+
 def test_resumed_run_matches_uninterrupted(ml100k, tmp_path):
     """Stopping after epoch 2 and resuming gives the same weights as 4 epochs straight."""
     cfg = small_cfg(model="gmf", epochs=4)

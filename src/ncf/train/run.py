@@ -100,21 +100,22 @@ def _publish(work: Path, out: Path) -> None:
         os.replace(work, out)
 
 
-def _abandon(work: Path, out: Path) -> None:
+def _abandon(work: Path, out: Path, keep: bool = True) -> None:
     """After a failure: keep ``work`` if it can be resumed (its config and some epoch's state,
-    its own or a ``--pretrain`` sub-run's), else remove it."""
+    its own or a ``--pretrain`` sub-run's) and ``keep``, else remove it."""
     if not work.exists():
         return
-    if (work / "config.json").exists() and any(work.rglob("state.safetensors")):
+    if keep and (work / "config.json").exists() and any(work.rglob("state.safetensors")):
         console.print(f"[yellow]run not complete; its resumable state is kept in {work}: "
                       f"`ncf train --resume {out}` continues it")
     else:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _in_partial(out: Path, fn, clear: bool = True):
+def _in_partial(out: Path, fn, clear: bool = True, keep: bool = True):
     """Run ``fn(work)`` with ``work`` = the partial directory of ``out``, then publish it to
-    ``out``; on any failure (Ctrl-C too) keep only resumable state. Rank 0 alone touches files."""
+    ``out``; on any failure (Ctrl-C too) keep only resumable state (none unless ``keep``). Rank 0
+    alone touches files."""
     main = distributed.is_main()
     work = partial_dir(out)
     if main:
@@ -125,7 +126,7 @@ def _in_partial(out: Path, fn, clear: bool = True):
         summary = fn(work)
     except BaseException:
         if main:
-            _abandon(work, out)
+            _abandon(work, out, keep)
         raise
     if main:
         _publish(work, out)
@@ -181,15 +182,15 @@ def _data_dict(data_cfg: DataConfig | None, dataset: Dataset) -> dict:
 
 def train(data_cfg: DataConfig, cfg: TrainConfig, out: Path | None, dataset: Dataset | None = None,
           progress: bool = True, init_items: Path | None = None, overwrite: bool = False,
-          on_epoch=None) -> dict[str, Any]:
+          on_epoch=None, resumable: bool = True) -> dict[str, Any]:
     """Train ``cfg.model`` on ``data_cfg``'s dataset, writing the run to ``out``; the summary.
     See :func:`train_model`."""
-    return train_model(data_cfg, cfg, out, dataset, progress, init_items, overwrite, on_epoch)[1]
+    return train_model(data_cfg, cfg, out, dataset, progress, init_items, overwrite, on_epoch, resumable)[1]
 
 
 def train_model(data_cfg: DataConfig | None, cfg: TrainConfig, out: Path | None, dataset: Dataset | None = None,
                 progress: bool = True, init_items: Path | None = None, overwrite: bool = False,
-                on_epoch=None):
+                on_epoch=None, resumable: bool = True):
     """Train ``cfg.model`` on ``dataset`` (else ``data_cfg``'s), writing the run to ``out`` (None:
     in memory); returns (the model with its best-validation weights, the summary).
 
@@ -199,7 +200,9 @@ def train_model(data_cfg: DataConfig | None, cfg: TrainConfig, out: Path | None,
 
     ``init_items``: a run directory (item2vec) whose item vectors initialise GMF / NeuMF item
     embeddings, matched by raw id (:mod:`ncf.train.warmstart`); reported in ``init_items.json``.
-    ``on_epoch``: the Trainer's per-epoch hook (SGD models; see ``Trainer.on_epoch``)."""
+    ``on_epoch``: the Trainer's per-epoch hook (SGD models; see ``Trainer.on_epoch``).
+    ``resumable=False``: a run that fails or is stopped leaves no state to resume (``ncf tune``'s
+    pruned trials)."""
     if out is not None and distributed.is_main():
         check_out(Path(out), overwrite)
     resolve_device(cfg.device)  # --device cuda without a GPU: said before reading or writing anything
@@ -207,7 +210,8 @@ def train_model(data_cfg: DataConfig | None, cfg: TrainConfig, out: Path | None,
     _check_trainable(dataset)
     if out is None:
         return _train(data_cfg, cfg, None, dataset, progress, init_items, on_epoch)
-    return _in_partial(Path(out), lambda work: _train(data_cfg, cfg, work, dataset, progress, init_items, on_epoch))
+    return _in_partial(Path(out), lambda work: _train(data_cfg, cfg, work, dataset, progress, init_items, on_epoch),
+                       keep=resumable)
 
 
 def _load(data_cfg: DataConfig, cfg: TrainConfig) -> Dataset:

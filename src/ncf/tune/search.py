@@ -97,13 +97,8 @@ def choose(models: dict[str, tuple[float, list[float]]]) -> str | None:
 
 
 def _drop_weights(run: Path) -> None:
-    """Delete a trial's weights, and the resumable state an unfinished (pruned, failed) trial
-    leaves beside its run directory: a tune never resumes a trial."""
-    from ncf.train.run import partial_dir
-
     for f in ("model.safetensors", "state.safetensors"):
         (run / f).unlink(missing_ok=True)
-    shutil.rmtree(partial_dir(run), ignore_errors=True)
 
 
 class Tuner:
@@ -218,7 +213,9 @@ class Tuner:
 
         t0 = time.time()
         try:
-            summary = train(self.data_cfg, cfg, run, dataset=self.dataset, progress=self.progress, on_epoch=on_epoch)
+            # a tune never resumes a trial: a pruned or failed one leaves no resumable state behind
+            summary = train(self.data_cfg, cfg, run, dataset=self.dataset, progress=self.progress, on_epoch=on_epoch,
+                            resumable=False)
         except optuna.TrialPruned:
             _drop_weights(run)
             trial.set_user_attr("seconds", time.time() - t0)
