@@ -1,6 +1,7 @@
 """Seed spread of the model ``ncf tune`` chose (issue 17): retrain the chosen configuration with
 other seeds (the training seed and the data seed, which draws the validation negatives) and
-report test metrics, mean and spread over the tune's own run and these.
+report test metrics, mean and spread over the tune's own run and these. Where the tune refitted
+its choice on train + validation (``--refit``), each seed's is refitted so too.
 
 For an ``ensemble`` the members are retrained with their own configurations and the blend's
 weights chosen again on validation (as ``ncf tune`` did); nothing looks at test for a choice.
@@ -11,6 +12,7 @@ weights chosen again on validation (as ``ncf tune`` did); nothing looks at test 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import time
@@ -22,6 +24,7 @@ from rich.table import Table
 from ncf.config import TrainConfig
 from ncf.data.datasets import DataConfig, load_dataset
 from ncf.train.run import train
+from ncf.tune.search import refit
 
 KEYS = (("test", "hr@10"), ("test", "ndcg@10"), ("test_full", "hr@10"), ("test_full", "ndcg@10"))
 
@@ -43,8 +46,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--out", type=Path, required=True)
     a = p.parse_args(argv)
     summary = json.loads((a.tune / "summary.json").read_text())
-    best = a.tune / "best"
-    cfg = json.loads((best / "config.json").read_text())
+    chosen = Path(summary["run"])  # as trained, before any refit
+    cfg = json.loads((chosen / "config.json").read_text())
     rows = [{"seed": 0, "valid": summary["valid"]["sampled"]["ndcg@10"],
              **{f"{k}/{m}": summary["test"]["sampled" if k == "test" else "full"][m] for k, m in KEYS}}]
     for seed in [int(s) for s in a.seeds.split(",") if s.strip()]:
@@ -58,11 +61,16 @@ def main(argv: list[str] | None = None) -> dict:
                        for k, m in enumerate(mp["members"])]
             tc = TrainConfig.from_dict({**cfg["train"], "seed": seed, "params": {
                 "members": members, "select": mp["select"], "metric": mp["metric"], "step": mp["step"]}})
-            s = train(data_cfg, tc, out / "ensemble", dataset=dataset, progress=False)
+            run = out / "ensemble"
+            train(data_cfg, tc, run, dataset=dataset, progress=False)
         else:
-            s = json.loads((retrain(best, seed, out / cfg["model"], dataset) / "summary.json").read_text())
-        rows.append({"seed": seed, "valid": s["valid"]["ndcg@10"], **{f"{k}/{m}": s[k][m] for k, m in KEYS},
-                     "seconds": round(time.time() - t0, 1)})
+            run = retrain(chosen, seed, out / cfg["model"], dataset)
+        s = json.loads((run / "summary.json").read_text())
+        row = {"seed": seed, "valid": s["valid"]["ndcg@10"]}
+        if summary.get("refit"):  # as the tune did: the choice trained again on train + validation
+            full_cfg = dataclasses.replace(data_cfg, valid=False)
+            s = json.loads((refit(run, out / "refit", full_cfg, load_dataset(full_cfg)) / "summary.json").read_text())
+        rows.append({**row, **{f"{k}/{m}": s[k][m] for k, m in KEYS}, "seconds": round(time.time() - t0, 1)})
         Console(stderr=True).print(rows[-1])
     cols = ["valid"] + [f"{k}/{m}" for k, m in KEYS]
     stats = {c: {"mean": statistics.mean(r[c] for r in rows), "stdev": statistics.stdev(r[c] for r in rows)

@@ -194,6 +194,11 @@ def test_ml100k_is_deterministic_per_seed():
     assert c.valid is None and c.test.candidates.shape == (943, 51)
     assert np.array_equal(c.test.items, a.test.items)  # by time: the same test items whatever the seed
     assert not np.array_equal(c.test.candidates[:, 1:51], a.test.candidates[:, 1:51])
+    # the test holdout does not depend on whether a validation holdout is carved (a --no-valid run,
+    # ncf tune's refit on train + validation): same items and sampled candidates
+    d = load_dataset(DataConfig(source="ml-100k", seed=3, valid=False))
+    assert d.valid is None and np.array_equal(d.test.candidates, a.test.candidates)
+    assert (d.train.matrix.astype(bool) != a.seen(True).astype(bool)).nnz == 0
 
 
 def test_ncf_ml1m_dataset(ncf_ml1m, ncf_ml1m_dir):

@@ -2,7 +2,9 @@
 search spaces."""
 
 import csv
+import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 
@@ -173,3 +175,74 @@ def test_cli_tune_json(tmp_path):
     with pytest.raises(SystemExit) as e:
         main(["tune", "--dataset", str(data), "--time-budget", "4", "--out", str(tmp_path / "x"), "--models", "svd"])
     assert e.value.code == 2
+
+
+def _dated_ratings(tmp_path, n_users=40, n_items=30, per_user=10, seed=5):
+    """A timestamped ratings file: leave-one-out holds out each user's latest item for test and
+    the one before for validation, so ``--refit auto`` refits."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    lines = [f"{u}\t{i}\t4\t{t}" for u in range(1, n_users + 1)
+             for t, i in enumerate(rng.choice(range(1, n_items + 1), size=per_user, replace=False))]
+    data = tmp_path / "r.tsv"
+    data.write_text("\n".join(lines) + "\n")
+    return DataConfig(source=str(data), rating_col="2", time_col="3")
+
+
+def test_refit_trains_the_choice_again_on_train_and_validation(tmp_path):
+    """auto on a timestamped leave-one-out source: DIR/best is the chosen run trained again on
+    train + validation (an SGD model for its best epoch count), tested on the same test holdout
+    (``ncf evaluate`` of DIR/best reads what summary.json says); the choice's validation figures
+    and its test as trained are kept."""
+    import numpy as np
+
+    from ncf.checkpoint import load_train_matrix
+    from ncf.data.datasets import load_dataset
+    from ncf.eval.evaluator import evaluate
+
+    dcfg = _dated_ratings(tmp_path)
+    ds = load_dataset(dcfg)
+    assert ds.report["timestamps"]
+    s = tune(dcfg, tmp_path / "t", 4, ["mf"], progress=False, threads=1, epochs=3)
+    chosen = s["per_model"]["mf"]
+    refit, best = s["refit"], tmp_path / "t" / "best"
+    assert refit["from"] == chosen["run"] and refit["run"].endswith("refit/mf")
+    assert refit["test_as_trained"] == chosen["test"]
+    assert json.loads((best / "config.json").read_text())["data"]["valid"] is False
+    assert (load_train_matrix(best).astype(bool) != ds.seen(True).astype(bool)).nnz == 0  # train + validation
+    epochs = [json.loads(line)["epoch"] for line in (best / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == list(range(1, chosen["best_epoch"] + 1))
+    again = evaluate(load_model(best), ds.test, "sampled")
+    assert again["hr@10"] == pytest.approx(s["test"]["sampled"]["hr@10"])
+    assert s["valid"]["sampled"]["ndcg@10"] == pytest.approx(chosen["valid_score"])  # the choice as trained
+    # an ensemble: its members with a weight refitted, blended with the weights chosen on validation
+    s = tune(dcfg, tmp_path / "e", 6, ["ease", "itemknn", "pop", "ensemble"], progress=False, threads=1)
+    assert np.isfinite(s["test"]["sampled"]["hr@10"]) and s["refit"] is not None
+    tuner = Tuner(dcfg, tmp_path / "e", 6, ["ease", "itemknn", "pop", "ensemble"], progress=False, threads=1)
+    trial = tuner.best("ensemble")
+    out = Path(tuner.refit("ensemble", trial)["run"])
+    weights = json.loads((Path(trial.user_attrs["run"]) / "config.json").read_text())["model_params"]["weights"]
+    cfg = json.loads((out / "config.json").read_text())["model_params"]
+    assert cfg["weights"] == [w for w in weights if w > 0] and len(cfg["members"]) == sum(w > 0 for w in weights)
+    assert all("/refit/m" in m["source"] for m in cfg["members"])
+    for m in cfg["members"]:
+        assert (load_train_matrix(Path(m["source"])).astype(bool) != ds.seen(True).astype(bool)).nnz == 0
+
+
+def test_refit_no_and_where_it_cannot_be_done(tmp_path):
+    from ncf.errors import ConfigError
+
+    dcfg = _dated_ratings(tmp_path)
+    temporal = dataclasses.replace(dcfg, split="temporal")
+    s = tune(dcfg, tmp_path / "n", 3, ["ease"], progress=False, threads=1, refit="no")
+    assert s["refit"] is None
+    assert json.loads((tmp_path / "n" / "best" / "config.json").read_text())["data"]["valid"] is True
+    with pytest.raises(ConfigError, match="refit must be auto, yes or no"):
+        Tuner(dcfg, tmp_path / "x", 3, ["ease"], refit="always")
+    # a temporal split drawn without validation holds out other test rows: refused by name, before any trial
+    with pytest.raises(ConfigError, match="--refit yes: .* another test holdout"):
+        Tuner(temporal, tmp_path / "y", 3, ["ease"], refit="yes")
+    assert not (tmp_path / "y").exists()
+    # auto: a temporal split's validation is not each user's item before test; no refit, no error
+    assert Tuner(temporal, tmp_path / "z", 3, ["ease"]).full is None

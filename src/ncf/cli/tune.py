@@ -27,6 +27,9 @@ def tune_cmd(
     metric: str = typer.Option("ndcg@10", "--metric", help="ndcg@10 | hr@10 (validation, chooses everything)."),
     split: str = typer.Option("loo", "--split", help="loo (latest item a user) | temporal (globally latest 10% "
                               "test, 10% before valid) | ratio | ratio-time (8:1:1 a user, random / by time)."),
+    refit: str = typer.Option("auto", "--refit", help="Train the chosen model again on train + validation for "
+                              "DIR/best and test: auto (where each user's validation item is the latest before "
+                              "test: --split loo on a timestamped source) | yes | no."),
     epochs: int = typer.Option(30, "--epochs", help="Most epochs of an SGD trial (early stopping on validation)."),
     seed: int = typer.Option(0, "--seed"),
     threads: int = typer.Option(0, "--threads", help="CPU threads (0: all cores)."),
@@ -47,7 +50,7 @@ def tune_cmd(
         raise ConfigError(f"--epochs must be >= 1, got {epochs}")
     dcfg = data_config(dataset, data_dir, seed=seed, split=split)
     s = tune(dcfg, out, time_budget, names, protocol, metric=metric, seed=seed, epochs=epochs, threads=threads,
-             device=device, progress=not quiet)
+             device=device, progress=not quiet, refit=refit)
     if as_json:
         print_json(s)
         return
@@ -62,5 +65,9 @@ def tune_cmd(
         tt = r["test"]
         t.add_row(name + (" (chosen)" if name == s["model"] else ""), str(r["trials"]), f"{r['valid_score']:.4f}",
                   *(f"{tt[p][m]:.4f}" for p, m in cols))
+    if s.get("refit"):
+        tt = s["test"]
+        t.add_row(f"{s['model']} refitted", "", "", *(f"{tt[p][m]:.4f}" for p, m in cols))
     Console().print(t)
-    typer.echo(f"best run: {s['best']}; summary, trials.csv, tune.png in {out}")
+    typer.echo(f"best run: {s['best']}{' (refitted on train + validation)' if s.get('refit') else ''}; "
+               f"summary, trials.csv, tune.png in {out}")

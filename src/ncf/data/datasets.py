@@ -276,13 +276,17 @@ def loo_split(full: Interactions, cfg: DataConfig, rng: np.random.Generator, fir
     draws), and candidates are drawn against their rows alone."""
     end_user = full.n_users if end_user is None else end_user
     train, test_u, test_i, few_test = leave_one_out(full, cfg.draws(TEST_PICK, rng), cfg.min_train)
-    valid = None
-    few_valid = 0
     seen_all = full.matrix[first_user:end_user] if (first_user, end_user) != (0, full.n_users) else full.matrix
+    # drawn with or without a validation holdout, so that the test holdout (its sampled candidates)
+    # is the same either way: a --no-valid run, or ncf tune's refit on train + validation, is
+    # tested on what the validated runs are
+    train_v, val_u, val_i, few_valid = leave_one_out(train, cfg.draws(VALID_PICK, rng), cfg.min_train)
+    valid = HoldOut(val_u, val_i, sample_candidates(seen_all, val_u, val_i, cfg.n_neg_eval,
+                                                    cfg.draws(VALID_CANDIDATES, rng), first_user))
     if cfg.valid:
-        train, val_u, val_i, few_valid = leave_one_out(train, cfg.draws(VALID_PICK, rng), cfg.min_train)
-        valid = HoldOut(val_u, val_i, sample_candidates(seen_all, val_u, val_i, cfg.n_neg_eval,
-                                                        cfg.draws(VALID_CANDIDATES, rng), first_user))
+        train = train_v
+    else:
+        valid, few_valid = None, 0
     test = HoldOut(test_u, test_i, sample_candidates(seen_all, test_u, test_i, cfg.n_neg_eval,
                                                      cfg.draws(TEST_CANDIDATES, rng), first_user))
     return train, valid, test, {"users_without_test": few_test, "users_without_valid": few_valid}

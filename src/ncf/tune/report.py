@@ -103,37 +103,44 @@ def finish(tuner, elapsed: float) -> dict[str, Any]:
                            "run": str(run), "best_epoch": s.get("best_epoch"), "seconds": b.user_attrs.get("seconds"),
                            "trials": len(states), "pruned": states.count("pruned"), "failed": states.count("fail"),
                            # reported beside the choice, never used for it
-                           "test": {"sampled": s["test"], "full": s["test_full"],
-                                    **({"topk": s["test_topk"]} if "test_topk" in s else {})}}
+                           "test": _test_of(s)}
         if chosen is None or b.value > chosen[1].value:
             chosen = (name, b)
     if chosen is None:
         raise ConfigError("ncf tune: no trial finished within the budget (raise --time-budget)")
     name, b = chosen
     run = Path(b.user_attrs["run"])
+    refit = tuner.refit(name, b) if tuner.full is not None else None
     best_dir = out / "best"
     if best_dir.exists():
         shutil.rmtree(best_dir)
-    shutil.copytree(run, best_dir, ignore=shutil.ignore_patterns("state.safetensors"))
-    model = load_model(best_dir)
+    shutil.copytree(Path(refit["run"]) if refit else run, best_dir, ignore=shutil.ignore_patterns("state.safetensors"))
+    model = load_model(run)  # validation: the choice as trained (its refit has seen the validation items)
     s = json.loads((best_dir / "summary.json").read_text())
     valid = {"sampled": evaluate(model, ds.valid, "sampled"),
              "full": evaluate(model, ds.valid, "full", seen=ds.train.matrix)}
-    test = {"sampled": s["test"], "full": s["test_full"]}
+    test = _test_of(s)
     if "test_topk" in s:  # several held-out items a user (--split other than loo)
         from ncf.eval.topk import evaluate_topk
 
         valid["topk"] = evaluate_topk(model, ds.valid, ds.train.matrix, 10)
-        test["topk"] = s["test_topk"]
+    if refit:
+        refit["test_as_trained"] = _test_of(json.loads((run / "summary.json").read_text()))
     summary = {
         "dataset": ds.name, "protocol": tuner.protocol, "select_by": f"valid {tuner.protocol} {tuner.metric}",
         "time_budget": tuner.budget, "elapsed_seconds": round(elapsed, 1),
         "model": name, "trial": b.number, "params": b.user_attrs.get("params"), "run": str(run),
-        "best": str(best_dir), "valid": valid, "test": test,
+        "best": str(best_dir), "valid": valid, "test": test, "refit": refit,
         "per_model": per_model, "n_trials": len(rows),
     }
     atomic_write_json(out / "summary.json", summary)
     console.print(f"chosen: [bold]{name}[/] trial {b.number} (valid {tuner.protocol} {tuner.metric} {b.value:.4f}); "
                   f"test sampled hr@10 {s['test']['hr@10']:.4f} ndcg@10 {s['test']['ndcg@10']:.4f}, "
-                  f"full hr@10 {s['test_full']['hr@10']:.4f}; written to {out}")
+                  f"full hr@10 {s['test_full']['hr@10']:.4f}{' (refitted on train + validation)' if refit else ''}; "
+                  f"written to {out}")
     return summary
+
+
+def _test_of(s: dict[str, Any]) -> dict[str, Any]:
+    """A run summary's test metrics as summary.json reports them."""
+    return {"sampled": s["test"], "full": s["test_full"], **({"topk": s["test_topk"]} if "test_topk" in s else {})}

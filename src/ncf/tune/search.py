@@ -40,6 +40,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 import ncf.tune.space as space
 from ncf.checkpoint import atomic_write_json, load_model
 from ncf.console import console
@@ -53,6 +55,7 @@ TRAINABLE = ("mf", "bpr", "gmf", "mlp", "neumf")  # SGD: stopped per epoch (prun
 DROP_MARGIN = 0.02  # a model this far behind the best after 3 trials stops getting turns
 STALL_TRIALS, STALL_GAIN = 8, 1e-4  # no gain of STALL_GAIN in this many trials: the model waits
 ENSEMBLE_RESERVE = 0.1  # share of the budget (20 to 300 s, at most half) kept for the ensemble
+REFIT = ("auto", "yes", "no")
 
 
 def _optuna():
@@ -96,6 +99,29 @@ def choose(models: dict[str, tuple[float, list[float]]]) -> str | None:
     return min(fresh, key=lambda m: (models[m][0], list(models).index(m))) if fresh else None
 
 
+def dated_validation(dataset: Dataset) -> bool:
+    """True where each user's validation item is their latest before the test item (leave-one-out
+    on a timestamped source): what ``--refit auto`` refits for, since a model that never saw a
+    user's most recent interaction is then tested on what comes next. (A source without
+    timestamps holds out a random validation item, and refitting it back buys little: issue 17.)"""
+    return dataset.report.get("split", "loo") == "loo" and bool(dataset.report.get("timestamps"))
+
+
+def same_split(dataset: Dataset, full: Dataset) -> str | None:
+    """Why ``full`` (the source loaded without a validation holdout) is not ``dataset``'s train +
+    validation with the same test holdout, or None where it is."""
+    if full.train.user_map != dataset.train.user_map or full.train.item_map != dataset.train.item_map:
+        return "other user or item ids"
+    a, b = dataset.test, full.test
+    if len(a) != len(b) or not (np.array_equal(a.users, b.users) and np.array_equal(a.items, b.items)
+                                and np.array_equal(a.candidates, b.candidates)):
+        return "another test holdout"
+    m = full.train.matrix.tocsr().astype(bool)
+    if (m != dataset.seen(True).astype(bool)).nnz:
+        return "training interactions other than train + validation"
+    return None
+
+
 def _drop_weights(run: Path) -> None:
     for f in ("model.safetensors", "state.safetensors"):
         (run / f).unlink(missing_ok=True)
@@ -106,7 +132,8 @@ class Tuner:
 
     def __init__(self, data_cfg: DataConfig, out: Path, time_budget: float, models: list[str],
                  protocol: str = "sampled", metric: str = "ndcg@10", seed: int = 0, epochs: int = 30,
-                 threads: int = 0, device: str = "auto", dataset: Dataset | None = None, progress: bool = True):
+                 threads: int = 0, device: str = "auto", dataset: Dataset | None = None, progress: bool = True,
+                 refit: str = "auto"):
         if time_budget <= 0:
             raise ConfigError(f"--time-budget must be > 0 seconds, got {time_budget}")
         if protocol not in PROTOCOLS:
@@ -128,10 +155,31 @@ class Tuner:
         self.dataset = dataset or load_dataset(data_cfg)
         if self.dataset.valid is None or not len(self.dataset.valid):
             raise ConfigError("ncf tune chooses on a validation holdout, and this dataset has none (drop --no-valid)")
+        if refit not in REFIT:
+            raise ConfigError(f"--refit must be auto, yes or no, got {refit!r}")
+        self.full = None  # the source without a validation holdout, where the choice is refitted on it
+        if refit == "yes" or (refit == "auto" and dated_validation(self.dataset)):
+            self.full = self._full_dataset(refit == "yes")
         self.out.mkdir(parents=True, exist_ok=True)
         self._check_resume()
         self.storage = f"sqlite:///{(self.out / 'study.sqlite3').resolve()}"
         self.studies = {m: self._study(m, i) for i, m in enumerate(self.models + ["ensemble"] * self.ensemble)}
+
+    def _full_dataset(self, asked: bool) -> Dataset | None:
+        from dataclasses import replace
+
+        cfg = replace(self.data_cfg, valid=False)
+        full = load_dataset(cfg)
+        why = same_split(self.dataset, full)
+        if why is None:
+            self.full_cfg = cfg
+            return full
+        if asked:
+            raise ConfigError(f"--refit yes: {self.data_cfg.source} loaded without a validation holdout has {why}, "
+                              "so the choice cannot be refitted on train + validation (use --refit no)")
+        console.print(f"[yellow]not refitting the choice on train + validation: {self.data_cfg.source} loaded "
+                      f"without a validation holdout has {why}")
+        return None
 
     # -- study bookkeeping -------------------------------------------------------------
     def _check_resume(self) -> None:
@@ -293,11 +341,14 @@ class Tuner:
         deadline = start + self.budget - before
         reserve = min(max(ENSEMBLE_RESERVE * self.budget, 20.0), 300.0, self.budget / 2) if self.ensemble else 0.0
         exhausted: set[str] = set()
-        while time.time() < deadline - reserve:
-            name = self._next(deadline - reserve, exhausted)
+        while True:
+            stop = deadline - reserve - self.refit_reserve()  # what the refit of the best runs so far needs
+            if time.time() >= stop:
+                break
+            name = self._next(stop, exhausted)
             if name is None:
                 break
-            self.run_trial(name, deadline - reserve)
+            self.run_trial(name, stop)
         if self.ensemble:  # requested: runs even where the last trial ate into its reserve
             self.run_ensemble()
         from ncf.tune.report import finish
@@ -341,6 +392,62 @@ class Tuner:
         weights = json.loads((run / "config.json").read_text())["model_params"]["weights"]
         console.print(f"  weights {weights}  valid {self.protocol} {self.metric} {value:.4f}  "
                       f"({time.time() - t0:.0f} s)")
+
+
+    # -- refit on train + validation ----------------------------------------------------
+    def _refit_seconds(self, name: str, trial) -> float:
+        """Seconds a refit of ``trial`` takes about: its own, an SGD trial's for its best epoch count."""
+        a = trial.user_attrs
+        if name in TRAINABLE and a.get("epoch_seconds") and a.get("best_epoch"):
+            return a["epoch_seconds"] * a["best_epoch"]
+        return a.get("seconds", 0.0)
+
+    def refit_reserve(self) -> float:
+        """Seconds the search leaves for the refit: the best runs the ensemble would blend (else the best)."""
+        if self.full is None:
+            return 0.0
+        bests = sorted(((m, b) for m in self.models if m != "pop" and (b := self.best(m)) is not None),
+                       key=lambda mb: -mb[1].value)[:3 if self.ensemble else 1]
+        return sum(self._refit_seconds(m, b) for m, b in bests)
+
+    def refit(self, name: str, trial) -> dict[str, Any]:
+        """The chosen run trained again on train + validation (:func:`refit`) into DIR/runs/refit;
+        what summary.json says of it."""
+        run = Path(trial.user_attrs["run"])
+        console.print(f"[bold]refit[/] of {run} on train + validation")
+        t0 = time.time()
+        out = refit(run, self.out / "runs" / "refit", self.full_cfg, self.full, self.progress)
+        console.print(f"  refitted in {time.time() - t0:.0f} s")
+        return {"from": str(run), "run": str(out), "seconds": round(time.time() - t0, 1)}
+
+
+def refit(run: Path, root: Path, full_cfg: DataConfig, full: Dataset, progress: bool = False) -> Path:
+    """``run`` trained again with its settings on ``full`` (train + validation; the same test
+    holdout) into ``root``: an SGD model for its best epoch count, keeping the last; an ensemble
+    as its members with a weight so (``root/mK-MODEL``), blended with the weights it chose on
+    validation (``root/ensemble``). Returns the new run directory."""
+    from ncf.config import TrainConfig
+    from ncf.train.run import train
+
+    if root.exists():
+        shutil.rmtree(root)  # a resumed tune refits again
+
+    def again(src: Path, out: Path, **override) -> Path:
+        cfg = json.loads((src / "config.json").read_text())
+        tc = {**cfg["train"], **override}
+        if cfg["model"] in TRAINABLE:
+            tc["epochs"] = int(json.loads((src / "summary.json").read_text()).get("best_epoch") or tc["epochs"])
+        train(full_cfg, TrainConfig.from_dict(tc), out, dataset=full, progress=progress, resumable=False)
+        return out
+
+    cfg = json.loads((run / "config.json").read_text())
+    if cfg["model"] != "ensemble":
+        return again(run, root / cfg["model"])
+    mp = cfg["model_params"]
+    keep = [(k, spec, w) for k, (spec, w) in enumerate(zip(mp["members"], mp["weights"], strict=True)) if w > 0]
+    members = [str(again(Path(spec["source"]), root / f"m{k}-{spec['model']}")) for k, spec, _ in keep]
+    params = {**cfg["train"].get("params", {}), "members": members, "weights": [w for *_, w in keep]}
+    return again(run, root / "ensemble", params=params)
 
 
 def tune(data_cfg: DataConfig, out: Path, time_budget: float, models: list[str] | tuple[str, ...] = DEFAULT_MODELS,
