@@ -48,8 +48,12 @@ def main(argv: list[str] | None = None) -> dict:
     summary = json.loads((a.tune / "summary.json").read_text())
     chosen = Path(summary["run"])  # as trained, before any refit
     cfg = json.loads((chosen / "config.json").read_text())
-    rows = [{"seed": 0, "valid": summary["valid"]["sampled"]["ndcg@10"],
-             **{f"{k}/{m}": summary["test"]["sampled" if k == "test" else "full"][m] for k, m in KEYS}}]
+    def flat(test: dict) -> dict:
+        return {f"{k}/{m}": test["sampled" if k == "test" else "full"][m] for k, m in KEYS}
+
+    rows = [{"seed": 0, "valid": summary["valid"]["sampled"]["ndcg@10"], **flat(summary["test"])}]
+    if summary.get("refit"):
+        rows[0]["as_trained"] = flat(summary["refit"]["test_as_trained"])
     for seed in [int(s) for s in a.seeds.split(",") if s.strip()]:
         t0 = time.time()
         data_cfg = DataConfig(**{**cfg["data"], "seed": seed})
@@ -68,6 +72,7 @@ def main(argv: list[str] | None = None) -> dict:
         s = json.loads((run / "summary.json").read_text())
         row = {"seed": seed, "valid": s["valid"]["ndcg@10"]}
         if summary.get("refit"):  # as the tune did: the choice trained again on train + validation
+            row["as_trained"] = {f"{k}/{m}": s[k][m] for k, m in KEYS}
             full_cfg = dataclasses.replace(data_cfg, valid=False)
             s = json.loads((refit(run, out / "refit", full_cfg, load_dataset(full_cfg)) / "summary.json").read_text())
         rows.append({**row, **{f"{k}/{m}": s[k][m] for k, m in KEYS}, "seconds": round(time.time() - t0, 1)})
@@ -76,15 +81,19 @@ def main(argv: list[str] | None = None) -> dict:
     stats = {c: {"mean": statistics.mean(r[c] for r in rows), "stdev": statistics.stdev(r[c] for r in rows)
                  if len(rows) > 1 else 0.0} for c in cols}
     result = {"tune": str(a.tune), "model": cfg["model"], "rows": rows, "stats": stats}
-    a.out.mkdir(parents=True, exist_ok=True)
-    (a.out / "seeds.json").write_text(json.dumps(result, indent=2) + "\n")
     t = Table(title=f"{cfg['model']} chosen by {a.tune}: seeds")
     for c in ["seed"] + cols:
         t.add_column(c, justify="right")
     for r in rows:
         t.add_row(str(r["seed"]), *(f"{r[c]:.4f}" for c in cols))
     t.add_row("mean ± sd", *(f"{stats[c]['mean']:.4f} ± {stats[c]['stdev']:.4f}" for c in cols))
+    if all("as_trained" in r for r in rows):  # the same seeds before the refit: a paired comparison
+        before = {c: statistics.mean(r["as_trained"][c] for r in rows) for c in cols[1:]}
+        result["as_trained_mean"] = before
+        t.add_row("as trained, mean", "", *(f"{before[c]:.4f}" for c in cols[1:]))
     Console().print(t)
+    a.out.mkdir(parents=True, exist_ok=True)
+    (a.out / "seeds.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
 
 
