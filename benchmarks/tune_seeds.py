@@ -24,7 +24,7 @@ from rich.table import Table
 from ncf.config import TrainConfig
 from ncf.data.datasets import DataConfig, load_dataset
 from ncf.train.run import train
-from ncf.tune.search import refit
+from ncf.tune.search import refit_run
 
 KEYS = (("test", "hr@10"), ("test", "ndcg@10"), ("test_full", "hr@10"), ("test_full", "ndcg@10"))
 
@@ -74,7 +74,8 @@ def main(argv: list[str] | None = None) -> dict:
         if summary.get("refit"):  # as the tune did: the choice trained again on train + validation
             row["as_trained"] = {f"{k}/{m}": s[k][m] for k, m in KEYS}
             full_cfg = dataclasses.replace(data_cfg, valid=False)
-            s = json.loads((refit(run, out / "refit", full_cfg, load_dataset(full_cfg)) / "summary.json").read_text())
+            again = refit_run(run, out / "refit", full_cfg, load_dataset(full_cfg))
+            s = json.loads((again / "summary.json").read_text())
         rows.append({**row, **{f"{k}/{m}": s[k][m] for k, m in KEYS}, "seconds": round(time.time() - t0, 1)})
         Console(stderr=True).print(rows[-1])
     cols = ["valid"] + [f"{k}/{m}" for k, m in KEYS]

@@ -21,11 +21,17 @@ With ``ensemble`` among the models, the last part of the budget blends the best 
 other models (:class:`ncf.models.ensemble.Ensemble`, weights chosen on validation), which then
 competes like any trial.
 
+Refit (``refit``: auto, yes, no): the chosen run is trained again with every choice it made on
+validation (settings, an SGD model's best epoch count, an ensemble's weights) on train +
+validation, and that is DIR/best and the test reported (:func:`refit_run`); auto does so where
+each user's validation item is the latest before test (leave-one-out on a timestamped source).
+The search stops early enough to leave the refit its time.
+
 Selection is by the validation holdout only (``protocol`` sampled: 1 + 99 candidates; full:
 among every unseen item); test is read once, for the chosen model. Outputs in DIR::
 
     summary.json  chosen model, its params, valid and test metrics under both protocols, per-model bests
-    best/         the chosen run directory (ncf evaluate / recommend / serve accept it)
+    best/         the chosen run directory, refitted where it was (ncf evaluate / recommend / serve accept it)
     trials.csv    every trial: model, state, params, validation score, seconds, run directory
     tune.png      validation score against elapsed time, per model
 """
@@ -393,7 +399,6 @@ class Tuner:
         console.print(f"  weights {weights}  valid {self.protocol} {self.metric} {value:.4f}  "
                       f"({time.time() - t0:.0f} s)")
 
-
     # -- refit on train + validation ----------------------------------------------------
     def _refit_seconds(self, name: str, trial) -> float:
         """Seconds a refit of ``trial`` takes about: its own, an SGD trial's for its best epoch count."""
@@ -411,17 +416,17 @@ class Tuner:
         return sum(self._refit_seconds(m, b) for m, b in bests)
 
     def refit(self, name: str, trial) -> dict[str, Any]:
-        """The chosen run trained again on train + validation (:func:`refit`) into DIR/runs/refit;
+        """The chosen run trained again on train + validation (:func:`refit_run`) into DIR/runs/refit;
         what summary.json says of it."""
         run = Path(trial.user_attrs["run"])
         console.print(f"[bold]refit[/] of {run} on train + validation")
         t0 = time.time()
-        out = refit(run, self.out / "runs" / "refit", self.full_cfg, self.full, self.progress)
+        out = refit_run(run, self.out / "runs" / "refit", self.full_cfg, self.full, self.progress)
         console.print(f"  refitted in {time.time() - t0:.0f} s")
         return {"from": str(run), "run": str(out), "seconds": round(time.time() - t0, 1)}
 
 
-def refit(run: Path, root: Path, full_cfg: DataConfig, full: Dataset, progress: bool = False) -> Path:
+def refit_run(run: Path, root: Path, full_cfg: DataConfig, full: Dataset, progress: bool = False) -> Path:
     """``run`` trained again with its settings on ``full`` (train + validation; the same test
     holdout) into ``root``: an SGD model for its best epoch count, keeping the last; an ensemble
     as its members with a weight so (``root/mK-MODEL``), blended with the weights it chose on
