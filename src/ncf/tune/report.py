@@ -128,7 +128,7 @@ def finish(tuner, elapsed: float) -> dict[str, Any]:
         refit["test_as_trained"] = _test_of(json.loads((run / "summary.json").read_text()))
     summary = {
         "dataset": ds.name, "protocol": tuner.protocol, "select_by": f"valid {tuner.protocol} {tuner.metric}",
-        "time_budget": tuner.budget, "elapsed_seconds": round(elapsed, 1),
+        "time_budget": tuner.budget, "elapsed_seconds": round(elapsed + (refit["seconds"] if refit else 0.0), 1),
         "model": name, "trial": b.number, "params": b.user_attrs.get("params"), "run": str(run),
         "best": str(best_dir), "valid": valid, "test": test, "refit": refit,
         "per_model": per_model, "n_trials": len(rows),
