@@ -48,6 +48,7 @@ def main(argv: list[str] | None = None) -> dict:
     summary = json.loads((a.tune / "summary.json").read_text())
     chosen = Path(summary["run"])  # as trained, before any refit
     cfg = json.loads((chosen / "config.json").read_text())
+
     def flat(test: dict) -> dict:
         return {f"{k}/{m}": test["sampled" if k == "test" else "full"][m] for k, m in KEYS}
 
