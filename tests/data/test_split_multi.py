@@ -69,3 +69,16 @@ def test_loo_stays_the_default_and_other_splits_load(ml100k_dir):
     assert ds.test.candidates.shape[1] == 100
     with pytest.raises(ValueError, match="split"):
         DataConfig(split="random")
+
+
+@pytest.mark.parametrize("split", ["temporal", "ratio", "ratio-time"])
+def test_the_test_holdout_is_the_same_without_validation(ml100k_dir, split):
+    """The validation rows are carved either way; without a validation holdout they go back into
+    training, and the test rows and their sampled candidates stay what the validated load has."""
+    a = load_dataset(DataConfig(source="ml-100k", split=split))
+    b = load_dataset(DataConfig(source="ml-100k", split=split, valid=False))
+    assert b.valid is None and len(a.valid)
+    assert np.array_equal(a.test.users, b.test.users) and np.array_equal(a.test.candidates, b.test.candidates)
+    have, want = b.train.matrix.astype(bool), a.seen(True).astype(bool)
+    assert (want > have).nnz == 0 and b.train.nnz >= a.train.nnz + len(a.valid)
+    assert (b.train.matrix.tocsr()[b.test.users, b.test.items] == 0).all()

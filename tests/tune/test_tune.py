@@ -230,19 +230,21 @@ def test_refit_trains_the_choice_again_on_train_and_validation(tmp_path):
         assert (load_train_matrix(Path(m["source"])).astype(bool) != ds.seen(True).astype(bool)).nnz == 0
 
 
-def test_refit_no_and_where_it_cannot_be_done(tmp_path):
+def test_refit_no_auto_by_split_and_where_it_cannot_be_done(tmp_path, toy_dataset):
     from ncf.errors import ConfigError
 
     dcfg = _dated_ratings(tmp_path)
-    temporal = dataclasses.replace(dcfg, split="temporal")
     s = tune(dcfg, tmp_path / "n", 3, ["ease"], progress=False, threads=1, refit="no")
     assert s["refit"] is None
     assert json.loads((tmp_path / "n" / "best" / "config.json").read_text())["data"]["valid"] is True
     with pytest.raises(ConfigError, match="refit must be auto, yes or no"):
         Tuner(dcfg, tmp_path / "x", 3, ["ease"], refit="always")
-    # a temporal split drawn without validation holds out other test rows: refused by name, before any trial
-    with pytest.raises(ConfigError, match="--refit yes: .* another test holdout"):
-        Tuner(temporal, tmp_path / "y", 3, ["ease"], refit="yes")
+    # auto: validation just before test in time (temporal, ratio-time) refits; a random one (ratio) does not
+    for split, refits in (("temporal", True), ("ratio-time", True), ("ratio", False)):
+        cfg = dataclasses.replace(dcfg, split=split)
+        assert (Tuner(cfg, tmp_path / split, 3, ["ease"]).full is not None) is refits, split
+    assert Tuner(dataclasses.replace(dcfg, split="ratio"), tmp_path / "r", 3, ["ease"], refit="yes").full is not None
+    # a dataset that is not what its DataConfig loads cannot be refitted: refused by name, before any trial
+    with pytest.raises(ConfigError, match="--refit yes: .* other user or item ids"):
+        Tuner(dcfg, tmp_path / "y", 3, ["ease"], dataset=toy_dataset, refit="yes")
     assert not (tmp_path / "y").exists()
-    # auto: a temporal split's validation is not each user's item before test; no refit, no error
-    assert Tuner(temporal, tmp_path / "z", 3, ["ease"]).full is None

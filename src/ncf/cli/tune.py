@@ -28,8 +28,8 @@ def tune_cmd(
     split: str = typer.Option("loo", "--split", help="loo (latest item a user) | temporal (globally latest 10% "
                               "test, 10% before valid) | ratio | ratio-time (8:1:1 a user, random / by time)."),
     refit: str = typer.Option("auto", "--refit", help="Train the chosen model again on train + validation for "
-                              "DIR/best and test: auto (where each user's validation item is the latest before "
-                              "test: --split loo on a timestamped source) | yes | no."),
+                              "DIR/best and test: auto (where validation comes just before test in time: loo on "
+                              "a timestamped source, temporal, ratio-time) | yes | no."),
     epochs: int = typer.Option(30, "--epochs", help="Most epochs of an SGD trial (early stopping on validation)."),
     seed: int = typer.Option(0, "--seed"),
     threads: int = typer.Option(0, "--threads", help="CPU threads (0: all cores)."),

@@ -300,7 +300,9 @@ def _load_multi(cfg: DataConfig, name: str, full: Interactions, ratings: Ratings
     if not len(tu):
         raise DataError(f"{cfg.source}: --split {cfg.split} leaves no test interaction")
     seen_all = full.matrix
-    valid = HoldOut(vu, vi, sample_candidates(seen_all, vu, vi, cfg.n_neg_eval, rng)) if cfg.valid else None
+    # drawn with or without a validation holdout, so that the test candidates are the same either way
+    valid = HoldOut(vu, vi, sample_candidates(seen_all, vu, vi, cfg.n_neg_eval, rng))
+    valid = valid if cfg.valid else None
     test = HoldOut(tu, ti, sample_candidates(seen_all, tu, ti, cfg.n_neg_eval, rng))
     report = {"read": ratings.report.to_dict(), "duplicates_collapsed": full.n_duplicates,
               "timestamps": full.timestamps is not None, **report}

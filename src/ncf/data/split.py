@@ -379,23 +379,35 @@ def split_multi(data: Interactions, kind: str, rng: np.random.Generator, valid: 
                 ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)):
     """Split ``data`` by ``kind`` (``temporal``, ``ratio``, ``ratio-time``) into training
     interactions and (users, items) rows of validation and test, one row per held-out
-    interaction; returns ``(train, (val_u, val_i), (test_u, test_i), report)``."""
+    interaction; returns ``(train, (val_u, val_i), (test_u, test_i), report)``.
+
+    The validation rows are carved either way, so that the test rows are the same with and
+    without ``valid``; without it they go back into training (and are still returned, for a
+    caller that draws their candidates to keep its random stream alike)."""
     if kind == "temporal":
-        vmask, tmask = temporal_masks(data, ratios[1], ratios[2], valid)
+        vmask, tmask = temporal_masks(data, ratios[1], ratios[2])
     elif kind in ("ratio", "ratio-time"):
-        vmask, tmask = ratio_masks(data, rng, ratios, by_time=kind == "ratio-time", valid=valid)
+        vmask, tmask = ratio_masks(data, rng, ratios, by_time=kind == "ratio-time")
     else:
         raise ConfigError(f"unknown split {kind!r} (known: {', '.join(SPLITS)})")
-    keep = ~(vmask | tmask)
     users, items = data.coo()
-    train = Interactions.from_indices(
-        users[keep], items[keep], data.user_map, data.item_map,
-        None if data.timestamps is None else data.timestamps[keep],
-        None if data.ratings is None else data.ratings[keep], meta=data.meta)
-    train.n_duplicates = data.n_duplicates
+
+    def part(keep: np.ndarray) -> Interactions:
+        out = Interactions.from_indices(
+            users[keep], items[keep], data.user_map, data.item_map,
+            None if data.timestamps is None else data.timestamps[keep],
+            None if data.ratings is None else data.ratings[keep], meta=data.meta)
+        out.n_duplicates = data.n_duplicates
+        return out
+
+    keep = ~(vmask | tmask)
+    train = part(keep)
     vu, vi, v_drop = holdout_rows(data, vmask, train)
     tu, ti, t_drop = holdout_rows(data, tmask, train)
-    report = {"split": kind, "train": int(keep.sum()), "valid_rows": len(vu), "test_rows": len(tu),
-              "valid_users": len(np.unique(vu)), "test_users": len(np.unique(tu)),
-              "dropped_rows_of_users_without_training": {"valid": v_drop, "test": t_drop}}
+    if not valid:
+        keep = ~tmask
+        train = part(keep)
+    report = {"split": kind, "train": int(keep.sum()), "valid_rows": len(vu) if valid else 0, "test_rows": len(tu),
+              "valid_users": len(np.unique(vu)) if valid else 0, "test_users": len(np.unique(tu)),
+              "dropped_rows_of_users_without_training": {"valid": v_drop if valid else 0, "test": t_drop}}
     return train, (vu, vi), (tu, ti), report
