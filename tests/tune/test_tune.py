@@ -216,6 +216,15 @@ def test_refit_trains_the_choice_again_on_train_and_validation(tmp_path):
     again = evaluate(load_model(best), ds.test, "sampled")
     assert again["hr@10"] == pytest.approx(s["test"]["sampled"]["hr@10"])
     assert s["valid"]["sampled"]["ndcg@10"] == pytest.approx(chosen["valid_score"])  # the choice as trained
+    # rerunning the finished tune keeps its refit (no second training), and a changed one is redone
+    stamp = (Path(refit["run"]) / "model.safetensors").stat().st_mtime_ns
+    again_s = tune(dcfg, tmp_path / "t", 4, ["mf"], progress=False, threads=1, epochs=3)
+    assert again_s["refit"] == refit and again_s["test"] == s["test"]
+    assert (Path(refit["run"]) / "model.safetensors").stat().st_mtime_ns == stamp
+    marker = tmp_path / "t" / "runs" / "refit" / "refit.json"
+    marker.write_text(json.dumps({**json.loads(marker.read_text()), "from": "elsewhere"}))
+    tune(dcfg, tmp_path / "t", 4, ["mf"], progress=False, threads=1, epochs=3)
+    assert (Path(refit["run"]) / "model.safetensors").stat().st_mtime_ns != stamp
     # an ensemble: its members with a weight refitted, blended with the weights chosen on validation
     s = tune(dcfg, tmp_path / "e", 6, ["ease", "itemknn", "pop", "ensemble"], progress=False, threads=1)
     assert np.isfinite(s["test"]["sampled"]["hr@10"]) and s["refit"] is not None

@@ -125,7 +125,7 @@ def finish(tuner, elapsed: float) -> dict[str, Any]:
 
         valid["topk"] = evaluate_topk(model, ds.valid, ds.train.matrix, 10)
     if refit:
-        refit["test_as_trained"] = _test_of(json.loads((run / "summary.json").read_text()))
+        refit = {**refit, "test_as_trained": _test_of(json.loads((run / "summary.json").read_text()))}
     summary = {
         "dataset": ds.name, "protocol": tuner.protocol, "select_by": f"valid {tuner.protocol} {tuner.metric}",
         "time_budget": tuner.budget, "elapsed_seconds": round(elapsed + (refit["seconds"] if refit else 0.0), 1),

@@ -420,12 +420,20 @@ class Tuner:
     def refit(self, name: str, trial) -> dict[str, Any]:
         """The chosen run trained again on train + validation (:func:`refit_run`) into DIR/runs/refit;
         what summary.json says of it."""
-        run = Path(trial.user_attrs["run"])
+        run, root = Path(trial.user_attrs["run"]), self.out / "runs" / "refit"
+        done = root / "refit.json"  # written once a refit is complete: a rerun of a finished tune keeps it
+        if done.exists():
+            old = json.loads(done.read_text())
+            if old.get("from") == str(run) and (Path(old["run"]) / "summary.json").exists():
+                console.print(f"refit of {run} on train + validation: kept from an earlier session ({old['run']})")
+                return old
         console.print(f"[bold]refit[/] of {run} on train + validation")
         t0 = time.time()
-        out = refit_run(run, self.out / "runs" / "refit", self.full_cfg, self.full, self.progress)
+        out = refit_run(run, root, self.full_cfg, self.full, self.progress)
         console.print(f"  refitted in {time.time() - t0:.0f} s")
-        return {"from": str(run), "run": str(out), "seconds": round(time.time() - t0, 1)}
+        result = {"from": str(run), "run": str(out), "seconds": round(time.time() - t0, 1)}
+        atomic_write_json(done, result)
+        return result
 
 
 def refit_run(run: Path, root: Path, full_cfg: DataConfig, full: Dataset, progress: bool = False) -> Path:
@@ -437,7 +445,7 @@ def refit_run(run: Path, root: Path, full_cfg: DataConfig, full: Dataset, progre
     from ncf.train.run import train
 
     if root.exists():
-        shutil.rmtree(root)  # a resumed tune refits again
+        shutil.rmtree(root)  # what an interrupted or another refit left
 
     def again(src: Path, out: Path, **override) -> Path:
         cfg = json.loads((src / "config.json").read_text())
