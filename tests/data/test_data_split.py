@@ -32,12 +32,23 @@ def test_leave_one_out_holds_out_the_latest():
     assert train.timestamps.tolist() == [5, 7, 1]  # timestamps stay aligned
 
 
-def test_ties_go_to_the_largest_item_whatever_the_file_order():
-    rows = [(1, 30, 9), (1, 20, 9), (1, 40, 9), (1, 10, 1)]
-    for order in (rows, rows[::-1], [rows[2], rows[0], rows[3], rows[1]]):
-        full = _inter(order)
-        _, users, items, _ = leave_one_out(full, np.random.default_rng(123))
-        assert _pairs(full, users, items) == {(1, 40)}
+def test_ties_are_drawn_at_random_not_by_id():
+    """Among interactions sharing a user's latest timestamp the held-out one is drawn at random,
+    seeded (sequential or per-user draws): every tied item comes up, none by its id, the same
+    seed draws the same whatever the file order, and the earlier interaction is never drawn."""
+    from collections import Counter
+
+    from ncf.data.split import TEST_PICK, UserDraws
+
+    rows = [(u, i, 9) for u in range(1, 301) for i in (10, 20, 30)] + [(u, 40, 1) for u in range(1, 301)]
+    full = _inter(rows)
+    for draws in (lambda seed: np.random.default_rng(seed), lambda seed: UserDraws(seed, TEST_PICK)):
+        _, users, items, _ = leave_one_out(full, draws(1))
+        picked = Counter(i for _, i in _pairs(full, users, items))
+        assert set(picked) == {10, 20, 30} and min(picked.values()) > 60, picked  # 300 draws of 3: ~100 each
+        again = leave_one_out(_inter(rows[::-1]), draws(1))
+        assert np.array_equal(again[2], items)  # the seed, not the file order, decides
+        assert not np.array_equal(leave_one_out(full, draws(2))[2], items)
 
 
 def test_validation_is_the_next_latest_and_disjoint():
@@ -171,7 +182,7 @@ def test_ml100k_dataset(ml100k):
     assert len(ds.test) == len(ds.valid) == 943 and ds.train.nnz == 100_000 - 2 * 943
     assert ds.test.candidates.shape == (943, 100) and (ds.test.candidates != PAD).all()
     _check_holdout_disjoint(ds)
-    # test is each user's latest interaction (ties: the largest item index), valid the next latest
+    # test is each user's latest interaction (ties: one at random), valid the next latest
     r = readers.read_ml100k(data_dir() / "ml-100k" / "u.data")
     full = Interactions.from_raw(r.users, r.items, r.timestamps)
     t = full.timestamps
@@ -179,7 +190,16 @@ def test_ml100k_dataset(ml100k):
         u = ds.test.users[k]
         row = slice(full.matrix.indptr[u], full.matrix.indptr[u + 1])
         latest = t[row].max()
-        assert ds.test.items[k] == full.matrix.indices[row][t[row] == latest].max()
+        assert ds.test.items[k] in full.matrix.indices[row][t[row] == latest]
+    # 415 users rated several films in their last second: the held-out one is not the highest id
+    # (it always was under the old rule, a harder, less popular film than a random tied one)
+    tied_max = []
+    for k, u in enumerate(ds.test.users):
+        row = slice(full.matrix.indptr[u], full.matrix.indptr[u + 1])
+        tied = full.matrix.indices[row][t[row] == t[row].max()]
+        if len(tied) > 1:
+            tied_max.append(ds.test.items[k] == tied.max())
+    assert len(tied_max) == 415 and 0.15 < np.mean(tied_max) < 0.5
     # seen() covers train and valid, not test
     seen = ds.seen()
     assert seen[ds.valid.users, ds.valid.items].min() == 1 and seen[ds.test.users, ds.test.items].max() == 0
@@ -192,7 +212,8 @@ def test_ml100k_is_deterministic_per_seed():
     assert np.array_equal(a.test.candidates, b.test.candidates)
     c = load_dataset(DataConfig(source="ml-100k", seed=4, valid=False, n_neg_eval=50))
     assert c.valid is None and c.test.candidates.shape == (943, 51)
-    assert np.array_equal(c.test.items, a.test.items)  # by time: the same test items whatever the seed
+    same = c.test.items == a.test.items  # by time: the seed draws only among same-second ties (415 users)
+    assert same.sum() >= 943 - 415 and not same.all()
     assert not np.array_equal(c.test.candidates[:, 1:51], a.test.candidates[:, 1:51])
     # the test holdout does not depend on whether a validation holdout is carved (a --no-valid run,
     # ncf tune's refit on train + validation): same items and sampled candidates

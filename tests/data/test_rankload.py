@@ -212,12 +212,21 @@ def test_ml100k_rank_parts_equal_the_whole(ml100k_dir):
     assert_parts_equal_whole(cfg, 2, chunk=200_000)
 
 
-def test_per_user_draws_change_only_the_candidates_where_there_are_timestamps(tmp_path):
+def test_per_user_draws_change_only_the_candidates_and_ties_where_there_are_timestamps(tmp_path):
     path = _ratings(tmp_path / "r.tsv")
     seq = load_dataset(DataConfig(source=str(path), rating_col="2", time_col="3"))
     per = load_dataset(DataConfig(source=str(path), rating_col="2", time_col="3", split_draws="per_user"))
-    assert (seq.train.matrix != per.train.matrix).nnz == 0
-    assert np.array_equal(seq.test.items, per.test.items) and np.array_equal(seq.valid.items, per.valid.items)
+    # the held-out items differ only where a user's latest interactions share a timestamp
+    latest: dict = {}
+    for line in path.read_text().splitlines():
+        u, i, _, t = (int(x) for x in line.split("\t"))
+        latest[u, i] = max(latest.get((u, i), -1), t)
+    raw = seq.train.user_map.raw, seq.train.item_map.raw
+    for a, b in ((seq.test, per.test), (seq.valid, per.valid)):
+        assert np.array_equal(a.users, b.users)
+        diff = np.flatnonzero(a.items != b.items)
+        assert len(diff) and all(latest[raw[0](a.users[k]), raw[1](a.items[k])]
+                                 == latest[raw[0](b.users[k]), raw[1](b.items[k])] for k in diff)
     assert not np.array_equal(seq.test.candidates, per.test.candidates)
     assert "split_draws" not in DataConfig().to_dict() and DataConfig(split_draws="per_user").to_dict()["split_draws"]
     with pytest.raises(ConfigError, match="applies to the loo split"):

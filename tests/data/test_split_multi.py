@@ -45,6 +45,19 @@ def test_ratio_8_1_1_per_user(by_time):
     assert all(np.array_equal(a, b) for a, b in zip((val, test), again, strict=True))
 
 
+def test_ratio_time_draws_equal_times_at_random():
+    """A user whose interactions share one timestamp: the test and validation items are drawn at
+    random (seeded), not the largest item indexes."""
+    users = np.repeat(np.arange(300), 3)
+    items = np.tile([0, 1, 2], 300)
+    d = Interactions.from_raw(users, items, np.zeros(len(users), dtype=np.int64))
+    val, test = ratio_masks(d, np.random.default_rng(3), (0.8, 0.1, 0.1), by_time=True)
+    _, it = d.coo()
+    assert test.sum() == val.sum() == 300
+    counts = np.bincount(it[test], minlength=3)
+    assert counts.min() > 60, counts  # 300 draws of 3: about 100 each (the old rule: all item 2)
+
+
 def test_ratio_keeps_a_training_item_and_skips_tiny_users():
     d = Interactions.from_raw(np.array([0, 0, 1, 1, 1]), np.array([0, 1, 0, 1, 2]), np.arange(5))
     val, test = ratio_masks(d, np.random.default_rng(0), (0.8, 0.1, 0.1), by_time=True)
