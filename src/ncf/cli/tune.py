@@ -10,7 +10,19 @@ from rich.console import Console
 from rich.table import Table
 
 from ncf.cli.app import app
-from ncf.cli.common import DataDirOpt, JsonOpt, data_config, print_json
+from ncf.cli.common import (
+    DataDirOpt,
+    ItemColOpt,
+    JsonOpt,
+    MinRatingOpt,
+    OnBadLinesOpt,
+    RatingColOpt,
+    SepOpt,
+    TimeColOpt,
+    UserColOpt,
+    data_config,
+    print_json,
+)
 from ncf.errors import ConfigError
 
 
@@ -35,6 +47,13 @@ def tune_cmd(
     threads: int = typer.Option(0, "--threads", help="CPU threads (0: all cores)."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
     data_dir: str = DataDirOpt,
+    min_rating: float = MinRatingOpt,
+    user_col: str = UserColOpt,
+    item_col: str = ItemColOpt,
+    rating_col: str = RatingColOpt,
+    time_col: str = TimeColOpt,
+    sep: str = SepOpt,
+    on_bad_lines: str = OnBadLinesOpt,
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars (one line per trial and epoch still)."),
     as_json: bool = JsonOpt,
 ):
@@ -48,7 +67,9 @@ def tune_cmd(
         raise ConfigError(f"--metric must be ndcg@10 or hr@10, got {metric!r}")
     if epochs < 1:
         raise ConfigError(f"--epochs must be >= 1, got {epochs}")
-    dcfg = data_config(dataset, data_dir, seed=seed, split=split)
+    dcfg = data_config(dataset, data_dir, seed=seed, split=split, min_rating=min_rating, user_col=user_col,
+                       item_col=item_col, rating_col=rating_col, time_col=time_col, sep=sep,
+                       on_bad_lines=on_bad_lines)
     s = tune(dcfg, out, time_budget, names, protocol, metric=metric, seed=seed, epochs=epochs, threads=threads,
              device=device, progress=not quiet, refit=refit)
     if as_json:
