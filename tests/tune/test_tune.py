@@ -175,6 +175,20 @@ def test_cli_tune_json(tmp_path):
     with pytest.raises(SystemExit) as e:
         main(["tune", "--dataset", str(data), "--time-budget", "4", "--out", str(tmp_path / "x"), "--models", "svd"])
     assert e.value.code == 2
+    # a CSV of one's own, its columns named: the time column makes the split by time, so auto refits
+    csv_file = tmp_path / "shop.csv"
+    csv_file.write_text("customer,product,stars,ts\n" + "\n".join(
+        f"c{line.split()[0]},p{line.split()[1]},{line.split()[2]},{line.split()[3]}" for line in lines) + "\n")
+    res = CliRunner().invoke(app, ["tune", "--dataset", str(csv_file), "--user-col", "customer", "--item-col",
+                                   "product", "--rating-col", "stars", "--time-col", "ts", "--time-budget", "3",
+                                   "--out", str(tmp_path / "csv"), "--models", "ease", "--quiet", "--json"])
+    assert res.exit_code == 0, (res.output, res.exception)
+    s = json.loads(res.stdout[res.stdout.index("{"):])
+    assert s["refit"] is not None and "looks like a time" not in res.output
+    assert json.loads((tmp_path / "csv" / "best" / "config.json").read_text())["data"]["time_col"] == "ts"
+    res = CliRunner().invoke(app, ["tune", "--dataset", str(csv_file), "--user-col", "buyer", "--time-budget", "3",
+                                   "--out", str(tmp_path / "bad"), "--models", "ease", "--quiet"])
+    assert res.exit_code != 0 and "buyer" in str(res.exception) + res.output
 
 
 def _dated_ratings(tmp_path, n_users=40, n_items=30, per_user=10, seed=5):
