@@ -96,6 +96,24 @@ def test_bad_input_gives_one_clear_line(capsys, argv, needle, ml100k_dir):
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
+def test_evaluate_refuses_a_run_trained_on_another_split(trained, capsys, tmp_path):
+    """A run whose training interactions are not what its dataset's training split holds now
+    (another seed, file, or an older ncf's tie rule) could be asked for items it trained on:
+    refused by name, never scored."""
+    import shutil
+
+    from ncf.checkpoint import load_train_matrix, save_train_matrix
+
+    other = tmp_path / "other"
+    shutil.copytree(trained, other)
+    m = load_train_matrix(other).tolil()
+    m[0, int(np.flatnonzero(m.toarray()[0] == 0)[0])] = 1  # one interaction the split does not hold
+    save_train_matrix(other, m.tocsr())
+    code, out, err = run(capsys, "evaluate", str(other))
+    assert code == 2 and "trained on other interactions than its dataset's training split" in err
+    assert "(1 differ" in err and not out
+
+
 def test_bad_k_and_protocol(trained, capsys):
     code, _, err = run(capsys, "recommend", str(trained), "--user", "1", "-k", "0")
     assert code == 2 and "-k must be >= 1" in err

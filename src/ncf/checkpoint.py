@@ -159,6 +159,19 @@ def load_train_matrix(directory: Path) -> sp.csr_matrix:
         raise CheckpointError(f"{path}: not a training matrix ({e})") from None
 
 
+def training_mismatch(directory: Path, train: sp.spmatrix) -> int | None:
+    """How many (user, item) cells the run's saved training matrix and ``train`` disagree on: 0
+    where the run was trained on exactly this split, None where it saved none. A run evaluated
+    on a split other than its own (another file, split, seed, or the leave-one-out tie rule of
+    an older ncf) could be asked for items it was trained on."""
+    if not (Path(directory) / "train.safetensors").exists():
+        return None
+    trained = load_train_matrix(directory)
+    if trained.shape != train.shape:
+        return max(trained.nnz, train.nnz)
+    return int((trained.astype(bool) != sp.csr_matrix(train).astype(bool)).nnz)
+
+
 def save_run_data(directory: Path, user_map: IdMap, item_map: IdMap, train: sp.csr_matrix | None,
                   item_info: dict | None) -> None:
     """Id maps, the training matrix (the seen filter; None: written later, by a sharded run's

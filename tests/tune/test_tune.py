@@ -6,6 +6,7 @@ import dataclasses
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 optuna = pytest.importorskip("optuna")
@@ -56,6 +57,22 @@ def test_resume_continues_the_study_and_charges_spent_time(toy_dataset, tmp_path
     assert len(set(params)) == len(params)  # a resumed sampler does not draw the first session's points again
     with pytest.raises(ValueError, match="another dataset or setting"):
         Tuner(DCFG, out, 6, ["ease"], protocol="full", dataset=toy_dataset, progress=False)
+
+
+def test_resume_refuses_runs_of_another_split(tmp_path):
+    """A tune directory whose runs were trained on another split of the source (an older ncf's
+    tie rule, say) is not resumed: its trials and the new ones would not be comparable."""
+    from ncf.checkpoint import load_train_matrix, save_train_matrix
+    from ncf.errors import ConfigError
+
+    dcfg = _dated_ratings(tmp_path)
+    tune(dcfg, tmp_path / "t", 3, ["ease"], progress=False, threads=1, refit="no")
+    run = tmp_path / "t" / "runs" / "ease" / "t000"
+    m = load_train_matrix(run).tolil()
+    m[0, int(np.flatnonzero(m.toarray()[0] == 0)[0])] = 1
+    save_train_matrix(run, m.tocsr())
+    with pytest.raises(ConfigError, match="its runs were trained on another split"):
+        tune(dcfg, tmp_path / "t", 3, ["ease"], progress=False, threads=1, refit="no")
 
 
 def test_sgd_trials_are_pruned_from_their_epochs(toy_dataset, tmp_path):

@@ -26,7 +26,7 @@ from ncf.cli.common import (
 )
 from ncf.config import TrainConfig
 from ncf.console import console, tables
-from ncf.errors import ConfigError
+from ncf.errors import CheckpointError, ConfigError
 
 
 def _parse_params(items: list[str] | None) -> dict:
@@ -234,7 +234,7 @@ def evaluate_cmd(
     json_out: bool = JsonOpt,
 ):
     """Evaluate a trained run on its dataset's held-out items."""
-    from ncf.checkpoint import load_config, load_model
+    from ncf.checkpoint import load_config, load_model, training_mismatch
     from ncf.data.datasets import DataConfig, load_dataset
     from ncf.eval.evaluator import evaluate
 
@@ -249,6 +249,12 @@ def evaluate_cmd(
     if (ds.n_users, ds.n_items) != (model.n_users, model.n_items):
         raise ConfigError(f"{directory}: the dataset now has {ds.n_users} users / {ds.n_items} items, "
                          f"the model {model.n_users} / {model.n_items}")
+    differ = training_mismatch(directory, ds.train.matrix)
+    if differ:
+        raise CheckpointError(f"{directory}: trained on other interactions than its dataset's training split holds "
+                              f"now ({differ} differ: another data file, split or seed, or a run of an older ncf "
+                              "whose leave-one-out split broke same-second ties otherwise); evaluating it could "
+                              "count items it was trained on: train it again")
     holdout = ds.test if split == "test" else ds.valid
     if holdout is None:
         raise ConfigError(f"the run has no {split} holdout")

@@ -50,7 +50,7 @@ from typing import Any
 import numpy as np
 
 import ncf.tune.space as space
-from ncf.checkpoint import atomic_write_json, load_model
+from ncf.checkpoint import atomic_write_json, load_model, training_mismatch
 from ncf.console import console
 from ncf.data.datasets import DataConfig, load_dataset
 from ncf.data.split import Dataset
@@ -198,6 +198,12 @@ class Tuner:
             if old != json.loads(json.dumps(meta)):
                 raise ConfigError(f"{path}: {self.out} holds a tune of another dataset or setting "
                                  f"({old}); use another --out")
+            for train in sorted((self.out / "runs").glob("*/t*/train.safetensors"))[:1]:
+                differ = training_mismatch(train.parent, self.dataset.train.matrix)
+                if differ:
+                    raise ConfigError(f"{self.out}: its runs were trained on another split of {self.data_cfg.source} "
+                                      f"({train.parent}: {differ} interactions differ; an older ncf broke "
+                                      "same-second ties otherwise): resuming would mix the two; use another --out")
         atomic_write_json(path, meta)
 
     def _study(self, name: str, k: int):
