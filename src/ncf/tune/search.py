@@ -202,8 +202,9 @@ class Tuner:
                 differ = training_mismatch(train.parent, self.dataset.train.matrix)
                 if differ:
                     raise ConfigError(f"{self.out}: its runs were trained on another split of {self.data_cfg.source} "
-                                      f"({train.parent}: {differ} interactions differ; an older ncf broke "
-                                      "same-second ties otherwise): resuming would mix the two; use another --out")
+                                      f"({train.parent}: {differ} interactions differ: the data changed, or an "
+                                      "older ncf broke same-second ties otherwise): resuming would mix the two; "
+                                      "use another --out")
         atomic_write_json(path, meta)
 
     def _study(self, name: str, k: int):
