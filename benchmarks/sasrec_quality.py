@@ -135,6 +135,7 @@ def main() -> None:
                     help="score test for these saved models or run directories (chosen on validation; "
                          "also ease / itemknn runs, whose history then gains the validation item) and stop")
     args = ap.parse_args()
+    args.out.parent.mkdir(parents=True, exist_ok=True)  # before any fit: a missing folder lost a finished one
     ds = load_dataset(DataConfig(source=args.dataset))
     if args.score_saved:
         from ncf.checkpoint import load_model
