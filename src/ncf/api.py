@@ -27,40 +27,106 @@ from ncf.config import TrainConfig
 from ncf.console import quiet
 from ncf.data.datasets import IN_MEMORY, DataConfig, split_ratings
 from ncf.data.datasets import load_dataset as _load
-from ncf.data.readers import DataError, read_frame
+from ncf.data.readers import DataError, Ratings, read_frame
 from ncf.data.split import Dataset
 from ncf.errors import ConfigError, RunExistsError
 from ncf.recommend import Recommender
 
 
-def load_dataset(source: str, *, data_dir: str | Path | None = None, **options) -> Dataset:
-    """A named dataset (``ml-100k``, ``ml-1m``, ``ncf-ml-1m``, ...) or a ratings file, split for
-    training (leave-one-out by time: test, then validation). ``options`` are those of
-    :class:`ncf.data.datasets.DataConfig` (``user_col``, ``time_col``, ``sep``, ``valid``,
-    ``seed``, ``min_rating``, ...), as the CLI's ``--dataset`` flags."""
-    return _load(DataConfig(source=str(source), data_dir=None if data_dir is None else str(data_dir), **options))
+def _split_option(holdout, options: dict) -> dict:
+    """``holdout=None``: no holdout at all (split "none"); ``"auto"``: the source's own split."""
+    if holdout is None:
+        if options.get("split") not in (None, "none"):
+            raise ConfigError(f"holdout=None holds nothing out; split={options['split']!r} holds out a test set")
+        return {**options, "split": "none", "valid": False}
+    if holdout != "auto":
+        raise ConfigError(f"holdout takes None (no holdout: train on everything), not {holdout!r}; "
+                          "choose how test is held out with split=... (loo, temporal, ratio, ratio-time)")
+    return options
 
 
-def from_pandas(df: pd.DataFrame, user: str = "user", item: str = "item", time: str | None = None,
-                rating: str | None = None, *, name: str = "dataframe", min_rating: float | None = None,
-                valid: bool = True, seed: int = 0, n_neg_eval: int = 99, min_train: int = 1) -> Dataset:
-    """A DataFrame of interactions (one row each; any other columns are ignored) as a split
-    dataset. Without ``time`` the held-out items are drawn at random (seeded); rows with a
-    missing id, a non-number rating or time are refused with the row named."""
+def load_dataset(source: str | Path | None = None, *, train: str | Path | None = None,
+                 test: str | Path | None = None, valid: str | Path | bool | None = None, layout: str | None = None,
+                 valid_ratio: float = 0.1, holdout: str | None = "auto", data_dir: str | Path | None = None,
+                 **options) -> Dataset:
+    """A dataset split for training.
+
+    - ``load_dataset(source)``: a named dataset (``ml-100k``, ``ml-1m``, ``ncf-ml-1m``, ...) or a
+      ratings file, split by ncf (leave-one-out by time: test, then validation).
+    - ``load_dataset(train=PATH, test=PATH, valid=None)``: a given split (the field's fixed
+      benchmark splits, your own files). Validation is ``valid`` (a file), else carved from
+      the training file (``valid_ratio`` of each user's items, seeded); ``valid=False``: none.
+      The test file is read only by evaluation. ``layout="adjacency"``: files of
+      ``user item item ...`` lines (detected when left out).
+    - ``holdout=None``: no holdout at all, every interaction trains (a model for deployment).
+
+    ``options`` are those of :class:`ncf.data.datasets.DataConfig` (``user_col``, ``time_col``,
+    ``sep``, ``seed``, ``min_rating``, ``split``, ...), as the CLI's dataset flags."""
+    options = _split_option(holdout, options)
+    if isinstance(valid, bool):
+        options["valid"] = valid and options.get("valid", True)
+    elif valid is not None:
+        if train is None:
+            raise ConfigError("valid=PATH is the validation file of a given split: pass train=... and test=... too")
+        options["valid_file"] = str(valid)
+    if (source is None) == (train is None):
+        raise ConfigError("load_dataset takes a source (a dataset name or a ratings file, split by ncf) or "
+                          "train=PATH with test=PATH (a given split), not " + ("both" if source is not None else
+                                                                                "neither"))
+    if train is not None and test is None and options.get("split") != "none":
+        raise ConfigError("train=PATH needs test=PATH (a given split), or holdout=None to train on all of it; "
+                          "load_dataset(PATH) splits one file")
+    if test is not None and train is None:
+        raise ConfigError("test=PATH is the test file of a given split: pass train=PATH with it")
+    cfg = DataConfig(source=str(train if train is not None else source),
+                     data_dir=None if data_dir is None else str(data_dir),
+                     test_file=None if test is None else str(test), layout=layout, valid_ratio=valid_ratio, **options)
+    return _load(cfg)
+
+
+def _frame_ratings(df, user, item, time, rating, name: str, min_rating) -> Ratings:
     if not isinstance(df, pd.DataFrame):
-        raise TypeError(f"from_pandas needs a pandas DataFrame, got {type(df).__name__}")
+        raise TypeError(f"from_pandas needs pandas DataFrames, got {type(df).__name__}")
     cols = {"user": user, "item": item, "rating": rating, "timestamp": time}
     missing = [f"{role}={c!r}" for role, c in cols.items() if c is not None and c not in df.columns]
     if missing:
         raise DataError(f"DataFrame {name!r}: no column {', '.join(missing)} (columns: "
                         f"{', '.join(map(str, df.columns))})")
+    pos = {role: (None if c is None else list(df.columns).index(c)) for role, c in cols.items()}
+    return read_frame(df, pos, Path(f"<DataFrame {name}>"), "error", min_rating)
+
+
+def from_pandas(df: pd.DataFrame, user: str = "user", item: str = "item", time: str | None = None,
+                rating: str | None = None, *, test: pd.DataFrame | None = None,
+                valid: pd.DataFrame | bool | None = None, holdout: str | None = "auto", name: str = "dataframe",
+                min_rating: float | None = None, seed: int = 0, n_neg_eval: int = 99, min_train: int = 1,
+                valid_ratio: float = 0.1) -> Dataset:
+    """A DataFrame of interactions (one row each; any other columns are ignored) as a split
+    dataset. Without ``time`` the held-out items are drawn at random (seeded); rows with a
+    missing id, a non-number rating or time are refused with the row named.
+
+    ``test=test_df``: a given split (``df`` is training; ``valid`` a validation DataFrame, else
+    carved from ``df`` by ``valid_ratio``; the same columns in each). ``valid=False``: no
+    validation holdout. ``holdout=None``: no holdout at all (every row trains)."""
     if rating is None and min_rating is not None:
         raise DataError("min_rating needs a rating column (rating=...)")
-    pos = {role: (None if c is None else list(df.columns).index(c)) for role, c in cols.items()}
-    ratings = read_frame(df, pos, Path(f"<DataFrame {name}>"), "error", min_rating)
-    cfg = DataConfig(source=IN_MEMORY, valid=valid, seed=seed, n_neg_eval=n_neg_eval, min_train=min_train,
-                     min_rating=min_rating, user_col=user, item_col=item, rating_col=rating, time_col=time)
-    return split_ratings(ratings, cfg, name)
+    frame = isinstance(valid, pd.DataFrame)
+    if frame and test is None:
+        raise ConfigError("valid=DataFrame is the validation part of a given split: pass test=DataFrame too")
+    options = _split_option(holdout, {"valid": valid is not False} if not frame else {})
+    ratings = _frame_ratings(df, user, item, time, rating, name, min_rating)
+    cfg = DataConfig(source=IN_MEMORY, seed=seed, n_neg_eval=n_neg_eval, min_train=min_train,
+                     min_rating=min_rating, user_col=user, item_col=item, rating_col=rating, time_col=time,
+                     test_file=None if test is None else IN_MEMORY, valid_file=IN_MEMORY if frame else None,
+                     valid_ratio=valid_ratio, **options)
+    if test is None:
+        return split_ratings(ratings, cfg, name)
+    from ncf.data.given import given_split
+
+    valid_r = _frame_ratings(valid, user, item, time, rating, f"{name} valid", min_rating) if frame else None
+    return given_split(cfg, name, ratings, valid_r,
+                       lambda: _frame_ratings(test, user, item, time, rating, f"{name} test", min_rating),
+                       f"<DataFrame {name} test>", f"<DataFrame {name}>")
 
 
 class FittedModel:

@@ -21,6 +21,18 @@ SepOpt = typer.Option(None, "--sep", help="Field separator (default: sniffed).")
 OnBadLinesOpt = typer.Option("error", "--on-bad-lines", help="error (default: stop at the first malformed row, "
                              "naming it) | skip (skip and count them).")
 MinRatingOpt = typer.Option(None, "--min-rating", help="Keep only ratings >= this value.")
+# a given split: the user's own training and test files instead of --dataset (train, evaluate's run
+# config, tune, compare, data info)
+TrainFileOpt = typer.Option(None, "--train", help="Training file of a given split (with --test; instead of "
+                            "--dataset): any ratings file ncf reads, or adjacency lists (user item item ...).")
+TestFileOpt = typer.Option(None, "--test", help="Test file of a given split: read only by evaluation; pairs "
+                           "whose user or item --train never saw are left out and counted.")
+ValidFileOpt = typer.Option(None, "--valid", help="Validation file of a given split (default: carved from "
+                            "--train, --valid-ratio of each user's items, seeded).")
+LayoutOpt = typer.Option(None, "--layout", help="adjacency (lines of `user item item ...`) | table (columns); "
+                         "default: detected.")
+ValidRatioOpt = typer.Option(None, "--valid-ratio", help="Given split without --valid: share of each user's "
+                             "training items carved for validation (default 0.1).")
 
 
 def parse_ks(values: list[str]) -> tuple[int, ...]:
@@ -38,11 +50,30 @@ def parse_ks(values: list[str]) -> tuple[int, ...]:
     return tuple(dict.fromkeys(out))
 
 
-def data_config(source: str, data_dir: str | None, **kw):
-    """A DataConfig from CLI options (None: not given, the default applies)."""
+def data_config(source: str | None, data_dir: str | None, train: Path | str | None = None,
+                test: Path | str | None = None, valid: Path | str | None = None, source_flag: str = "--dataset",
+                **kw):
+    """A DataConfig from CLI options (None: not given, the default applies): ``source`` is
+    ``--dataset``; ``train`` / ``test`` / ``valid`` the files of a given split (``--train``,
+    ``--test``, ``--valid``), the other way to name the data."""
     from ncf.data.datasets import DataConfig
 
-    return DataConfig(source=source, data_dir=data_dir, **{k: v for k, v in kw.items() if v is not None})
+    kw = {k: v for k, v in kw.items() if v is not None}
+    if source is not None and (train is not None or test is not None or valid is not None):
+        given = ", ".join(f for f, v in (("--train", train), ("--test", test), ("--valid", valid)) if v is not None)
+        raise ConfigError(f"{source_flag} and {given} both name the data: {source_flag} lets ncf split it, "
+                          "--train FILE --test FILE is a split you give; use one")
+    if source is None and train is None:
+        if test is not None or valid is not None:
+            raise ConfigError(f"{'--test' if test is not None else '--valid'} needs --train FILE (a given split)")
+        raise ConfigError("name the data: --dataset SOURCE (a dataset name or a ratings file, split by ncf), or "
+                          "--train FILE --test FILE (a given split)")
+    if source is None and test is None and kw.get("split") != "none":
+        raise ConfigError("--train FILE needs --test FILE (a given split), or --split none to train on all of it; "
+                          "--dataset FILE lets ncf split one file")
+    return DataConfig(source=str(source if source is not None else train), data_dir=data_dir,
+                      test_file=None if test is None else str(test), valid_file=None if valid is None else str(valid),
+                      **kw)
 
 
 def print_json(obj) -> None:

@@ -15,12 +15,17 @@ from ncf.cli.common import (
     DataDirOpt,
     ItemColOpt,
     JsonOpt,
+    LayoutOpt,
     MinRatingOpt,
     OnBadLinesOpt,
     RatingColOpt,
     SepOpt,
+    TestFileOpt,
     TimeColOpt,
+    TrainFileOpt,
     UserColOpt,
+    ValidFileOpt,
+    ValidRatioOpt,
     data_config,
     print_json,
 )
@@ -32,7 +37,12 @@ DEFAULT_MODELS = "pop,itemknn,ease,bpr,ials,gmf,mlp,neumf"
 
 @app.command("compare")
 def compare_cmd(
-    dataset: str = typer.Option(..., "--dataset", help="Dataset name or ratings file."),
+    dataset: str = typer.Option(None, "--dataset", help="Dataset name or ratings file."),
+    train_file: Path = TrainFileOpt,
+    test_file: Path = TestFileOpt,
+    valid_file: Path = ValidFileOpt,
+    layout: str = LayoutOpt,
+    valid_ratio: float = ValidRatioOpt,
     models: str = typer.Option(DEFAULT_MODELS, "--models", help="Comma-separated model names."),
     out: Path = typer.Option(..., "--out", help="Directory for results.json, results.md, results.png, runs/."),
     tune_budget: int = typer.Option(4, "--tune-budget", help="At most N configurations tried per model."),
@@ -60,7 +70,8 @@ def compare_cmd(
     names = parse_models(models)
     if epochs < 1:
         raise ConfigError(f"--epochs must be >= 1, got {epochs}")
-    dcfg = data_config(dataset, data_dir, seed=seed, min_rating=min_rating, user_col=user_col, item_col=item_col,
+    dcfg = data_config(dataset, data_dir, train_file, test_file, valid_file, layout=layout, valid_ratio=valid_ratio,
+                       seed=seed, min_rating=min_rating, user_col=user_col, item_col=item_col,
                        rating_col=rating_col, time_col=time_col, sep=sep, on_bad_lines=on_bad_lines)
     command = "ncf " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["compare"] else None
     results = compare(dcfg, names, out, tune_budget=tune_budget, epochs=epochs, patience=patience, seed=seed,
@@ -69,7 +80,7 @@ def compare_cmd(
     if json_out:
         print_json(results)
         return
-    t = Table(title=f"{dataset}: test metrics (tuned on validation)")
+    t = Table(title=f"{dataset or train_file}: test metrics (tuned on validation)")
     for col in ("model", "sampled HR@10", "sampled NDCG@10", "full HR@10", "full NDCG@10", "order flips with"):
         t.add_column(col, justify="left" if col in ("model", "order flips with") else "right")
     for n, r in results.items():

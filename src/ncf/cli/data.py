@@ -6,7 +6,19 @@ import typer
 from rich.table import Table
 
 from ncf.cli.app import app
-from ncf.cli.common import DataDirOpt, JsonOpt, data_config, print_json
+from pathlib import Path
+
+from ncf.cli.common import (
+    DataDirOpt,
+    JsonOpt,
+    LayoutOpt,
+    TestFileOpt,
+    TrainFileOpt,
+    ValidFileOpt,
+    ValidRatioOpt,
+    data_config,
+    print_json,
+)
 from ncf.console import tables
 
 data_app = typer.Typer(help="Download and inspect datasets.", no_args_is_help=True)
@@ -50,8 +62,8 @@ def info_dict(source: str, ds) -> dict:
         "split": {
             "train": ds.train.nnz,
             "valid": len(ds.valid) if ds.valid else 0,
-            "test": len(ds.test),
-            "test_candidates": int(ds.test.candidates.shape[1] - 1),
+            "test": len(ds.test) if ds.test is not None else 0,  # a given split's test file is read here
+            "test_candidates": _candidate_width(ds),
         },
         "skipped_rows": sum(r.get("skipped", 0) for r in reads),
         "skipped_lines": [n for r in reads for n in r.get("skipped_lines", [])][:10],
@@ -68,10 +80,26 @@ def info_dict(source: str, ds) -> dict:
     return out
 
 
+def _candidate_width(ds) -> int:
+    """Negatives a test row has room for (a given split's are drawn on first use: not drawn here)."""
+    from ncf.data.split import DrawnHoldOut, LazyHoldOut
+
+    test = ds.test.resolve() if isinstance(ds.test, LazyHoldOut) else ds.test
+    if test is None:
+        return 0
+    return int((ds.config or {}).get("n_neg_eval", 99) if isinstance(test, DrawnHoldOut) else test.candidates.shape[1] - 1)
+
+
 @data_app.command("info")
 def info(
-    source: str = typer.Argument(..., help="Dataset name (ml-100k, ncf-ml-1m, ...) or a ratings file."),
+    source: str = typer.Argument(None, help="Dataset name (ml-100k, ncf-ml-1m, ...) or a ratings file "
+                                 "(or --train FILE --test FILE)."),
     data_dir: str = DataDirOpt,
+    train_file: Path = TrainFileOpt,
+    test_file: Path = TestFileOpt,
+    valid_file: Path = ValidFileOpt,
+    layout: str = LayoutOpt,
+    valid_ratio: float = ValidRatioOpt,
     json_out: bool = JsonOpt,
     user_col: str = typer.Option(None, "--user-col", help="User column: a name in the header or a 0-based position."),
     item_col: str = typer.Option(None, "--item-col", help="Item column: a name or a 0-based position."),
@@ -86,9 +114,11 @@ def info(
     """Users, items, interactions, density and split sizes of SOURCE."""
     from ncf.data.datasets import load_dataset
 
-    ds = load_dataset(data_config(source, data_dir, user_col=user_col, item_col=item_col,
+    ds = load_dataset(data_config(source, data_dir, train_file, test_file, valid_file, layout=layout,
+                                  valid_ratio=valid_ratio, source_flag="SOURCE", user_col=user_col, item_col=item_col,
                                   rating_col=rating_col, time_col=time_col, sep=sep,
                                   min_rating=min_rating, header=header, on_bad_lines=on_bad_lines))
+    source = source if source is not None else str(train_file)
     out = info_dict(source, ds)
     if json_out:
         print_json(out)
@@ -107,6 +137,11 @@ def info(
     for k in ("duplicates_collapsed", "below_min_rating", "blank_lines", "users_without_test", "users_without_valid"):
         if out[k]:
             t.add_row(k.replace("_", " "), f"{out[k]:,}")
+    for part in ("valid", "test"):  # a given split: held-out pairs whose user or item the training file lacks
+        seen = ds.report.get(part) if isinstance(ds.report.get(part), dict) else {}
+        if seen.get("unseen_pairs"):
+            t.add_row(f"{part} pairs left out (unseen user / item)",
+                      f"{seen['unseen_pairs']:,} ({seen['unseen_user_pairs']:,} / {seen['unseen_item_pairs']:,})")
     if out["skipped_rows"]:
         lines = ", ".join(map(str, out["skipped_lines"])) + (", ..." if out["skipped_rows"] > 10 else "")
         t.add_row("malformed rows skipped", f"{out['skipped_rows']:,} (lines {lines})")

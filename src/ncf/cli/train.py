@@ -13,12 +13,17 @@ from ncf.cli.common import (
     DataDirOpt,
     ItemColOpt,
     JsonOpt,
+    LayoutOpt,
     MinRatingOpt,
     OnBadLinesOpt,
     RatingColOpt,
     SepOpt,
+    TestFileOpt,
     TimeColOpt,
+    TrainFileOpt,
     UserColOpt,
+    ValidFileOpt,
+    ValidRatioOpt,
     data_config,
     parse_ks,
     print_json,
@@ -62,6 +67,14 @@ def _given(ctx: typer.Context, names) -> list[str]:
 def train_cmd(
     ctx: typer.Context,
     dataset: str = typer.Option(None, "--dataset", help="Dataset name or ratings file."),
+    train_file: Path = TrainFileOpt,
+    test_file: Path = TestFileOpt,
+    valid_file: Path = ValidFileOpt,
+    layout: str = LayoutOpt,
+    valid_ratio: float = ValidRatioOpt,
+    split: str = typer.Option(None, "--split", help="How test (and validation) are held out of --dataset: loo "
+                              "(default: each user's latest) | temporal | ratio | ratio-time | none (no holdout: "
+                              "train on everything, for deployment; no validation, so no early stopping)."),
     model: str = typer.Option("neumf", "--model", help="gmf | mlp | neumf | ..."),
     out: Path = typer.Option(None, "--out", help="Run directory to write (new or empty; see --overwrite)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace what --out holds (once the new run is "
@@ -157,8 +170,9 @@ def train_cmd(
         if summary is not None:  # None: a non-zero rank of a distributed run (rank 0 reports)
             _print_summary(summary, json_out)
         return
-    if dataset is None or out is None:
-        raise ConfigError("ncf train needs --dataset SOURCE and --out DIR (or --resume DIR)")
+    if out is None:
+        raise ConfigError("ncf train needs --out DIR (and --dataset SOURCE or --train FILE --test FILE), "
+                          "or --resume DIR")
     given = {"factors": factors, "layers": layers, "epochs": epochs, "neg": neg, "batch_size": batch_size,
              "lr": lr, "optimizer": optimizer, "loss": loss, "l2": l2, "dropout": dropout, "patience": patience,
              "seed": seed, "device": device, "threads": threads, "sparse": sparse, "alpha": alpha,
@@ -172,7 +186,8 @@ def train_cmd(
              **{k: str(v) for k, v in (("user_features", user_features), ("item_features", item_features)) if v}}
     # only the options given: each must apply to the model (--dropout for gmf is refused)
     cfg = TrainConfig.for_model(model, {k: v for k, v in given.items() if v is not None})
-    dcfg = data_config(dataset, data_dir, valid=not no_valid, seed=cfg.seed, min_rating=min_rating,
+    dcfg = data_config(dataset, data_dir, train_file, test_file, valid_file, layout=layout, valid_ratio=valid_ratio,
+                       split=split, valid=not no_valid, seed=cfg.seed, min_rating=min_rating,
                        user_col=user_col, item_col=item_col, rating_col=rating_col, time_col=time_col,
                        sep=sep, header=header, on_bad_lines=on_bad_lines,
                        # --shard-tables: each rank reads only its users, so the split draws per user

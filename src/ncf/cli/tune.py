@@ -14,12 +14,17 @@ from ncf.cli.common import (
     DataDirOpt,
     ItemColOpt,
     JsonOpt,
+    LayoutOpt,
     MinRatingOpt,
     OnBadLinesOpt,
     RatingColOpt,
     SepOpt,
+    TestFileOpt,
     TimeColOpt,
+    TrainFileOpt,
     UserColOpt,
+    ValidFileOpt,
+    ValidRatioOpt,
     data_config,
     print_json,
 )
@@ -28,7 +33,12 @@ from ncf.errors import ConfigError
 
 @app.command("tune")
 def tune_cmd(
-    dataset: str = typer.Option(..., "--dataset", help="Dataset name or ratings file."),
+    dataset: str = typer.Option(None, "--dataset", help="Dataset name or ratings file."),
+    train_file: Path = TrainFileOpt,
+    test_file: Path = TestFileOpt,
+    valid_file: Path = ValidFileOpt,
+    layout: str = LayoutOpt,
+    valid_ratio: float = ValidRatioOpt,
     time_budget: float = typer.Option(..., "--time-budget", help="Wall-clock seconds for the whole search."),
     out: Path = typer.Option(..., "--out", help="Directory for study.sqlite3, summary.json, best/, trials.csv, "
                              "tune.png, runs/ (rerun on the same directory to resume)."),
@@ -37,8 +47,9 @@ def tune_cmd(
     protocol: str = typer.Option("sampled", "--protocol", help="Validation protocol that chooses: sampled "
                                  "(1 + 99 candidates) | full (every unseen item)."),
     metric: str = typer.Option("ndcg@10", "--metric", help="ndcg@10 | hr@10 (validation, chooses everything)."),
-    split: str = typer.Option("loo", "--split", help="loo (latest item a user) | temporal (globally latest 10% "
-                              "test, 10% before valid) | ratio | ratio-time (8:1:1 a user, random / by time)."),
+    split: str = typer.Option(None, "--split", help="loo (default: latest item a user) | temporal (globally latest "
+                              "10% test, 10% before valid) | ratio | ratio-time (8:1:1 a user, random / by time); "
+                              "a given split (--train/--test) is its own."),
     refit: str = typer.Option("auto", "--refit", help="Train the chosen model again on train + validation for "
                               "DIR/best and test: auto (where validation comes just before test in time: loo on "
                               "a timestamped source, temporal, ratio-time) | yes | no."),
@@ -67,7 +78,11 @@ def tune_cmd(
         raise ConfigError(f"--metric must be ndcg@10 or hr@10, got {metric!r}")
     if epochs < 1:
         raise ConfigError(f"--epochs must be >= 1, got {epochs}")
-    dcfg = data_config(dataset, data_dir, seed=seed, split=split, min_rating=min_rating, user_col=user_col,
+    if split == "none":
+        raise ConfigError("ncf tune chooses on validation and reports test; --split none holds nothing out (tune "
+                          "first, then `ncf train --split none` with the chosen settings)")
+    dcfg = data_config(dataset, data_dir, train_file, test_file, valid_file, layout=layout, valid_ratio=valid_ratio,
+                       seed=seed, split=split, min_rating=min_rating, user_col=user_col,
                        item_col=item_col, rating_col=rating_col, time_col=time_col, sep=sep,
                        on_bad_lines=on_bad_lines)
     s = tune(dcfg, out, time_budget, names, protocol, metric=metric, seed=seed, epochs=epochs, threads=threads,
@@ -75,7 +90,7 @@ def tune_cmd(
     if as_json:
         print_json(s)
         return
-    t = Table(title=f"{dataset}: best run of each model (chosen on valid {protocol} {metric})")
+    t = Table(title=f"{dataset or train_file}: best run of each model (chosen on valid {protocol} {metric})")
     multi = "topk" in s["test"]  # several test items a user: the top-k metrics
     cols = (("topk", "recall@10"), ("topk", "precision@10"), ("topk", "map@10"), ("topk", "ndcg@10"),
             ("topk", "coverage@10")) if multi else (("sampled", "hr@10"), ("sampled", "ndcg@10"),

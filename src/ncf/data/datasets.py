@@ -6,6 +6,7 @@ A named dataset lives in ``DATA_DIR/NAME/`` with the files of its GroupLens arch
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from ncf.data.split import (
     UserDraws,
     candidates_from_lists,
     leave_one_out,
+    negatives_missing,
     sample_candidates,
     split_multi,
 )
@@ -73,24 +75,57 @@ class DataConfig:
     # over all users, the default) or "per_user" (a hash of seed and user: what each rank of a
     # --shard-tables run draws for its own users alone; loo only)
     split_draws: str = "sequential"
+    # a given split (split "given"): ``source`` is the training file, ``test_file`` the test
+    # pairs (read only by evaluation), ``valid_file`` the validation pairs (else carved from the
+    # training file: ``valid_ratio`` of each user's items, seeded)
+    test_file: str | None = None
+    valid_file: str | None = None
+    layout: str | None = None  # None: detected; "adjacency": lines of `user item item ...`; "table": columns
+    valid_ratio: float = 0.1
 
     def __post_init__(self):
+        if self.test_file is not None and self.split == "loo":
+            self.split = "given"  # a test file is the split
+        if self.split == "none":
+            self.valid = False  # nothing is held out, validation neither
+        self.source, self.test_file, self.valid_file = (_absolute(p) for p in (self.source, self.test_file,
+                                                                                self.valid_file))
         if self.n_neg_eval < 1:
             raise ConfigError(f"n_neg_eval must be >= 1, got {self.n_neg_eval}")
         if self.on_bad_lines not in readers.BAD_LINES:
             raise ConfigError(f"--on-bad-lines must be 'error' or 'skip', not {self.on_bad_lines!r}")
         if self.min_train < 1:
             raise ConfigError(f"min_train must be >= 1, got {self.min_train}")
-        if self.split not in SPLITS:
-            raise ConfigError(f"--split must be one of {', '.join(SPLITS)}, got {self.split!r}")
+        if self.split not in DATA_SPLITS:
+            raise ConfigError(f"--split must be one of {', '.join(DATA_SPLITS)}, got {self.split!r}")
+        self._check_given()
         if self.split_draws not in SPLIT_DRAWS:
             raise ConfigError(f"split_draws must be one of {', '.join(SPLIT_DRAWS)}, got {self.split_draws!r}")
         if self.split_draws == "per_user" and self.split != "loo":
             raise ConfigError(f"split_draws 'per_user' applies to the loo split, not --split {self.split}")
 
+    def _check_given(self) -> None:
+        """The given-split options agree with each other and with ``split``."""
+        if self.split == "given" and self.test_file is None:
+            raise ConfigError("--split given needs a test file (--test FILE)")
+        if self.test_file is not None and self.split != "given":
+            raise ConfigError(f"--split {self.split}: a given test file (--test) is the split; "
+                              + ("--split none trains on everything: drop --test" if self.split == "none"
+                                 else "drop --split"))
+        if self.valid_file is not None and self.test_file is None:
+            raise ConfigError("--valid FILE applies to a given split: pass --train FILE --test FILE with it")
+        if not 0 < self.valid_ratio < 1:
+            raise ConfigError(f"--valid-ratio must be in (0, 1), got {self.valid_ratio} (no validation: --no-valid)")
+        if self.valid_ratio != 0.1 and (self.split != "given" or self.valid_file is not None):
+            raise ConfigError("--valid-ratio applies to a given split (--train/--test) without --valid FILE")
+        if self.layout not in (None, *readers.LAYOUTS):
+            raise ConfigError(f"--layout must be {' or '.join(readers.LAYOUTS)} (default: detected), "
+                              f"got {self.layout!r}")
+
     def to_dict(self) -> dict:
         d = asdict(self)
-        for key, default in (("split", "loo"), ("split_draws", "sequential")):
+        for key, default in (("split", "loo"), ("split_draws", "sequential"), ("test_file", None),
+                             ("valid_file", None), ("layout", None), ("valid_ratio", 0.1)):
             if d[key] == default:  # defaults are left out: run configs written before the options match
                 del d[key]
         return d
@@ -101,6 +136,17 @@ class DataConfig:
 
 
 SPLIT_DRAWS = ("sequential", "per_user")
+# a DataConfig's splits: ncf's own (ncf.data.split.SPLITS), a given test file, or no holdout at all
+DATA_SPLITS = (*SPLITS, "given", "none")
+
+
+def _absolute(path: str | None) -> str | None:
+    """An existing file or folder as an absolute path (a run evaluated from another directory
+    finds it); a dataset name, an in-memory source or a missing path as given."""
+    if path is None or path == IN_MEMORY or path in DATASETS:
+        return path
+    p = Path(path).expanduser()
+    return os.path.abspath(p) if p.exists() else path
 
 
 def _col(c: str | None):
@@ -184,6 +230,11 @@ def locate_source(cfg: DataConfig) -> Source:
     root = data_dir(cfg.data_dir)
     layout = [f"--{k.replace('_', '-')}" for k in ("user_col", "item_col", "rating_col", "time_col", "sep", "header")
               if getattr(cfg, k) is not None]
+    if layout and cfg.layout == "adjacency":
+        raise DataError(f"{', '.join(layout)}: --layout adjacency reads lines of `user item item ...`, "
+                        "which have no columns to name")
+    if cfg.layout is not None:
+        layout.append("--layout")
     if layout and src in DATASETS:
         raise DataError(f"{', '.join(layout)}: column options apply to a file path; {src!r} is a named "
                         "dataset whose layout is known")
@@ -207,13 +258,21 @@ def locate_source(cfg: DataConfig) -> Source:
         if list(path.glob("*.train.rating")):
             return Source(str(path), path)
         raise DataError(f"{path}: no known ratings file (u.data, ratings.dat, ratings.csv, *.train.rating)")
-    if path.name.endswith(".train.rating") and not layout:
+    if cfg.test_file is not None and path.is_dir():
+        raise DataError(f"--train {path}: a folder; the training file of a given split is one file")
+    if path.name.endswith(".train.rating") and not layout and cfg.test_file is None:
         return Source(str(path), path.parent)
     if not layout:
         for name, (fname, reader) in RATINGS_FILES.items():
             if path.name == fname:
-                return Source(name, path.parent, path, readers.FORMATS[reader])
-    spec = {
+                return Source(name if cfg.test_file is None else str(path), path.parent, path,
+                              readers.FORMATS[reader])
+    return Source(str(path), path.parent, path, file_spec(cfg))
+
+
+def file_spec(cfg: DataConfig) -> dict:
+    """The :func:`readers.read_table` columns of a file read with ``cfg``'s column options."""
+    return {
         "user_col": _col(cfg.user_col) if cfg.user_col is not None else 0,
         "item_col": _col(cfg.item_col) if cfg.item_col is not None else 1,
         "rating_col": _col(cfg.rating_col),
@@ -221,7 +280,13 @@ def locate_source(cfg: DataConfig) -> Source:
         "sep": cfg.sep,
         "header": cfg.header,
     }
-    return Source(str(path), path.parent, path, spec)
+
+
+def read_path(path: Path, spec: dict, cfg: DataConfig) -> Ratings:
+    """One file of ``cfg``'s data: a table read with ``spec``, or adjacency lists (``cfg.layout``,
+    else detected where no column option was given)."""
+    plain = all(getattr(cfg, k) is None for k in ("user_col", "item_col", "rating_col", "time_col", "sep", "header"))
+    return readers.read_file(path, cfg.layout, cfg.on_bad_lines, cfg.min_rating, detect=plain, **spec)
 
 
 def read_source(cfg: DataConfig) -> tuple[str, Ratings | None, Path]:
@@ -229,7 +294,10 @@ def read_source(cfg: DataConfig) -> tuple[str, Ratings | None, Path]:
     src = locate_source(cfg)
     if src.ncf:
         return src.name, None, src.folder
-    ratings = readers.read_table(src.path, **src.spec, on_bad_lines=cfg.on_bad_lines, min_rating=cfg.min_rating)
+    if src.name in DATASETS:  # a named dataset: its known layout
+        ratings = readers.read_table(src.path, **src.spec, on_bad_lines=cfg.on_bad_lines, min_rating=cfg.min_rating)
+    else:
+        ratings = read_path(src.path, src.spec, cfg)
     return src.name, ratings, src.folder
 
 
@@ -244,9 +312,20 @@ def load_dataset(cfg: DataConfig | str) -> Dataset:
 
         for w in ratings.report.warnings:  # also kept in the run's dataset_report
             console.print(f"[yellow]warning:[/yellow] {w}", highlight=False)
-    ds = split_ratings(ratings, cfg, name)
+    if cfg.split == "given":
+        from ncf.data.given import load_given
+
+        ds = load_given(cfg, name, ratings, Path(cfg.source))
+    else:
+        ds = split_ratings(ratings, cfg, name)
     ds.item_info = _item_info(name, folder, ds.train.item_map)
     return ds
+
+
+def no_holdout(cfg: DataConfig, name: str, full: Interactions, report: dict) -> Dataset:
+    """``--split none``: every interaction is training; no validation, no test (deployment)."""
+    report = {**report, "split": "none", "train": int(full.nnz)}
+    return Dataset(name, full, None, None, int(full.nnz), report, None, cfg.to_dict())
 
 
 def split_ratings(ratings: Ratings, cfg: DataConfig, name: str) -> Dataset:
@@ -256,9 +335,16 @@ def split_ratings(ratings: Ratings, cfg: DataConfig, name: str) -> Dataset:
     full = Interactions.from_raw(ratings.users, ratings.items, ratings.timestamps, ratings.ratings)
     if full.nnz == 0:
         raise DataError(f"{cfg.source}: no interactions left to train on")
+    if cfg.split == "none":
+        return no_holdout(cfg, name, full, {"read": ratings.report.to_dict(), "duplicates_collapsed": full.n_duplicates,
+                                             "timestamps": full.timestamps is not None})
     if cfg.split != "loo":
         return _load_multi(cfg, name, full, ratings, rng)
     train, valid, test, stats = loo_split(full, cfg, rng)
+    if not len(test):
+        raise DataError(f"{cfg.source}: no test item can be held out: no user has min_train + 1 = {cfg.min_train + 1} "
+                        f"or more interactions ({full.n_users} users, {full.nnz} interactions); to train on "
+                        "everything with no holdout pass holdout=None (Python) / --split none (CLI)")
     report = {
         "read": ratings.report.to_dict(),
         "duplicates_collapsed": full.n_duplicates,
@@ -312,7 +398,7 @@ def _load_multi(cfg: DataConfig, name: str, full: Interactions, ratings: Ratings
 def check_ncf_options(cfg: DataConfig) -> None:
     if cfg.min_rating is not None:
         raise DataError(f"--min-rating: {cfg.source!r} is pre-split (NCF layout) and its training file has no ratings")
-    if cfg.split != "loo":
+    if cfg.split not in ("loo", "none"):
         raise DataError(f"--split {cfg.split}: {cfg.source!r} is pre-split (NCF layout: one test item a user)")
 
 
@@ -355,6 +441,16 @@ def _load_ncf(cfg: DataConfig, name: str, folder: Path) -> Dataset:
     user_map, item_map = _ncf_maps(folder, n_users, n_items)
     if sorted(zip(nu.tolist(), ni.tolist(), strict=True)) != sorted(zip(te_u.tolist(), te_i.tolist(), strict=True)):
         raise DataError(f"{neg_path}: its (user,item) heads do not match {prefix}.test.rating")
+    if cfg.split == "none":  # everything trains: the training and the test file's pairs
+        times = (None if tr.timestamps is None or te.timestamps is None
+                 else np.concatenate([tr.timestamps, te.timestamps]))
+        full = Interactions.from_indices(np.concatenate([tr_u, te_u]), np.concatenate([tr_i, te_i]), user_map,
+                                         item_map, times)
+        report = {"read": {"train": tr.report.to_dict(), "test": te.report.to_dict()},
+                  "duplicates_collapsed": full.n_duplicates, "timestamps": times is not None}
+        ds = no_holdout(cfg, name, full, report)
+        ds.item_info = _item_info(name, folder, item_map)
+        return ds
     train_all = Interactions.from_indices(tr_u, tr_i, user_map, item_map, tr.timestamps, tr.ratings)
     overlap = train_all.matrix[te_u, te_i].A1 if len(te_u) else np.array([])
     if overlap.any():
@@ -363,6 +459,17 @@ def _load_ncf(cfg: DataConfig, name: str, folder: Path) -> Dataset:
             "this would make evaluation incorrect"
         )
     train, valid, test, stats, few_valid = ncf_split(train_all, te_u, te_i, nu, ni, negs, cfg)
+    empty = negatives_missing(test)
+    if empty == len(test):
+        raise DataError(f"{neg_path}: no candidate list holds a negative item (after removing repeats, the "
+                        "held-out item and items the user has seen): the sampled protocol would rank each "
+                        "held-out item alone (HR@10 = 1); put each user's negatives after its (user,item)")
+    if empty:
+        stats["rows_without_negatives"] = empty
+        from ncf.console import console
+
+        console.print(f"[yellow]warning:[/yellow] {neg_path}: {empty} of {len(test)} candidate lists hold no "
+                      "negative item left: the sampled protocol ranks their held-out item alone", highlight=False)
     report = {
         "read": {"train": tr.report.to_dict(), "test": te.report.to_dict()},
         "duplicates_collapsed": train_all.n_duplicates,

@@ -49,6 +49,8 @@ class ReadReport:
     below_min_rating: int = 0  # rows dropped by min_rating (reported, not silent)
     blank_lines: int = 0
     header: bool = False  # a header row was found (and not counted as data)
+    layout: str = "table"  # "adjacency": lines of `user item item ...` (read_adjacency)
+    empty_lists: int = 0  # adjacency: user lines with no item (no pairs)
     warnings: list[str] = field(default_factory=list)  # things the caller should tell the user
     first_reason: str = field(default="", repr=False)  # why the first skipped row is malformed (not saved)
 
@@ -61,6 +63,7 @@ class ReadReport:
             "below_min_rating": self.below_min_rating,
             "blank_lines": self.blank_lines,
             "header": self.header,
+            **({"layout": self.layout, "empty_lists": self.empty_lists} if self.layout != "table" else {}),
         }
 
 
@@ -378,6 +381,120 @@ def read_table(
     text = _read_text(path, encoding)
     layout, skip = _table_layout(path, cols, sep, header, text)
     return _parse_chunk(text, layout, skip, on_bad_lines, min_rating)
+
+
+# --- The adjacency layout -------------------------------------------------------------------
+# graph-CF benchmarks (LightGCN's Gowalla, Yelp2018, Amazon-Book) ship one line per user:
+# ``user item item ...``, whitespace separated, integer ids; a user line alone means no pairs
+
+LAYOUTS = ("adjacency", "table")  # DataConfig.layout (None: detected)
+_WS = np.array([9, 10, 11, 12, 32], dtype=np.uint8)  # tab, newline, vertical tab, form feed, space
+
+
+def read_file(path: str | Path, layout: str | None = None, on_bad_lines: str = "error",
+              min_rating: float | None = None, detect: bool = True, **spec) -> Ratings:
+    """A ratings file in either layout: ``layout="adjacency"`` (:func:`read_adjacency`),
+    ``"table"`` (:func:`read_table` with ``spec``), or None: adjacency where ``detect`` (no
+    column options were given) and :func:`looks_adjacency` says so, else a table."""
+    path = Path(path)
+    if layout not in (None, *LAYOUTS):
+        raise DataError(f"layout must be {' or '.join(LAYOUTS)} (or left out: detected), not {layout!r}")
+    if layout == "table" or path.suffix.lower() in (".parquet", ".pq") or (layout is None and not detect):
+        if layout == "adjacency":
+            raise DataError(f"{path}: a Parquet file has columns, not adjacency lists")
+        return read_table(path, **spec, on_bad_lines=on_bad_lines, min_rating=min_rating)
+    text = _read_text(path, "utf-8")
+    if layout == "adjacency" or looks_adjacency(text):
+        if min_rating is not None:
+            raise DataError(f"{path}: --min-rating: the adjacency layout (user item item ...) has no ratings")
+        return parse_adjacency(text, path, on_bad_lines, detected=layout is None)
+    cols = _check_table_args(path, spec.get("user_col", 0), spec.get("item_col", 1), spec.get("rating_col"),
+                             spec.get("time_col"), on_bad_lines)
+    table, skip = _table_layout(path, cols, spec.get("sep"), spec.get("header"), text)
+    return _parse_chunk(text, table, skip, on_bad_lines, min_rating)
+
+
+def read_adjacency(path: str | Path, on_bad_lines: str = "error") -> Ratings:
+    """Adjacency lists: each non-blank line ``user item item ...`` (whitespace separated,
+    integer ids) gives the pairs (user, item) for each item; a line with a user alone gives
+    none (counted in ``report.empty_lists``). A line with a non-integer field is named
+    (``path:line``), or skipped and counted with ``on_bad_lines="skip"``."""
+    path = Path(path)
+    if on_bad_lines not in BAD_LINES:
+        raise DataError(f"on_bad_lines must be one of {BAD_LINES}, not {on_bad_lines!r}")
+    return parse_adjacency(_read_text(path, "utf-8"), path, on_bad_lines)
+
+
+def looks_adjacency(text: str) -> bool:
+    """True for the adjacency layout: the first non-blank lines hold whitespace-separated
+    integers only, and the lines of the file do not all hold the same number of fields (a
+    table's rows do; adjacency lists vary with each user's items)."""
+    sample, _ = _first_lines(text, _SAMPLE)
+    if not sample or not all(re.fullmatch(r"[ \t]*\d+([ \t]+\d+)*[ \t]*", ln) for _, ln in sample):
+        return False
+    counts = _line_counts(np.frombuffer(text.encode(), dtype=np.uint8))[1]
+    counts = counts[counts > 0]
+    return len(counts) > 1 and counts.min() != counts.max()
+
+
+def _line_counts(b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Of the bytes ``b`` of a text: (start of each field, its 0-based line, fields on each line)."""
+    ws = np.isin(b, _WS)
+    prev_ws = np.concatenate([[True], ws[:-1]])
+    starts = np.flatnonzero(~ws & prev_ws)
+    newlines = np.flatnonzero(b == 10)
+    n_lines = len(newlines) + (1 if len(b) and b[-1] != 10 else 0)
+    line = np.searchsorted(newlines, starts)
+    return starts, line, np.bincount(line, minlength=n_lines)
+
+
+def parse_adjacency(text: str, path: Path, on_bad_lines: str = "error", detected: bool = False) -> Ratings:
+    """The pairs of adjacency-list ``text`` (see :func:`read_adjacency`); vectorised over the
+    bytes (no loop over lines or fields): Gowalla's 810k pairs in well under a second."""
+    b = np.frombuffer(text.encode(), dtype=np.uint8)
+    report = ReadReport(str(path), layout="adjacency")
+    bad_byte = ~np.isin(b, _WS) & ((b < 48) | (b > 57))
+    if bad_byte.any():
+        line_of_byte = np.cumsum(b == 10) - (b == 10)  # 0-based line of each byte
+        bad_lines = np.unique(line_of_byte[bad_byte])
+        if on_bad_lines == "error":
+            no = int(bad_lines[0])
+            fields = text.split("\n", no + 1)[no].split()
+            k, tok = next((k, f) for k, f in enumerate(fields, 1) if not f.isdigit())
+            what = "the user" if k == 1 else f"field {k} (an item)"
+            raise DataError(f"{path}:{no + 1}: {what} {tok!r} is not an integer id (adjacency layout: "
+                            f"user item item ..., whitespace separated; {len(bad_lines)} malformed line(s); "
+                            "--on-bad-lines skip skips and counts them)")
+        b = np.where(np.isin(line_of_byte, bad_lines), np.uint8(32), b)  # blanked, counted
+        report.skipped = len(bad_lines)
+        report.skipped_lines = [int(x) + 1 for x in bad_lines[:10]]
+        text = b.tobytes().decode()
+    starts, _, counts = _line_counts(b)
+    gaps = np.append(np.flatnonzero(np.isin(b, _WS)), len(b))
+    ends = gaps[np.searchsorted(gaps, starts)]  # one past each field's last byte
+    for s, e in zip(starts[ends - starts > 18], ends[ends - starts > 18], strict=True):
+        if int(b[s:e].tobytes()) > _INT64_MAX:
+            raise DataError(f"{path}:{int(np.searchsorted(np.flatnonzero(b == 10), s)) + 1}: id "
+                            f"{b[s:e].tobytes().decode()} is beyond the 64-bit integer range")
+    values = np.fromstring(text, dtype=np.int64, sep=" ") if len(starts) else np.zeros(0, np.int64)
+    if len(values) != len(starts):  # cannot happen after the byte check; never read short silently
+        raise DataError(f"{path}: read {len(values)} of {len(starts)} fields")
+    has = counts > 0
+    first = np.concatenate([[0], np.cumsum(counts)[:-1]])[has]  # each user line's first field
+    is_item = np.ones(len(values), dtype=bool)
+    is_item[first] = False
+    report.blank_lines = int((~has).sum()) - report.skipped
+    report.empty_lists = int((counts == 1).sum())
+    users = np.repeat(values[first], counts[has] - 1)
+    report.rows = len(users)
+    if detected:
+        report.warnings.append(f"{path}: read as adjacency lists (user item item ..., its lines hold "
+                               f"{int(counts[has].min())} to {int(counts[has].max())} integer fields); "
+                               "--layout adjacency says so (and quiets this), --layout table reads it as columns")
+    if report.rows == 0:
+        raise DataError(f"{path}: no (user, item) pair: every line holds a user alone" if has.any()
+                        else f"{path}: file is empty")
+    return Ratings(users, values[is_item], None, None, report)
 
 
 def _check_table_args(path: Path, user_col, item_col, rating_col, time_col, on_bad_lines: str) -> dict:

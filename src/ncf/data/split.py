@@ -33,7 +33,7 @@ import torch
 
 from ncf.data.interactions import Interactions
 from ncf.data.sampling import _M32, Membership, _salt, hash32, sized_dense_limit
-from ncf.errors import ConfigError
+from ncf.errors import ConfigError, DataError
 
 PAD = -1  # padding in candidate matrices (a row with fewer distinct negatives)
 
@@ -52,6 +52,67 @@ class HoldOut:
 
     def __len__(self) -> int:
         return len(self.users)
+
+
+class DrawnHoldOut(HoldOut):
+    """A holdout whose ``candidates`` (what the sampled protocol alone needs) are drawn by
+    ``draw()`` on first use: a given split's hundreds of thousands of held-out pairs take
+    seconds to draw for, which a fit validated or tested by full ranking never needs."""
+
+    def __init__(self, users: np.ndarray, items: np.ndarray, draw):  # noqa: D107
+        self.users, self.items, self._draw, self._candidates = users, items, draw, None
+
+    @property
+    def candidates(self) -> np.ndarray:
+        if self._candidates is None:
+            self._candidates = self._draw()
+        return self._candidates
+
+    def __repr__(self) -> str:
+        return f"DrawnHoldOut({len(self)} rows, candidates {'drawn' if self._candidates is not None else 'not drawn'})"
+
+
+class LazyHoldOut(HoldOut):
+    """A holdout made on first use (its ``users``, ``items``, ``candidates`` or ``len``) by
+    ``load()``: a given split's test holdout, so that loading the dataset, fitting and tuning
+    never read the test file; evaluation does. ``describe`` names what it holds."""
+
+    def __init__(self, load, describe: str):  # noqa: D107 - no dataclass fields of its own
+        self._load, self.describe, self._holdout = load, describe, None
+
+    @property
+    def loaded(self) -> bool:
+        return self._holdout is not None
+
+    def resolve(self) -> HoldOut:
+        if self._holdout is None:
+            self._holdout = self._load()
+        return self._holdout
+
+    users = property(lambda self: self.resolve().users)
+    items = property(lambda self: self.resolve().items)
+    candidates = property(lambda self: self.resolve().candidates)
+
+    def __len__(self) -> int:
+        return len(self.resolve())
+
+    def __repr__(self) -> str:
+        return f"LazyHoldOut({self.describe}{', loaded' if self.loaded else ', not read yet'})"
+
+
+def negatives_missing(holdout: HoldOut) -> int:
+    """Rows of ``holdout`` whose candidates hold no negative item: the sampled protocol would
+    rank their held-out item alone (a hit at any cut-off)."""
+    c = holdout.candidates
+    return len(c) if c.shape[1] < 2 else int((c[:, 1:] == PAD).all(axis=1).sum())
+
+
+def check_sampled(holdout: HoldOut) -> None:
+    """Refuse a holdout whose candidate lists hold no negative at all for the sampled protocol."""
+    if len(holdout) and negatives_missing(holdout) == len(holdout):
+        raise DataError(f"the holdout's candidate lists hold no negative item ({len(holdout)} rows): the sampled "
+                          "protocol would rank each held-out item alone (HR = 1); give negatives (an NCF "
+                          ".test.negative file with items after each (user,item)) or use --protocol full")
 
 
 @dataclass

@@ -33,7 +33,7 @@ from ncf.checkpoint import (
 from ncf.config import TrainConfig
 from ncf.console import console
 from ncf.data.datasets import DATASETS, DataConfig, data_dir, load_dataset
-from ncf.data.split import Dataset
+from ncf.data.split import Dataset, LazyHoldOut
 from ncf.errors import ConfigError, DataError, RunExistsError
 from ncf.models import MODELS, NeuMF, get_model_class
 from ncf.train import distributed
@@ -77,7 +77,9 @@ def check_out(out: Path, overwrite: bool = False) -> None:
 def _check_trainable(dataset: Dataset) -> None:
     """What would make training fail after it started, said before anything is written."""
     part = dataset.part  # one rank's users: the holdouts' sizes over all ranks
-    n_test = part.n_test if part is not None else len(dataset.test) if dataset.test is not None else None
+    test = dataset.test  # a given split's test file is not read to train (LazyHoldOut): its own load checks it
+    n_test = (part.n_test if part is not None else None if test is None or isinstance(test, LazyHoldOut)
+              else len(test))
     n_valid = part.n_valid if part is not None else len(dataset.valid) if dataset.valid is not None else None
     if n_test == 0:
         raise DataError(f"{dataset.name}: no user has 2 or more interactions, so none can be held out for "
