@@ -307,13 +307,20 @@ def test_config_errors():
 def test_ncf_folder_checks(tmp_path):
     d = tmp_path / "tiny"
     d.mkdir()
-    (d / "t.train.rating").write_text("0\t0\n0\t1\n1\t1\n1\t2\n")
+    (d / "t.train.rating").write_text("0\t0\n0\t1\n1\t1\n1\t2\n2\t3\n")
     (d / "t.test.rating").write_text("0\t2\t5\t9\n1\t0\t4\t9\n")
-    (d / "t.test.negative").write_text("(0,2)\t2\t2\n(1,0)\t2\n")
+    (d / "t.test.negative").write_text("(0,2)\t2\t2\t3\n(1,0)\t2\t3\n")
     ds = load_dataset(DataConfig(source=str(d / "t.train.rating"), valid=False))
-    assert ds.n_interactions == 6 and ds.report["candidates"]["rows_with_positive_in_negatives"] == 1
+    assert ds.n_interactions == 7 and ds.report["candidates"]["rows_with_positive_in_negatives"] == 1
     assert ds.report["candidates"]["seen_negatives"] == 1
-    assert ds.test.candidates.tolist() == [[2, PAD, PAD], [0, PAD, PAD]]
+    assert ds.test.candidates.tolist() == [[2, 3, PAD, PAD], [0, 3, PAD, PAD]]
+    # lists left with no negative at all: the sampled protocol would score every row a hit (HR@10 = 1)
+    (d / "t.test.negative").write_text("(0,2)\t2\t2\n(1,0)\t2\n")
+    with pytest.raises(DataError, match="no candidate list holds a negative item"):
+        load_dataset(DataConfig(source=str(d / "t.train.rating"), valid=False))
+    (d / "t.test.negative").write_text("(0,2)\n(1,0)\n")  # empty lists as written
+    with pytest.raises(DataError, match="no candidate list holds a negative item"):
+        load_dataset(DataConfig(source=str(d / "t.train.rating"), valid=False))
     (d / "t.test.negative").write_text("(0,1)\t2\n(1,0)\t2\n")
     with pytest.raises(DataError, match=r"t\.test\.negative: its \(user,item\) heads do not match t\.test\.rating"):
         load_dataset(DataConfig(source=str(d), valid=False))

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 from rich.table import Table
 
 from ncf.cli.app import app
-from pathlib import Path
-
 from ncf.cli.common import (
     DataDirOpt,
     JsonOpt,
@@ -87,7 +87,9 @@ def _candidate_width(ds) -> int:
     test = ds.test.resolve() if isinstance(ds.test, LazyHoldOut) else ds.test
     if test is None:
         return 0
-    return int((ds.config or {}).get("n_neg_eval", 99) if isinstance(test, DrawnHoldOut) else test.candidates.shape[1] - 1)
+    if isinstance(test, DrawnHoldOut):
+        return int((ds.config or {}).get("n_neg_eval", 99))
+    return int(test.candidates.shape[1] - 1)
 
 
 @data_app.command("info")

@@ -33,7 +33,7 @@ import torch
 
 from ncf.data.interactions import Interactions
 from ncf.data.sampling import _M32, Membership, _salt, hash32, sized_dense_limit
-from ncf.errors import ConfigError, DataError
+from ncf.errors import ConfigError
 
 PAD = -1  # padding in candidate matrices (a row with fewer distinct negatives)
 
@@ -105,14 +105,6 @@ def negatives_missing(holdout: HoldOut) -> int:
     rank their held-out item alone (a hit at any cut-off)."""
     c = holdout.candidates
     return len(c) if c.shape[1] < 2 else int((c[:, 1:] == PAD).all(axis=1).sum())
-
-
-def check_sampled(holdout: HoldOut) -> None:
-    """Refuse a holdout whose candidate lists hold no negative at all for the sampled protocol."""
-    if len(holdout) and negatives_missing(holdout) == len(holdout):
-        raise DataError(f"the holdout's candidate lists hold no negative item ({len(holdout)} rows): the sampled "
-                          "protocol would rank each held-out item alone (HR = 1); give negatives (an NCF "
-                          ".test.negative file with items after each (user,item)) or use --protocol full")
 
 
 @dataclass
