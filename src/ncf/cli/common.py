@@ -50,30 +50,31 @@ def parse_ks(values: list[str]) -> tuple[int, ...]:
     return tuple(dict.fromkeys(out))
 
 
-def data_config(source: str | None, data_dir: str | None, train: Path | str | None = None,
-                test: Path | str | None = None, valid: Path | str | None = None, source_flag: str = "--dataset",
-                **kw):
+def data_config(source: str | None, data_dir: str | None, train_file: Path | str | None = None,
+                test_file: Path | str | None = None, valid_file: Path | str | None = None,
+                source_flag: str = "--dataset", **kw):
     """A DataConfig from CLI options (None: not given, the default applies): ``source`` is
-    ``--dataset``; ``train`` / ``test`` / ``valid`` the files of a given split (``--train``,
-    ``--test``, ``--valid``), the other way to name the data."""
+    ``--dataset``; ``train_file`` / ``test_file`` / ``valid_file`` the files of a given split
+    (``--train``, ``--test``, ``--valid``), the other way to name the data."""
     from ncf.data.datasets import DataConfig
 
     kw = {k: v for k, v in kw.items() if v is not None}
-    if source is not None and (train is not None or test is not None or valid is not None):
-        given = ", ".join(f for f, v in (("--train", train), ("--test", test), ("--valid", valid)) if v is not None)
+    files = (("--train", train_file), ("--test", test_file), ("--valid", valid_file))
+    if source is not None and any(v is not None for _, v in files):
+        given = ", ".join(f for f, v in files if v is not None)
         raise ConfigError(f"{source_flag} and {given} both name the data: {source_flag} lets ncf split it, "
                           "--train FILE --test FILE is a split you give; use one")
-    if source is None and train is None:
-        if test is not None or valid is not None:
-            raise ConfigError(f"{'--test' if test is not None else '--valid'} needs --train FILE (a given split)")
+    if source is None and train_file is None:
+        if test_file is not None or valid_file is not None:
+            raise ConfigError(f"{'--test' if test_file is not None else '--valid'} needs --train FILE (a given split)")
         raise ConfigError("name the data: --dataset SOURCE (a dataset name or a ratings file, split by ncf), or "
                           "--train FILE --test FILE (a given split)")
-    if source is None and test is None and kw.get("split") != "none":
+    if source is None and test_file is None and kw.get("split") != "none":
         raise ConfigError("--train FILE needs --test FILE (a given split), or --split none to train on all of it; "
                           "--dataset FILE lets ncf split one file")
-    return DataConfig(source=str(source if source is not None else train), data_dir=data_dir,
-                      test_file=None if test is None else str(test), valid_file=None if valid is None else str(valid),
-                      **kw)
+    return DataConfig(source=str(source if source is not None else train_file), data_dir=data_dir,
+                      test_file=None if test_file is None else str(test_file),
+                      valid_file=None if valid_file is None else str(valid_file), **kw)
 
 
 def print_json(obj) -> None:

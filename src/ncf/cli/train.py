@@ -223,7 +223,11 @@ def _print_summary(s: dict, json_out: bool = False) -> None:
     for name, label in SPLIT_LABELS.items():
         if s.get(name):
             t.add_row(label, *(f"{s[name][k]:.4f}" for k in ("hr@10", "ndcg@10")))
-    console.print(t)
+    if not any(s.get(name) for name in SPLIT_LABELS):
+        console.print(f"{s['model']} on {s['dataset']}: no holdout (--split none), so no metrics: the model was "
+                      "trained on every interaction")
+    else:
+        console.print(t)
     console.print(f"train seconds: {s['train_seconds']:.1f}")
 
 
@@ -271,6 +275,9 @@ def evaluate_cmd(
                               "whose leave-one-out split broke same-second ties otherwise); evaluating it could "
                               "count items it was trained on: train it again")
     holdout = ds.test if split == "test" else ds.valid
+    if holdout is None and data.get("split") == "none":
+        raise ConfigError(f"{directory} was trained with --split none (on every interaction): there is no held-out "
+                          "item to evaluate it on")
     if holdout is None:
         raise ConfigError(f"the run has no {split} holdout")
     seen = ds.seen(include_valid=split == "test")
