@@ -48,6 +48,12 @@ def ncf_ml1m_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def gowalla_dir() -> Path:
+    """LightGCN's Gowalla split (train.txt / test.txt, adjacency lists)."""
+    return _need("gowalla", "test.txt")
+
+
+@pytest.fixture(scope="session")
 def ml100k(ml100k_dir):
     from ncf.data.datasets import DataConfig, load_dataset
 

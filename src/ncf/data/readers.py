@@ -465,7 +465,7 @@ def parse_adjacency(text: str, path: Path, on_bad_lines: str = "error", detected
             raise DataError(f"{path}:{no + 1}: {what} {tok!r} is not an integer id (adjacency layout: "
                             f"user item item ..., whitespace separated; {len(bad_lines)} malformed line(s); "
                             "--on-bad-lines skip skips and counts them)")
-        b = np.where(np.isin(line_of_byte, bad_lines), np.uint8(32), b)  # blanked, counted
+        b = np.where(np.isin(line_of_byte, bad_lines) & (b != 10), np.uint8(32), b)  # blanked, counted
         report.skipped = len(bad_lines)
         report.skipped_lines = [int(x) + 1 for x in bad_lines[:10]]
         text = b.tobytes().decode()
