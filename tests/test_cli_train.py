@@ -81,7 +81,7 @@ def test_unknown_user_gets_flagged_popular_items(trained, ml100k, capsys):
     (["train", "--dataset", "ml-100k", "--layers", "64,abc", "--out", "x"], "layers must be comma-separated"),
     (["train", "--dataset", "no-such-dataset", "--out", "x"], "unknown source"),
     (["train", "--dataset", "ml-100k", "--model", "nope", "--out", "x"], "unknown model"),
-    (["train", "--dataset", "ml-100k"], "needs --dataset SOURCE and --out DIR"),
+    (["train", "--dataset", "ml-100k"], "ncf train needs --out DIR"),
     (["evaluate", "/nonexistent/run"], "no such run directory"),
     (["recommend", "/nonexistent/run", "--user", "1"], "no such run directory"),
     (["evaluate", ".", "--protocol", "weird"], "not a run directory"),

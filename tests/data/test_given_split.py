@@ -39,11 +39,14 @@ def test_adjacency_detected_and_read(tmp_path):
 
 def test_adjacency_named_when_lines_look_like_a_table(tmp_path):
     p = tmp_path / "same.txt"
-    p.write_text("0 1 2\n1 2 3\n")  # every line 3 fields: a table unless named
+    p.write_text("0 1 2\n1 2 3\n\n2 3 4\n")  # every line 3 fields: a table unless named
     table = readers.read_file(p)
-    assert table.report.layout == "table" and list(zip(table.users, table.items, strict=True)) == [(0, 1), (1, 2)]
+    assert table.report.layout == "table"
+    assert list(zip(table.users, table.items, strict=True)) == [(0, 1), (1, 2), (2, 3)]
     adj = readers.read_file(p, layout="adjacency")
-    assert list(zip(adj.users, adj.items, strict=True)) == [(0, 1), (0, 2), (1, 2), (1, 3)]
+    assert list(zip(adj.users, adj.items, strict=True)) == [(0, 1), (0, 2), (1, 2), (1, 3), (2, 3), (2, 4)]
+    assert not readers.looks_adjacency("0\t1\t5\n" * 30_000 + "3\t4\t7\n")  # a table, scanned in pieces
+    assert readers.looks_adjacency("0\t1\t5\n" * 30_000 + "3\t4\n")
     assert not adj.report.warnings  # named: nothing to say
 
 

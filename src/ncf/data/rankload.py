@@ -396,6 +396,9 @@ def load_rank_dataset(cfg: DataConfig, rank: int = 0, world: int = 1, allsum: Al
     if cfg.split_draws != "per_user":
         raise ConfigError("a rank reads only its users with per-user split draws (DataConfig.split_draws "
                           "'per_user'): the sequential stream needs every user")
+    if cfg.layout == "adjacency":
+        raise ConfigError("--shard-tables reads the file in chunks of rows: adjacency lists (--layout adjacency) "
+                          "are not read that way; write the pairs one a line (user item)")
     if not 0 <= rank < world:
         raise ConfigError(f"rank {rank} is outside world size {world}")
     if allsum is None:

@@ -432,9 +432,18 @@ def looks_adjacency(text: str) -> bool:
     sample, _ = _first_lines(text, _SAMPLE)
     if not sample or not all(re.fullmatch(r"[ \t]*\d+([ \t]+\d+)*[ \t]*", ln) for _, ln in sample):
         return False
-    counts = _line_counts(np.frombuffer(text.encode(), dtype=np.uint8))[1]
-    counts = counts[counts > 0]
-    return len(counts) > 1 and counts.min() != counts.max()
+    data = text.encode()
+    seen: set[int] = set()
+    start = 0
+    while start < len(data):  # in pieces of whole lines (bounded temporaries), until two counts differ
+        end = data.find(b"\n", start + (8 << 20))
+        end = len(data) if end < 0 else end + 1
+        counts = _line_counts(np.frombuffer(data[start:end], dtype=np.uint8))[2]
+        seen.update(np.unique(counts[counts > 0]).tolist())
+        if len(seen) > 1:
+            return True
+        start = end
+    return False
 
 
 def _line_counts(b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
