@@ -92,7 +92,7 @@ def test_given_split_options_on_tune_compare_info(files, capsys):
                        str(files / "o"))
     assert code != 0 and "--split none holds nothing out" in err
     code, out, err = run(capsys, "data", "info", "--train", str(files / "train.txt"), "--test",
-                         str(files / "test.txt"), "--valid-ratio", "0.2", "--json")
+                         str(files / "test.txt"), "--layout", "adjacency", "--valid-ratio", "0.2", "--json")
     assert code == 0, err
     info = json.loads(out)
     assert info["split"]["test"] == 100 and info["report"]["test"]["unseen_user_pairs"] == 2

@@ -45,6 +45,9 @@ def test_adjacency_named_when_lines_look_like_a_table(tmp_path):
     assert list(zip(table.users, table.items, strict=True)) == [(0, 1), (1, 2), (2, 3)]
     adj = readers.read_file(p, layout="adjacency")
     assert list(zip(adj.users, adj.items, strict=True)) == [(0, 1), (0, 2), (1, 2), (1, 3), (2, 3), (2, 4)]
+    wide = tmp_path / "wide.txt"
+    wide.write_text("0 1 2 3 4 5\n1 2 3 4 5 6\n")  # equal lists: read as a table, and said
+    assert "pass --layout adjacency" in readers.read_file(wide).report.warnings[0]
     assert not readers.looks_adjacency("0\t1\t5\n" * 30_000 + "3\t4\t7\n")  # a table, scanned in pieces
     assert readers.looks_adjacency("0\t1\t5\n" * 30_000 + "3\t4\n")
     assert not adj.report.warnings  # named: nothing to say
@@ -107,9 +110,10 @@ def test_valid_carved_by_seed_disjoint_from_train(tmp_path):
     rng = np.random.default_rng(1)
     lines = [" ".join(map(str, [u, *rng.choice(50, size=12, replace=False)])) for u in range(30)]
     train, test = write(tmp_path, train="\n".join(lines) + "\n", test="0 999\n")
-    a = ncf.load_dataset(train=train, test=test, seed=3, valid_ratio=0.25)
-    b = ncf.load_dataset(train=train, test=test, seed=3, valid_ratio=0.25)
-    c = ncf.load_dataset(train=train, test=test, seed=4, valid_ratio=0.25)
+    kw = {"layout": "adjacency"}  # every line 13 fields: named, not detected
+    a = ncf.load_dataset(train=train, test=test, seed=3, valid_ratio=0.25, **kw)
+    b = ncf.load_dataset(train=train, test=test, seed=3, valid_ratio=0.25, **kw)
+    c = ncf.load_dataset(train=train, test=test, seed=4, valid_ratio=0.25, **kw)
     assert np.array_equal(a.valid.users, b.valid.users) and np.array_equal(a.valid.items, b.valid.items)
     assert np.array_equal(a.valid.candidates, b.valid.candidates)
     assert not np.array_equal(a.valid.items, c.valid.items)
@@ -117,7 +121,7 @@ def test_valid_carved_by_seed_disjoint_from_train(tmp_path):
     assert not a.train.matrix[a.valid.users, a.valid.items].any()  # disjoint from training
     full = a.train.matrix + a.seen(include_valid=True)
     assert full.nnz == 360
-    none = ncf.load_dataset(train=train, test=test, valid=False)
+    none = ncf.load_dataset(train=train, test=test, valid=False, **kw)
     assert none.valid is None and none.train.nnz == 360
 
 
@@ -146,7 +150,7 @@ def test_fit_never_reads_the_test_file(tmp_path):
         tr.append(" ".join(map(str, [u, *items[:6]])))
         te.append(" ".join(map(str, [u, *items[6:]])))
     train, test = write(tmp_path, "\n".join(tr) + "\n", "\n".join(te) + "\n")
-    ds = ncf.load_dataset(train=train, test=test)
+    ds = ncf.load_dataset(train=train, test=test, layout="adjacency")
     test.unlink()  # gone after loading: fitting must not need it
     model = ncf.fit("pop", ds, progress=False)
     assert not ds.test.loaded

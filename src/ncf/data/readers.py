@@ -411,7 +411,13 @@ def read_file(path: str | Path, layout: str | None = None, on_bad_lines: str = "
     cols = _check_table_args(path, spec.get("user_col", 0), spec.get("item_col", 1), spec.get("rating_col"),
                              spec.get("time_col"), on_bad_lines)
     table, skip = _table_layout(path, cols, spec.get("sep"), spec.get("header"), text)
-    return _parse_chunk(text, table, skip, on_bad_lines, min_rating)
+    ratings = _parse_chunk(text, table, skip, on_bad_lines, min_rating)
+    if layout is None and table.width >= 5 and _integer_lines(text):  # wide rows of ids, two of them read
+        ratings.report.warnings.append(
+            f"{path}: its rows hold {table.width} integer fields and the first two are read as (user, item); "
+            "if its lines are adjacency lists (user item item ..., every user with as many items), pass "
+            "--layout adjacency (--layout table quiets this)")
+    return ratings
 
 
 def read_adjacency(path: str | Path, on_bad_lines: str = "error") -> Ratings:
@@ -429,8 +435,7 @@ def looks_adjacency(text: str) -> bool:
     """True for the adjacency layout: the first non-blank lines hold whitespace-separated
     integers only, and the lines of the file do not all hold the same number of fields (a
     table's rows do; adjacency lists vary with each user's items)."""
-    sample, _ = _first_lines(text, _SAMPLE)
-    if not sample or not all(re.fullmatch(r"[ \t]*\d+([ \t]+\d+)*[ \t]*", ln) for _, ln in sample):
+    if not _integer_lines(text):
         return False
     data = text.encode()
     seen: set[int] = set()
@@ -444,6 +449,12 @@ def looks_adjacency(text: str) -> bool:
             return True
         start = end
     return False
+
+
+def _integer_lines(text: str) -> bool:
+    """The first non-blank lines hold whitespace-separated integers only."""
+    sample, _ = _first_lines(text, _SAMPLE)
+    return bool(sample) and all(re.fullmatch(r"[ \t]*\d+([ \t]+\d+)*[ \t]*", ln) for _, ln in sample)
 
 
 def _line_counts(b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
