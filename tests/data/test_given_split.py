@@ -222,3 +222,16 @@ def test_gowalla_given_split(gowalla_dir):
     assert ds.train.nnz + len(ds.valid) == 810_128
     assert not ds.test.loaded
     assert len(ds.test) == 217_242 and ds.report["test"]["unseen_pairs"] == 0
+
+
+def test_no_holdout_on_every_kind_of_source(tmp_path):
+    d = tmp_path / "ncf"
+    d.mkdir()
+    (d / "t.train.rating").write_text("0\t0\n0\t1\n1\t1\n1\t2\n2\t3\n")
+    (d / "t.test.rating").write_text("0\t2\n1\t0\n")
+    (d / "t.test.negative").write_text("(0,2)\t3\n(1,0)\t3\n")
+    ds = load_dataset(DataConfig(source=str(d / "t.train.rating"), split="none"))
+    assert ds.test is None and ds.valid is None and ds.train.nnz == 7  # the test file's pairs train too
+    (tmp_path / "r.csv").write_text("u,i\n1,a\n1,b\n2,a\n")
+    ds = ncf.load_dataset(tmp_path / "r.csv", holdout=None)
+    assert ds.test is None and ds.valid is None and ds.train.nnz == 3 and ds.config["valid"] is False
