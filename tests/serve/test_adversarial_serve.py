@@ -159,6 +159,35 @@ def test_api_key_on_reads_when_asked(neumf_run):
     assert schema["paths"]["/v1/users/{user_id}/recommendations"]["get"]["security"]
 
 
+def test_api_key_reads_cover_info_and_history(neumf_run):
+    """With ``--api-key-reads`` the page's helpers are reads like any other: ``/v1/info`` (which
+    lists user ids) and a user's history need the key too."""
+    client = TestClient(create_app(neumf_run, InMemoryStore(), api_key="s3cret", api_key_reads=True))
+    for path in ("/v1/info", "/v1/users/101/history"):
+        r = client.get(path)
+        assert r.status_code == 401 and r.json()["error"] == "unauthorized", (path, r.text)
+        assert client.get(path, headers={"X-API-Key": "s3cret"}).status_code == 200, path
+    assert "sample_users" in client.get("/v1/info", headers={"X-API-Key": "s3cret"}).json()
+    open_client = TestClient(create_app(neumf_run, InMemoryStore(), api_key="s3cret"))  # writes only: reads open
+    assert open_client.get("/v1/info").status_code == 200
+
+
+def test_invalid_utf8_in_a_url_id_is_a_400(odd_run, store):
+    """``/v1/users/%FF/...`` is not an id: refused with 400 naming the byte, never stored under
+    U+FFFD (where every such id would share one user); valid UTF-8 (``%C3%BC``) still works."""
+    run, _, _ = odd_run
+    client = TestClient(create_app(run, store))
+    for method, path in (("GET", "/v1/users/%FF/recommendations"), ("POST", "/v1/users/a%FEb/interactions"),
+                         ("GET", "/v1/items/%C3%28/similar"), ("GET", "/v1/users/%FF/history")):
+        r = client.request(method, path, json={"item": ODD_ITEMS[0]} if method == "POST" else None)
+        assert r.status_code == 400, (path, r.text)
+        assert r.json()["error"] == "malformed_url" and "UTF-8" in r.json()["message"], r.text
+    service = client.app.state.service
+    assert service.read_user("\ufffd").events == [] and service.read_user("a\ufffdb").events == []
+    r = client.get(f"/v1/users/{quote('ü196é', safe='')}/recommendations", params={"k": 2})
+    assert r.status_code == 200 and r.json()["user"] == "ü196é"
+
+
 def test_request_body_size_limit(neumf_run, tmp_path):
     journal = tmp_path / "interactions.jsonl"
     client = TestClient(create_app(neumf_run, InMemoryStore(journal), max_body_bytes=1024))
@@ -484,3 +513,26 @@ def test_redis_kill9_keeps_acknowledged_interactions(neumf_run, redis_proc):
     client = TestClient(create_app(neumf_run, RedisStore(redis_proc.url, timeout=2.0)))
     assert len(acked) == 30
     assert _items(client.get("/v1/users/777/recommendations", params={"k": 30})) == []  # all 30 recorded
+
+
+def test_write_answered_503_while_redis_paused_is_not_known_recorded(neumf_run, redis_proc):
+    """Redis paused (SIGSTOP) past the socket timeout: the POST is answered 503, yet Redis applies
+    the queued command once it resumes. So a 503 on a write means "not known to be recorded",
+    and says so; retrying the same request records the item once (a user's items are a set)."""
+    import signal
+
+    client = TestClient(create_app(neumf_run, RedisStore(redis_proc.url, timeout=0.25, cooldown=0.0)),
+                        raise_server_exceptions=False)
+    top = _items(client.get("/v1/users/101/recommendations", params={"k": 1}))[0]
+    os.kill(redis_proc.proc.pid, signal.SIGSTOP)
+    try:
+        r = client.post("/v1/users/101/interactions", json={"item": top})
+    finally:
+        os.kill(redis_proc.proc.pid, signal.SIGCONT)
+    assert r.status_code == 503, r.text
+    assert "not known to be recorded" in r.json()["message"] and "retry" in r.json()["message"], r.text
+    time.sleep(0.5)
+    history = client.get("/v1/users/101/history").json()
+    assert [x["item"] for x in history["recorded"]] == [top]  # applied after all: hence "not known"
+    assert client.post("/v1/users/101/interactions", json={"item": top}).status_code == 201  # the retry
+    assert [x["item"] for x in client.get("/v1/users/101/history").json()["recorded"]] == [top]  # once

@@ -54,7 +54,7 @@ from ncf.serve.ann import DEFAULT_CANDIDATES as ANN_CANDIDATES
 from ncf.serve.ann import AnnIndex
 from ncf.serve.ann import resolve as resolve_ann
 from ncf.serve.foldin import FoldIn, check_prior, run_prior
-from ncf.serve.guard import ApiKey, BodyLimit, Unauthorized
+from ncf.serve.guard import ApiKey, BodyLimit, Unauthorized, Utf8Path
 from ncf.serve.limits import MAX_BODY_BYTES, MAX_EVENTS_PER_USER, MAX_ITEMS_PER_REQUEST
 from ncf.serve.retrieval import make_ranker
 from ncf.serve.store import (
@@ -462,6 +462,7 @@ def create_app(run_dir: str | Path, store: FeatureStore | None = None, candidate
                   description=f"Recommendations from the {service.rec.model.name} run in {service.run_dir.name}.")
     app.state.service, app.state.metrics = service, metrics
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    app.add_middleware(Utf8Path)
     app.add_middleware(_MetricsMiddleware, metrics=metrics)
 
     @app.exception_handler(ApiError)
@@ -474,7 +475,11 @@ def create_app(run_dir: str | Path, store: FeatureStore | None = None, candidate
         if isinstance(e, StoreWriteError):
             metrics.write_errors.inc()
             log.error("%s", e)
-        return _error(503, "store_unavailable", str(e), {"Retry-After": "1"})
+        message = str(e)
+        if request.method == "POST":  # the store may still apply a write it did not confirm (docs/RELIABILITY.md)
+            message += ("; the interaction is not known to be recorded: retry the same request (an item recorded "
+                        "twice for a user is kept once)")
+        return _error(503, "store_unavailable", message, {"Retry-After": "1"})
 
     @app.exception_handler(Unauthorized)
     async def _unauthorized(request: Request, e: Unauthorized):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hmac
 import json
+from urllib.parse import unquote_to_bytes
 
 from fastapi import Security
 from fastapi.security import APIKeyHeader
@@ -51,6 +52,33 @@ class ApiKey:
                 raise Unauthorized(f"wrong API key in the {HEADER} header")
 
         return Security(check)
+
+
+class Utf8Path:
+    """Pure ASGI middleware: a request whose URL path is not UTF-8 once percent-decoded
+    (``/v1/users/%FF/...``) gets a JSON 400 ``malformed_url`` instead of reaching a route with
+    the bad bytes replaced by U+FFFD (all such ids would then be one user)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            raw = scope.get("raw_path") or scope.get("path", "").encode("utf-8", "surrogateescape")
+            decoded = unquote_to_bytes(raw.split(b"?", 1)[0])
+            try:
+                decoded.decode("utf-8")
+            except UnicodeDecodeError as e:
+                bad = decoded[e.start:e.end].hex(" ").upper()
+                body = json.dumps({"error": "malformed_url",
+                                   "message": f"the URL path is not UTF-8 once percent-decoded (byte {bad} at "
+                                              f"{e.start}): ids are UTF-8 text, percent-encoded byte by byte"}).encode()
+                await send({"type": "http.response.start", "status": 400,
+                            "headers": [(b"content-type", b"application/json"),
+                                        (b"content-length", str(len(body)).encode())]})
+                await send({"type": "http.response.body", "body": body})
+                return
+        await self.app(scope, receive, send)
 
 
 class BodyLimit:

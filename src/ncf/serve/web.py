@@ -99,7 +99,7 @@ def mount_web(app: FastAPI, service, read_deps: list | None = None) -> None:
 
     rec = service.rec
 
-    @app.get("/v1/info", response_model=Info, response_model_exclude_none=True)
+    @app.get("/v1/info", response_model=Info, response_model_exclude_none=True, dependencies=read_deps or [])
     def info():
         users = rec.user_map.raw_ids[:20]
         return {"model": rec.model.name, "run": service.run_dir.name, "n_users": rec.model.n_users,
