@@ -71,7 +71,7 @@ def test_save_refuses_a_non_empty_directory_then_round_trips(toy_dataset, tmp_pa
     model = ncf.fit("pop", toy_dataset, progress=False)
     (tmp_path / "x").mkdir()
     (tmp_path / "x" / "keep.txt").write_text("mine")
-    with pytest.raises(NcfError, match="not empty"):
+    with pytest.raises(NcfError, match="did not write"):
         model.save(tmp_path / "x")
     run = model.save(tmp_path / "run")
     back = ncf.load(run)

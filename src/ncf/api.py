@@ -29,7 +29,7 @@ from ncf.data.datasets import IN_MEMORY, DataConfig, split_ratings
 from ncf.data.datasets import load_dataset as _load
 from ncf.data.readers import DataError, Ratings, read_frame
 from ncf.data.split import Dataset
-from ncf.errors import ConfigError, RunExistsError
+from ncf.errors import ConfigError
 from ncf.recommend import Recommender
 
 
@@ -202,20 +202,23 @@ class FittedModel:
     def save(self, directory: str | Path, overwrite: bool = False) -> Path:
         """Write the run directory (config.json, weights, id maps, training interactions,
         summary.json) that ``ncf.load`` and the CLI (``ncf recommend``, ``ncf serve``) read."""
-        from ncf.train.run import write_header
+        from ncf.outputs import prepare_output_dir
+        from ncf.train.run import in_partial, locked, write_header
 
         out = Path(directory)
-        if out.exists() and not out.is_dir():
-            raise RunExistsError(f"{out}: exists and is not a directory")
-        if out.is_dir() and any(out.iterdir()) and not overwrite:
-            raise RunExistsError(f"{out}: not empty (save(..., overwrite=True) to replace it)")
         rec = self.recommender
-        write_header(out, self.data_config, self.config, self.model, rec.user_map, rec.item_map, rec.seen,
-                     rec.item_info, self.report)
-        save_model(out, self.model, {"train": self.config.to_dict(), "data": self.data_config,
-                                     "dataset_report": self.report})
-        if self.summary is not None:
-            atomic_write_json(out / "summary.json", self.summary)
+
+        def write(work: Path) -> None:
+            write_header(work, self.data_config, self.config, self.model, rec.user_map, rec.item_map, rec.seen,
+                         rec.item_info, self.report)
+            save_model(work, self.model, {"train": self.config.to_dict(), "data": self.data_config,
+                                          "dataset_report": self.report})
+            if self.summary is not None:
+                atomic_write_json(work / "summary.json", self.summary)
+
+        with locked(out):  # the rule of every ncf output (ncf.outputs): only a run's own files are replaced
+            prepare_output_dir(out, "run", overwrite, flag="save", hint="save(..., overwrite=True)")
+            in_partial(out, write, keep=False)  # whole or not at all
         return out
 
 

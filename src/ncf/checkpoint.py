@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from ncf import outputs
 from ncf.data.interactions import IdMap, load_idmaps, save_idmaps
 from ncf.errors import CheckpointError  # noqa: F401 (re-exported)
 from ncf.models import Model, get_model_class
@@ -34,12 +34,10 @@ from ncf.models import Model, get_model_class
 FORMAT = 1
 
 
-
-
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    """``data`` to a temporary file beside ``path``, renamed into place; a failure (full disk,
+    read-only folder) is a one-line ``WriteError`` and leaves no temporary file."""
+    outputs.atomic_write_bytes(path, data)
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
@@ -47,9 +45,8 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 
 
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    outputs.atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
 
 def load_tensors(path: Path) -> dict[str, torch.Tensor]:
@@ -176,7 +173,8 @@ def save_run_data(directory: Path, user_map: IdMap, item_map: IdMap, train: sp.c
                   item_info: dict | None) -> None:
     """Id maps, the training matrix (the seen filter; None: written later, by a sharded run's
     assembly from its ranks' rows) and item titles."""
-    save_idmaps(directory, user_map, item_map)
+    with outputs.writing(Path(directory) / "idmap.json"):
+        save_idmaps(directory, user_map, item_map)
     if train is not None:
         save_train_matrix(directory, train)
     if item_info:

@@ -44,6 +44,7 @@ from ncf.data.datasets import DataConfig, load_dataset
 from ncf.data.split import Dataset
 from ncf.errors import ConfigError
 from ncf.models import MODELS, get_model_class
+from ncf.outputs import OutputLock, atomic_write_text, mark, prepare_output_dir, save_figure
 
 
 def _grid(**axes) -> list[dict[str, Any]]:
@@ -300,7 +301,7 @@ def plot_results(results: dict[str, dict], path: Path, title: str) -> None:
         ax.legend()
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
 
 
@@ -318,10 +319,18 @@ def compare(data_cfg: DataConfig, models: list[str], out: Path, tune_budget: int
     for m in models:
         get_model_class(m)  # unknown names and missing optional dependencies fail before any training
     out = Path(out)
+    with OutputLock(out):  # one writer at a time; rerun on the same directory to reuse its finished runs
+        prepare_output_dir(out, "comparison", resume=True)
+        return _compare(data_cfg, models, out, tune_budget, sgd_budget, epochs, patience, seed, threads, device,
+                        dataset, progress, command, grids, base)
+
+
+def _compare(data_cfg, models, out, tune_budget, sgd_budget, epochs, patience, seed, threads, device, dataset,
+             progress, command, grids, base) -> dict:
     dataset = dataset or load_dataset(data_cfg)
     if dataset.valid is None or not len(dataset.valid):
         raise ConfigError("compare tunes on a validation holdout, and this dataset has none (drop --no-valid)")
-    out.mkdir(parents=True, exist_ok=True)
+    mark(out, "comparison")  # what the directory is, before its first run
     base = {"epochs": epochs, "patience": patience, "seed": seed, "threads": threads, "device": device,
             **(base or {})}
     results: dict[str, dict] = {}
@@ -338,7 +347,7 @@ def compare(data_cfg: DataConfig, models: list[str], out: Path, tune_budget: int
     atomic_write_json(out / "tuning.json", {"dataset": dataset.name, "budget": tune_budget,
                                             "sgd_budget": sgd_budget, "select_by":
                                             f"valid sampled {SELECT_BY}", "base": base, "models": tuning})
-    (out / "results.md").write_text(results_markdown(results, pairs, dataset.name, command, tune_budget,
+    atomic_write_text(out / "results.md", results_markdown(results, pairs, dataset.name, command, tune_budget,
                                                      sgd_budget, len(dataset.test)))
     plot_results(results, out / "results.png", f"{dataset.name}: test HR@10 / NDCG@10, tuned on validation")
     return results

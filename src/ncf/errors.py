@@ -33,3 +33,8 @@ class UnknownIdError(NcfError, KeyError):
 
 class RunExistsError(CheckpointError, FileExistsError):
     """A run directory (or a file) is in the way of a new run and is not to be replaced."""
+
+
+class WriteError(NcfError, OSError):
+    """An output that cannot be written: a full disk, a read-only folder, no permission
+    (nothing half-written is left behind)."""

@@ -61,15 +61,19 @@ def first_genres(info: dict | None, items: np.ndarray) -> list[str]:
 
 
 def plot_items(directory: Path, out: Path | None = None, max_items: int = 0, seed: int = 0,
-               labels: int = 12) -> dict:
-    """Draw the map to ``out`` (default DIR/items.png); returns what was drawn."""
+               labels: int = 12, overwrite: bool = False) -> dict:
+    """Draw the map to ``out`` (default DIR/items.png, replaced freely; another existing file
+    only with ``overwrite``: :func:`ncf.outputs.prepare_output_file`); returns what was drawn."""
     import matplotlib
+
+    from ncf.outputs import prepare_output_file, save_figure
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     directory = Path(directory)
-    out = Path(out) if out is not None else directory / "items.png"
+    out = prepare_output_file(Path(out) if out is not None else directory / "items.png", overwrite,
+                              run_name="items.png")
     pts = item_points(directory, max_items=max_items, seed=seed)
     info = load_item_info(directory)
     genre = first_genres(info, pts["items"])
@@ -104,8 +108,7 @@ def plot_items(directory: Path, out: Path | None = None, max_items: int = 0, see
     ax.set_title(f"{pts['model']} item embeddings of {directory.name}: t-SNE of {len(xy)} items "
                  f"(size: popularity; {pts['skipped']} without a vector left out)", fontsize=9)
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
+    save_figure(fig, out, dpi=110)
     plt.close(fig)
     return {"png": str(out), "items": len(xy), "skipped": pts["skipped"], "genres": dict(counts),
             "kl_divergence": pts["kl"]}

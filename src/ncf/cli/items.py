@@ -55,16 +55,20 @@ def plot_items_cmd(
     out: Path = typer.Option(None, "--out", help="PNG to write (default: DIR/items.png)."),
     max_items: int = typer.Option(0, "--max-items", help="Only the N most popular items (0: all)."),
     seed: int = typer.Option(0, "--seed", help="t-SNE seed."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out file."),
     json_out: bool = JsonOpt,
 ):
     """2-D t-SNE map of the run's item embeddings, coloured by first genre."""
+    from ncf.outputs import prepare_output_file
     from ncf.plots_items import plot_items
 
     run_dir(directory)
     if max_items < 0:
         raise ConfigError(f"--max-items must be >= 0, got {max_items}")
+    if out is not None:  # said before the t-SNE runs
+        prepare_output_file(out, overwrite, run_name="items.png")
     with console.status("t-SNE of the item embeddings ..."):
-        res = plot_items(directory, out, max_items=max_items, seed=seed)
+        res = plot_items(directory, out, max_items=max_items, seed=seed, overwrite=overwrite)
     if json_out:
         print_json(res)
         return

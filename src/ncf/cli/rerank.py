@@ -92,10 +92,11 @@ def rerank_attributes_cmd(
     directory: Path = typer.Argument(..., help="A MovieLens run directory (its items.json has genres)."),
     out: Path = typer.Option(..., "--out", help="CSV to write (item,price,margin,category)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the synthetic prices and margins."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out file."),
 ):
     """Write a demo attributes CSV: categories from genres, synthetic seeded prices (documented)."""
     from ncf.rerank.attributes import write_movielens_attributes
 
     run_dir(directory)
-    path = write_movielens_attributes(directory, out, seed)
+    path = write_movielens_attributes(directory, out, seed, overwrite=overwrite)
     typer.echo(f"attributes written to {path}")

@@ -193,13 +193,13 @@ def movielens_attributes(item_map: IdMap, item_info: dict | None, seed: int = 0)
     })
 
 
-def write_movielens_attributes(run_dir: str | Path, out: str | Path, seed: int = 0) -> Path:
-    """Write :func:`movielens_attributes` for the run in ``run_dir`` to the CSV ``out``."""
+def write_movielens_attributes(run_dir: str | Path, out: str | Path, seed: int = 0, overwrite: bool = False) -> Path:
+    """Write :func:`movielens_attributes` for the run in ``run_dir`` to the CSV ``out`` (an
+    existing file only with ``overwrite``, never inside a run: :func:`ncf.outputs.prepare_output_file`)."""
     from ncf.checkpoint import load_item_info, load_run_maps
+    from ncf.outputs import atomic_write, prepare_output_file
 
+    out = prepare_output_file(out, overwrite)
     _, items = load_run_maps(Path(run_dir))
     df = movielens_attributes(items, load_item_info(Path(run_dir)), seed)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    df.to_csv(out, index=False)
-    return out
+    return atomic_write(out, lambda tmp: df.to_csv(tmp, index=False))

@@ -12,6 +12,7 @@ new run is complete (docs/RELIABILITY.md).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -36,6 +37,7 @@ from ncf.data.datasets import DATASETS, DataConfig, data_dir, load_dataset
 from ncf.data.split import Dataset, LazyHoldOut
 from ncf.errors import ConfigError, DataError, RunExistsError
 from ncf.models import MODELS, NeuMF, get_model_class
+from ncf.outputs import DISK, OutputLock, prepare_output_dir, writing
 from ncf.train import distributed
 from ncf.train.trainer import Trainer, resolve_device
 
@@ -57,21 +59,23 @@ def _target_of(path: Path) -> Path:
 
 
 def check_out(out: Path, overwrite: bool = False) -> None:
-    """Refuse an ``out`` that is a file, a non-empty directory (unless ``overwrite``) or has an
-    interrupted run waiting in its partial directory (unless ``overwrite``, which discards it)."""
+    """Refuse an ``out`` that is a file, holds anything but a run, holds a run (unless
+    ``overwrite``), holds files ncf did not write beside a run (always: they would be deleted;
+    :mod:`ncf.outputs`) or has an interrupted run waiting in its partial directory (unless
+    ``overwrite``, which discards it)."""
     out = Path(out)
-    if out.name in ("", ".", "..") or out.resolve() == Path.cwd():
-        raise RunExistsError(f"--out {out}: name the run directory itself (e.g. runs/gmf), not the current one")
-    if out.exists() and not out.is_dir():
-        raise RunExistsError(f"--out {out}: is a file, not a run directory; name a new directory")
+    try:
+        prepare_output_dir(out, "run", overwrite)
+    except RunExistsError as e:
+        if "already holds a run" in str(e):
+            raise RunExistsError(f"--out {out}: already holds a run; pass --overwrite to replace it (the old run "
+                                 f"stays until the new one is complete), or `ncf train --resume {out}` to continue "
+                                 "it") from None
+        raise
     part = partial_dir(out)
     if part.exists() and not overwrite:
         raise RunExistsError(f"{out}: an interrupted run of it waits in {part}: `ncf train --resume {out}` "
                              "continues it, --overwrite discards it")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        what = "a run" if (out / "config.json").exists() else "files"
-        raise RunExistsError(f"--out {out}: already holds {what}; pass --overwrite to replace it (the old run "
-                             f"stays until the new one is complete), or `ncf train --resume {out}` to continue it")
 
 
 def _check_trainable(dataset: Dataset) -> None:
@@ -90,8 +94,13 @@ def _check_trainable(dataset: Dataset) -> None:
 
 
 def _publish(work: Path, out: Path) -> None:
-    """Rename the complete run ``work`` to ``out``; an old run at ``out`` goes only now."""
+    """Rename the complete run ``work`` to ``out``; an old run at ``out`` goes only now, and
+    only where it still holds nothing but a run's own files."""
     if out.exists():
+        try:
+            prepare_output_dir(out, "run", overwrite=True)
+        except RunExistsError as e:
+            raise RunExistsError(f"{e} (the new run is complete in {work})") from None
         old = out.parent / f".{out.name}.old"
         if old.exists():
             shutil.rmtree(old)
@@ -114,26 +123,44 @@ def _abandon(work: Path, out: Path, keep: bool = True) -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _in_partial(out: Path, fn, clear: bool = True, keep: bool = True):
+def in_partial(out: Path, fn, clear: bool = True, keep: bool = True):
     """Run ``fn(work)`` with ``work`` = the partial directory of ``out``, then publish it to
     ``out``; on any failure (Ctrl-C too) keep only resumable state (none unless ``keep``). Rank 0
     alone touches files."""
     main = distributed.is_main()
     work = partial_dir(out)
     if main:
-        if clear and work.exists():
-            shutil.rmtree(work)
-        work.mkdir(parents=True, exist_ok=True)
+        with writing(out):
+            if clear and work.exists():
+                shutil.rmtree(work)
+            work.mkdir(parents=True, exist_ok=True)
     try:
-        summary = fn(work)
+        with writing(out, errnos=DISK):  # a full disk mid-run: one line, the run kept resumable
+            summary = fn(work)
     except BaseException:
         if main:
             _abandon(work, out, keep)
         raise
     if main:
-        _publish(work, out)
+        with writing(out):
+            _publish(work, out)
     distributed.barrier()  # every rank sees the run in place before going on
     return summary
+
+
+@contextlib.contextmanager
+def locked(out: Path | None):
+    """Hold the writer's lock on the run directory ``out`` (rank 0; :class:`ncf.outputs.OutputLock`):
+    a second writer of it is refused, naming this process; the lock of a dead process is taken over."""
+    if out is None or not distributed.is_main():
+        yield
+        return
+    with OutputLock(_target_of(Path(out))) as lock:
+        if lock.took_over:
+            h = lock.took_over
+            console.print(f"[yellow]{lock.path}: taken over from process {h.get('pid')} on {h.get('host')}, "
+                          "which no longer runs")
+        yield
 
 
 def build(cfg: TrainConfig, dataset: Dataset):
@@ -205,6 +232,13 @@ def train_model(data_cfg: DataConfig | None, cfg: TrainConfig, out: Path | None,
     ``on_epoch``: the Trainer's per-epoch hook (SGD models; see ``Trainer.on_epoch``).
     ``resumable=False``: a run that fails or is stopped leaves no state to resume (``ncf tune``'s
     pruned trials)."""
+    if out is None:
+        return _train_model(data_cfg, cfg, out, dataset, progress, init_items, overwrite, on_epoch, resumable)
+    with locked(out):
+        return _train_model(data_cfg, cfg, out, dataset, progress, init_items, overwrite, on_epoch, resumable)
+
+
+def _train_model(data_cfg, cfg, out, dataset, progress, init_items, overwrite, on_epoch, resumable):
     if out is not None and distributed.is_main():
         check_out(Path(out), overwrite)
     resolve_device(cfg.device)  # --device cuda without a GPU: said before reading or writing anything
@@ -212,7 +246,7 @@ def train_model(data_cfg: DataConfig | None, cfg: TrainConfig, out: Path | None,
     _check_trainable(dataset)
     if out is None:
         return _train(data_cfg, cfg, None, dataset, progress, init_items, on_epoch)
-    return _in_partial(Path(out), lambda work: _train(data_cfg, cfg, work, dataset, progress, init_items, on_epoch),
+    return in_partial(Path(out), lambda work: _train(data_cfg, cfg, work, dataset, progress, init_items, on_epoch),
                        keep=resumable)
 
 
@@ -382,6 +416,11 @@ def resume_run(out: Path, progress: bool = True, **changes) -> dict[str, Any]:
     if unknown:
         raise ConfigError(f"resume can change only {', '.join(RESUME_CHANGES)}, not {', '.join(unknown)}")
     changes = {k: v for k, v in changes.items() if v is not None}
+    with locked(out):
+        return _resume_run(out, progress, changes)
+
+
+def _resume_run(out: Path, progress: bool, changes: dict) -> dict[str, Any]:
     target = _target_of(Path(out))
     part = partial_dir(target)
     main = distributed.is_main()
@@ -411,7 +450,7 @@ def resume_run(out: Path, progress: bool = True, **changes) -> dict[str, Any]:
         atomic_write_json(work / "config.json", {**cfg_json, "train": cfg.to_dict()})
     if not publish:
         return _resume(work, cfg, data_cfg, progress)[1]
-    return _in_partial(target, lambda w: _resume(w, cfg, data_cfg, progress), clear=False)[1]
+    return in_partial(target, lambda w: _resume(w, cfg, data_cfg, progress), clear=False)[1]
 
 
 def _resume(out: Path, cfg: TrainConfig, data_cfg: DataConfig, progress: bool):

@@ -12,6 +12,7 @@ from typing import Any
 from ncf.checkpoint import atomic_write_json, load_model
 from ncf.console import console
 from ncf.errors import ConfigError
+from ncf.outputs import atomic_write, save_figure
 
 
 def trial_rows(tuner) -> list[dict[str, Any]]:
@@ -39,12 +40,15 @@ def trial_rows(tuner) -> list[dict[str, Any]]:
 
 def write_trials_csv(rows: list[dict[str, Any]], path: Path) -> None:
     cols = ["model", "trial", "state", "value", "seconds", "elapsed", "best_epoch", "params", "run"]
-    with open(path.with_name(path.name + ".tmp"), "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=cols)
-        w.writeheader()
-        for r in rows:
-            w.writerow({c: r.get(c) for c in cols})
-    path.with_name(path.name + ".tmp").replace(path)
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=cols)
+            w.writeheader()
+            for r in rows:
+                w.writerow({c: r.get(c) for c in cols})
+
+    atomic_write(path, write)
 
 
 def plot_trials(rows: list[dict[str, Any]], path: Path, title: str, ylabel: str) -> None:
@@ -78,7 +82,7 @@ def plot_trials(rows: list[dict[str, Any]], path: Path, title: str, ylabel: str)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path, dpi=100)
     plt.close(fig)
 
 

@@ -474,5 +474,11 @@ def refit_run(run: Path, root: Path, full_cfg: DataConfig, full: Dataset, progre
 
 def tune(data_cfg: DataConfig, out: Path, time_budget: float, models: list[str] | tuple[str, ...] = DEFAULT_MODELS,
          protocol: str = "sampled", **kw) -> dict[str, Any]:
-    """Run ``ncf tune`` (see the module docstring); returns what ``DIR/summary.json`` holds."""
-    return Tuner(data_cfg, out, time_budget, list(models), protocol, **kw).run()
+    """Run ``ncf tune`` (see the module docstring); returns what ``DIR/summary.json`` holds.
+    ``out`` is new, empty or a study to continue (never a run or other files: :mod:`ncf.outputs`),
+    written by one process at a time."""
+    from ncf.outputs import OutputLock, prepare_output_dir
+
+    with OutputLock(out):
+        prepare_output_dir(out, "study", resume=True)
+        return Tuner(data_cfg, out, time_budget, list(models), protocol, **kw).run()
