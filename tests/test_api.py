@@ -113,3 +113,19 @@ def test_load_dataset_and_evaluate_on_real_data(ml100k_dir):
     assert res["hr@10"] > 0.5
     with pytest.raises(ConfigError, match="no item embeddings"):  # EASE has no embeddings to compare
         model.similar_items([50])
+
+
+def test_save_overwrite_replaces_a_run_and_never_deletes_other_files(toy_dataset, tmp_path):
+    """``save(overwrite=True)`` follows the CLI's rule: a run is replaced whole (no file of the
+    old run left mixed in), and a directory holding files ncf did not write is refused, kept."""
+    pop = ncf.fit("pop", toy_dataset, progress=False)
+    run = pop.save(tmp_path / "run")
+    (run / "state.safetensors").write_bytes(b"an old run's resumable state")
+    with pytest.raises(NcfError, match="overwrite=True"):
+        pop.save(run)
+    ncf.fit("itemknn", toy_dataset, progress=False).save(run, overwrite=True)
+    assert ncf.load(run).name == "itemknn" and not (run / "state.safetensors").exists()
+    (run / "notes.txt").write_text("mine")
+    with pytest.raises(NcfError, match="notes.txt"):
+        pop.save(run, overwrite=True)
+    assert (run / "notes.txt").read_text() == "mine" and ncf.load(run).name == "itemknn"

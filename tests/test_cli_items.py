@@ -90,6 +90,11 @@ def test_plot_items_writes_a_png(toy_runs, capsys, tmp_path):
     assert set(res["genres"]) == set(GENRES)
     rc, out, _ = run_cli(capsys, "plot", "items", i2v, "--max-items", 10)
     assert rc == 0 and (i2v / "items.png").exists() and "10 items drawn" in out
+    png.write_bytes(b"someone else's picture")  # an existing file: only with --overwrite
+    rc, _, err = run_cli(capsys, "plot", "items", i2v, "--out", png)
+    assert rc == 2 and "--overwrite" in err and png.read_bytes() == b"someone else's picture"
+    rc, _, err = run_cli(capsys, "plot", "items", i2v, "--out", i2v / "idmap.json", "--overwrite")
+    assert rc == 2 and "run directory" in err
 
 
 def test_train_init_items_cli(toy_runs, capsys, tmp_path, monkeypatch):

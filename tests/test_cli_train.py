@@ -153,3 +153,177 @@ def test_train_sparse_flag_reaches_the_trainer(tmp_path, capsys, ml100k_dir):
     with safe_open(str(out / "state.safetensors"), "pt") as f:
         groups = json.loads(f.metadata()["optimizer"])["param_groups"]
     assert len(groups) == 2  # dense Adam for the layers + RowAdam for the tables (plain Adam: one group)
+
+
+# --- where a run is written: nothing a user owns is destroyed (ncf.outputs) -----------------
+
+import errno  # noqa: E402
+import os  # noqa: E402
+import random  # noqa: E402
+import socket  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+SMALL = ("--model", "gmf", "--epochs", "1", "--batch-size", "256", "--device", "cpu", "--quiet")
+
+
+def _ratings(path: Path) -> Path:
+    rnd = random.Random(0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(f"{u},{i},{rnd.randint(1, 5)},{1000 + 100 * u + k}\n"
+                            for u in range(40) for k, i in enumerate(rnd.sample(range(30), 8))))
+    return path
+
+
+def _train(capsys, data, out, *extra):
+    return run(capsys, "train", "--dataset", str(data), "--out", str(out), *SMALL, *extra)
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_overwrite_never_deletes_the_dataset_beside_it(tmp_path, capsys):
+    """``--dataset imp/ratings.csv --out imp --overwrite`` deleted the dataset and notes in imp/."""
+    data = _ratings(tmp_path / "imp" / "ratings.csv")
+    (tmp_path / "imp" / "notes.txt").write_text("mine")
+    before = _tree(tmp_path / "imp")
+    code, _, err = _train(capsys, data, tmp_path / "imp", "--overwrite")
+    assert code == 2 and err.count("\n") == 1, err
+    assert "ncf did not write" in err and "notes.txt" in err and "ratings.csv" in err
+    assert _tree(tmp_path / "imp") == before
+
+
+def test_overwrite_of_a_folder_of_runs_is_refused(tmp_path, capsys):
+    """``--out proj/runs --overwrite`` over a folder of runs and a notes file deleted them all."""
+    data = _ratings(tmp_path / "r.csv")
+    runs = tmp_path / "proj" / "runs"
+    assert _train(capsys, data, runs / "a")[0] == 0
+    (runs / "notes.md").write_text("mine")
+    before = _tree(runs)
+    code, _, err = _train(capsys, data, runs, "--overwrite")
+    assert code == 2 and "a/ (a run)" in err and "notes.md" in err, err
+    assert _tree(runs) == before
+
+
+def test_overwrite_replaces_a_run_but_refuses_files_added_to_it(tmp_path, capsys):
+    data = _ratings(tmp_path / "r.csv")
+    out = tmp_path / "run"
+    assert _train(capsys, data, out)[0] == 0
+    (out / "model.onnx").write_bytes(b"an export of the old weights")  # a run's own (derived) file
+    assert _train(capsys, data, out, "--overwrite")[0] == 0
+    assert not (out / "model.onnx").exists() and (out / "idmap.json").exists()
+    (out / "my-analysis.ipynb").write_text("{}")
+    before = _tree(out)
+    code, _, err = _train(capsys, data, out, "--overwrite")
+    assert code == 2 and "my-analysis.ipynb" in err and "nothing is deleted" in err, err
+    assert _tree(out) == before
+
+
+HOLD = """
+import sys, time
+from ncf.outputs import OutputLock
+with OutputLock(sys.argv[1]):
+    print("locked", flush=True)
+    time.sleep(60)
+"""
+
+
+def test_a_run_being_written_is_locked(tmp_path, capsys):
+    """Two writers of one run directory: the second is refused, told which process holds it (not
+    that the running one is "interrupted"); ``--overwrite`` does not get past the lock either."""
+    data = _ratings(tmp_path / "r.csv")
+    out = tmp_path / "runs" / "c"
+    out.parent.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(out)], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ})
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        for extra in ((), ("--overwrite",)):
+            code, _, err = _train(capsys, data, out, *extra)
+            assert code == 2 and f"process {holder.pid} on {socket.gethostname()}" in err, err
+            assert "interrupted" not in err and not out.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    # the holder died without cleaning up: its lock file is left; the next writer takes it over
+    lock = out.parent / ".c.lock"
+    assert lock.exists() and str(holder.pid) in lock.read_text()
+    code, out_text, err = _train(capsys, data, out)
+    assert code == 0, err
+    assert f"taken over from process {holder.pid}" in out_text + err
+    assert (out / "idmap.json").exists() and not lock.exists()
+
+
+def test_stale_lock_and_partial_run_of_a_dead_writer(tmp_path, capsys):
+    """A writer killed mid-run leaves its lock file and partial directory: the next run is told how
+    to continue (--resume) or discard it (--overwrite), never that a live process holds it."""
+    data = _ratings(tmp_path / "r.csv")
+    out = tmp_path / "c"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / ".c.lock").write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname()}))
+    (tmp_path / ".c.partial").mkdir()
+    code, _, err = _train(capsys, data, out)
+    assert code == 2 and "--resume" in err and "--overwrite" in err and "being written" not in err, err
+    code, _, err = _train(capsys, data, out, "--overwrite")
+    assert code == 0, err
+    assert (out / "summary.json").exists() and not (tmp_path / ".c.partial").exists()
+    assert not (tmp_path / ".c.lock").exists()  # taken over, then released
+
+
+def _read_only(monkeypatch, root: Path) -> None:
+    """Writes under ``root`` fail as on a read-only mount (EROFS); reads work."""
+    real_open, real_mkdir = os.open, os.mkdir
+    writes = os.O_WRONLY | os.O_RDWR | os.O_CREAT
+
+    def ro_open(path, flags, *a, **kw):
+        if str(path).startswith(str(root)) and flags & writes:
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+        return real_open(path, flags, *a, **kw)
+
+    def ro_mkdir(path, *a, **kw):
+        if str(path).startswith(str(root)):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+        return real_mkdir(path, *a, **kw)
+
+    monkeypatch.setattr(os, "open", ro_open)
+    monkeypatch.setattr(os, "mkdir", ro_mkdir)
+
+
+def test_read_only_out_is_one_line(tmp_path, capsys, monkeypatch):
+    data = _ratings(tmp_path / "r.csv")
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    _read_only(monkeypatch, ro)
+    code, _, err = _train(capsys, data, ro / "run")
+    assert code == 2 and err.count("\n") == 1 and "read-only file system" in err, err
+    assert list(ro.iterdir()) == []
+
+
+@pytest.mark.parametrize("failure", ["oserror", "safetensors"])
+def test_full_disk_is_one_line_and_keeps_the_old_run(tmp_path, capsys, monkeypatch, failure):
+    """ENOSPC while the weights are written (an OSError, or safetensors' own error carrying it):
+    one line, no temporary file, and an ``--overwrite`` leaves the old run as it was."""
+    from safetensors import SafetensorError
+
+    import ncf.checkpoint
+
+    data = _ratings(tmp_path / "r.csv")
+    out = tmp_path / "run"
+    assert _train(capsys, data, out)[0] == 0
+    before = _tree(out)
+
+    def full(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"half")  # what a full disk leaves: part of the file
+        if failure == "oserror":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), filename)
+        raise SafetensorError("Error while serializing: IoError(Os { code: 28, kind: StorageFull, "
+                              "message: \"No space left on device\" })")
+
+    monkeypatch.setattr(ncf.checkpoint, "save_file", full)
+    code, _, err = _train(capsys, data, out, "--overwrite")
+    assert code == 2 and err.count("\n") == 1 and "no space left on the device" in err, err
+    assert _tree(out) == before
+    assert not list(tmp_path.rglob("*.tmp")) and not (tmp_path / ".run.partial").exists()

@@ -153,3 +153,21 @@ def test_cli_compare(tmp_path):
     with pytest.raises(SystemExit) as e:
         main(["compare", "--dataset", str(data), "--models", "pop,svd", "--out", str(out)])
     assert e.value.code == 2
+
+
+def test_compare_never_writes_into_a_run(toy_dataset, tmp_path):
+    """``ncf compare --out RUN`` wrote its results and runs/ into the run directory."""
+    import ncf
+    from ncf.errors import RunExistsError
+
+    run = ncf.fit("pop", toy_dataset, progress=False).save(tmp_path / "run")
+    before = sorted(p.name for p in run.iterdir())
+    with pytest.raises(RunExistsError, match="holds a run"):
+        cmp.compare(DataConfig(source="toy"), ["pop"], run, dataset=toy_dataset, progress=False)
+    assert sorted(p.name for p in run.iterdir()) == before
+    # a comparison is recognised as one (its marker, before any result) and continued
+    out = tmp_path / "c"
+    cmp.compare(DataConfig(source="toy"), ["pop"], out, tune_budget=1, dataset=toy_dataset, progress=False)
+    (out / "results.json").unlink()
+    cmp.compare(DataConfig(source="toy"), ["pop"], out, tune_budget=1, dataset=toy_dataset, progress=False)
+    assert (out / "results.json").exists()

@@ -171,10 +171,11 @@ def prepare_output_file(path: str | Path, overwrite: bool = False, flag: str = "
                              f"name a file outside it{allowed}")
     if path.exists() and not overwrite and not in_run:
         raise RunExistsError(f"{flag} {path}: exists; pass --overwrite to replace it, or name another file")
-    with writing(path.parent):
+    with writing(path.parent):  # said now, before the work: a folder that cannot be created or written
         path.parent.mkdir(parents=True, exist_ok=True)
-        if not os.access(path.parent, os.W_OK):
-            raise OSError(errno.EACCES, os.strerror(errno.EACCES), str(path.parent))
+        probe = tmp_path(path)
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+        probe.unlink()
     return path
 
 
@@ -264,16 +265,6 @@ def lock_path(directory: Path) -> Path:
     return directory.parent / f".{directory.name}.lock"
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _holder(path: Path) -> dict:
     with contextlib.suppress(OSError, ValueError):
         obj = json.loads(path.read_text() or "{}")
@@ -339,15 +330,6 @@ class OutputLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
-
-
-def holder_alive(directory: Path) -> bool | None:
-    """Whether the process named in ``directory``'s lock file still runs on this host (None:
-    no lock file, or another host)."""
-    h = _holder(lock_path(directory))
-    if not h.get("pid") or h.get("host") != socket.gethostname():
-        return None
-    return _alive(int(h["pid"]))
 
 
 def save_figure(fig, path: str | Path, **kw) -> Path:

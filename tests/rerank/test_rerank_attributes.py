@@ -90,3 +90,23 @@ def test_write_from_run_round_trips(tmp_path):
     a = load_attributes(out, ITEMS)
     assert a.has.all() and a.categories == ["Comedy", "Drama", "War"]
     assert np.all(a.numeric["price"] > 0)
+
+
+def test_write_never_replaces_a_file_without_overwrite(tmp_path):
+    from ncf.checkpoint import atomic_write_json
+    from ncf.data.interactions import save_idmaps
+    from ncf.errors import RunExistsError
+
+    run = tmp_path / "run"
+    run.mkdir()
+    save_idmaps(run, IdMap([1, 2]), ITEMS)
+    atomic_write_json(run / "config.json", {"format": 1, "model": "pop"})
+    atomic_write_json(run / "items.json", {"titles": ["a", "b", "c", "d"], "genres": [["Drama"]] * 4})
+    mine = tmp_path / "prices.csv"
+    mine.write_text("item,price\n1,9.99\n")
+    with pytest.raises(RunExistsError, match="--overwrite"):
+        write_movielens_attributes(run, mine)
+    assert mine.read_text() == "item,price\n1,9.99\n"
+    with pytest.raises(RunExistsError, match="run directory"):
+        write_movielens_attributes(run, run / "idmap.json", overwrite=True)
+    assert load_attributes(write_movielens_attributes(run, mine, overwrite=True), ITEMS).has.all()

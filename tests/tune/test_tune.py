@@ -288,3 +288,42 @@ def test_refit_no_auto_by_split_and_where_it_cannot_be_done(tmp_path, toy_datase
     with pytest.raises(ConfigError, match="--refit yes: .* other user or item ids"):
         Tuner(dcfg, tmp_path / "y", 3, ["ease"], dataset=toy_dataset, refit="yes")
     assert not (tmp_path / "y").exists()
+
+
+def test_tune_never_writes_into_a_run_or_foreign_files(toy_dataset, tmp_path):
+    """``ncf tune --out RUN`` replaced the run's summary.json and mixed the study's files into it."""
+    import ncf
+    from ncf.errors import RunExistsError
+
+    run = ncf.fit("pop", toy_dataset, progress=False).save(tmp_path / "run")
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    with pytest.raises(RunExistsError, match="holds a run"):
+        tune(DCFG, run, 5, ["ease"], dataset=toy_dataset, progress=False, threads=1)
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "todo.txt").write_text("mine")
+    with pytest.raises(RunExistsError, match="todo.txt"):
+        tune(DCFG, notes, 5, ["ease"], dataset=toy_dataset, progress=False, threads=1)
+    assert [p.name for p in notes.iterdir()] == ["todo.txt"]
+
+
+def test_tune_into_a_read_only_folder_is_one_line(tmp_path, monkeypatch, capsys):
+    import errno
+    import os
+
+    from ncf.cli import main
+
+    real_open = os.open
+
+    def ro_open(path, flags, *a, **kw):
+        if str(path).startswith(str(tmp_path / "ro")) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+        return real_open(path, flags, *a, **kw)
+
+    (tmp_path / "ro").mkdir()
+    monkeypatch.setattr(os, "open", ro_open)
+    with pytest.raises(SystemExit) as e:
+        main(["tune", "--dataset", "toy-missing.csv", "--time-budget", "5", "--out", str(tmp_path / "ro" / "t")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and "read-only file system" in err, err
