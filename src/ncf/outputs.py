@@ -124,9 +124,8 @@ def prepare_output_dir(path: str | Path, kind: str, overwrite: bool = False, fla
         return path
     found = kind_of(path)
     if found != kind:
-        what = f"holds {WHAT[found]}" if found else "holds files ncf did not write"
-        raise RunExistsError(f"{flag} {path}: {what} ({_names(entries, path)}); name a new or empty directory "
-                             f"for {WHAT[kind]}")
+        what = f"holds {WHAT[found]}" if found else f"holds files ncf did not write ({_names(entries, path)})"
+        raise RunExistsError(f"{flag} {path}: {what}; name a new or empty directory for {WHAT[kind]}")
     foreign = [e for e in entries if not _own(e, kind)]
     if foreign:
         raise RunExistsError(f"{flag} {path}: besides {WHAT[kind]} it holds files ncf did not write "
