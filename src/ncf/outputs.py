@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import json
 import os
 import socket
@@ -282,6 +281,10 @@ class OutputLock:
         self.took_over: dict | None = None  # the dead holder whose lock file was found
 
     def acquire(self) -> OutputLock:
+        try:
+            import fcntl
+        except ImportError:  # no flock (Windows): no lock, as before it existed
+            return self
         with writing(self.path):
             self.path.parent.mkdir(parents=True, exist_ok=True)
             while True:
