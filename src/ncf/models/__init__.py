@@ -29,6 +29,7 @@ MODELS: dict[str, str] = {
     "sasrec": "ncf.models.sasrec:SASRec",
     "gru4rec": "ncf.models.gru4rec:GRU4Rec",
     "ensemble": "ncf.models.ensemble:Ensemble",
+    "lightgcn": "ncf.models.lightgcn:LightGCN",
 }
 
 
