@@ -35,6 +35,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import scipy.sparse as sp
+import torch
 
 from ncf.data.split import HoldOut
 from ncf.models.lightgcn import LightGCN, topk_metrics
@@ -112,9 +113,12 @@ def main() -> None:
     ap.add_argument("--valid-ratio", type=float, default=0.0, help="0: the paper's protocol (no validation)")
     ap.add_argument("--minutes", type=float, default=0.0, help="stop after this much time (0: no limit)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: the process default)")
     ap.add_argument("--out", type=Path, default=Path("runs/lightgcn_gowalla"))
     args = ap.parse_args()
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     tu, ti = read_adjacency(args.data / "train.txt")
     su, si = read_adjacency(args.data / "test.txt")
     n_users, n_items = int(max(tu.max(), su.max())) + 1, int(max(ti.max(), si.max())) + 1
