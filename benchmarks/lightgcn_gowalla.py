@@ -162,6 +162,9 @@ def main() -> None:
                           deadline=time.monotonic() + 60 * args.minutes if args.minutes else None)
     model.fit(SimpleNamespace(train=train, valid=valid), cfg)
     final = None
+    if valid is None and curve and not curve[-1].get("test"):  # stopped by --minutes between evaluations
+        m = topk_metrics(model, su, si, full, 20)
+        curve[-1]["test"] = {k: m[k] for k in ("recall@20", "ndcg@20")}
     if valid is not None:  # test read once, for the epoch chosen on validation
         m = topk_metrics(model, su, si, full, 20)
         final = {k: m[k] for k in ("recall@20", "ndcg@20")}
