@@ -54,7 +54,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     rows = [{"seed": 0, "valid": summary["valid"]["sampled"]["ndcg@10"], **flat(summary["test"])}]
     if summary.get("refit"):
-        rows[0]["as_trained"] = flat(summary["refit"]["test_as_trained"])
+        if summary["refit"].get("test_as_trained"):  # tunes before test was read once, for DIR/best alone
+            rows[0]["as_trained"] = flat(summary["refit"]["test_as_trained"])
     for seed in [int(s) for s in a.seeds.split(",") if s.strip()]:
         t0 = time.time()
         data_cfg = DataConfig(**{**cfg["data"], "seed": seed})
@@ -75,7 +76,7 @@ def main(argv: list[str] | None = None) -> dict:
         if summary.get("refit"):  # as the tune did: the choice trained again on train + validation
             row["as_trained"] = {f"{k}/{m}": s[k][m] for k, m in KEYS}
             full_cfg = dataclasses.replace(data_cfg, valid=False)
-            again = refit_run(run, out / "refit", full_cfg, load_dataset(full_cfg))
+            again = refit_run(run, out / "refit", full_cfg, load_dataset(full_cfg), with_test=True)
             s = json.loads((again / "summary.json").read_text())
         rows.append({**row, **{f"{k}/{m}": s[k][m] for k, m in KEYS}, "seconds": round(time.time() - t0, 1)})
         Console(stderr=True).print(rows[-1])

@@ -77,6 +77,10 @@ class TrainConfig:
     table_optimizer: str = "rowwise_adagrad"
     table_lr: float = 0.0
     params: dict[str, Any] = field(default_factory=dict)
+    # time limit of this fit: a time.monotonic() value (None: none). Set by ``ncf tune`` on
+    # each trial; iterative fits stop there (ncf.deadline). Process-local: never saved
+    # (``to_dict`` leaves it out) nor taken from a user's options.
+    deadline: float | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self):
         from ncf.models.mlp import parse_layers
@@ -114,6 +118,8 @@ class TrainConfig:
             (self.table_lr >= 0, f"table_lr must be > 0 (or 0 for the default), got {self.table_lr}"),
             (0 <= self.warmup_epochs <= self.epochs,
              f"warmup_epochs must be in [0, epochs], got {self.warmup_epochs}"),
+            (self.deadline is None or isinstance(self.deadline, (int, float)),
+             f"deadline must be a time.monotonic() value or None, got {self.deadline!r}"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -134,6 +140,7 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["layers"] = list(self.layers)
+        del d["deadline"]  # a moment of this process: meaningless in a saved run
         return d
 
     @classmethod
@@ -156,7 +163,7 @@ class TrainConfig:
         from ncf.models import get_model_class
 
         model_cls = get_model_class(model)
-        fields = {f.name for f in dataclasses.fields(cls)} - {"model", "params"}
+        fields = {f.name for f in dataclasses.fields(cls)} - {"model", "params", "deadline"}
         applies = set(model_cls.config_fields) | set(GENERAL_FIELDS)
         if model_cls.trainable:
             applies |= set(SGD_FIELDS)

@@ -38,3 +38,8 @@ class RunExistsError(CheckpointError, FileExistsError):
 class WriteError(NcfError, OSError):
     """An output that cannot be written: a full disk, a read-only folder, no permission
     (nothing half-written is left behind)."""
+
+
+class TrialTimeout(NcfError, TimeoutError):
+    """A fit stopped (or not started) because it would run past its time limit (``deadline``:
+    a ``time.monotonic()`` value, set by ``ncf tune`` for every trial)."""

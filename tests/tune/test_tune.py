@@ -32,7 +32,9 @@ def test_tune_writes_summary_best_trials_and_plot(toy_dataset, tmp_path):
     assert saved["model"] == s["model"] and set(saved["valid"]) == {"sampled", "full"}
     assert set(saved["test"]) == {"sampled", "full"} and "hr@10" in saved["test"]["full"]
     # the choice is the best validation score among every model's best trial
-    assert s["per_model"][s["model"]]["valid_score"] == max(r["valid_score"] for r in s["per_model"].values())
+    scores = [r["valid_score"] for r in s["per_model"].values() if r["valid_score"] is not None]
+    assert s["per_model"][s["model"]]["valid_score"] == max(scores)
+    assert "test" not in s["per_model"][s["model"]]  # test is read for DIR/best alone
     rows = _rows(out)
     assert "ease" in {r["model"] for r in rows}  # the others as the (loaded) machine's time allows
     assert rows[0]["model"] == "ease" and json.loads(rows[0]["params"]) == {"l2": 500.0}  # defaults first
@@ -104,13 +106,26 @@ def test_a_climbing_trial_below_the_median_is_not_pruned_until_it_stalls(toy_dat
     assert verdicts == [False] * 6 + [True]
 
 
-def test_budget_stops_an_sgd_trial_at_its_best_epoch(toy_dataset, tmp_path):
+def test_budget_stops_an_sgd_trial_at_its_best_epoch(toy_dataset, tmp_path, monkeypatch):
     import time
 
+    from ncf.train.trainer import Trainer
+
     tuner = Tuner(DCFG, tmp_path / "t", 30, ["mf"], dataset=toy_dataset, progress=False, epochs=50, threads=1)
-    tuner.run_trial("mf", deadline=time.time())  # already due: one epoch, then stop
+    # an epoch lasts 0.3 s at least: the budget's end, 2 s away, stops the trial well before its 50 epochs
+    slow = Trainer.train_epoch
+    monkeypatch.setattr(Trainer, "train_epoch", lambda self, *a, **k: (time.sleep(0.3), slow(self, *a, **k))[1])
+    t0 = time.monotonic()
+    assert tuner.run_trial("mf", deadline=t0 + 2.0) == "complete"
+    assert time.monotonic() - t0 < 2.0 + 1.0  # the slack: the last epoch's validation and the trial's own
     (t,) = tuner.studies["mf"].trials
-    assert t.state == optuna.trial.TrialState.COMPLETE and t.user_attrs["best_epoch"] == 1
+    assert t.state == optuna.trial.TrialState.COMPLETE and t.user_attrs["best_epoch"] >= 1
+    ran = json.loads((Path(t.user_attrs["run"]) / "summary.json").read_text())["epochs_run"]
+    assert t.user_attrs["best_epoch"] <= ran < 7
+    # already due: not even the first epoch runs, and the trial is recorded as stopped
+    assert tuner.run_trial("mf", deadline=time.monotonic()) == "failed"
+    t = tuner.studies["mf"].trials[-1]
+    assert t.state == optuna.trial.TrialState.FAIL and "time limit" in t.user_attrs["timeout"]
 
 
 def test_the_next_trial_goes_to_the_model_that_used_the_least_time():
@@ -154,6 +169,10 @@ def test_bad_arguments(toy_dataset, tmp_path):
         Tuner(DCFG, tmp_path, 5, ["widedeep"], dataset=toy_dataset)
     with pytest.raises(ValueError, match="protocol"):
         Tuner(DCFG, tmp_path, 5, ["ease"], protocol="both", dataset=toy_dataset)
+    with pytest.raises(ValueError, match="metric"):
+        Tuner(DCFG, tmp_path, 5, ["ease"], protocol="topk", metric="ndcg", dataset=toy_dataset)
+    with pytest.raises(ValueError, match="metric"):
+        Tuner(DCFG, tmp_path, 5, ["ease"], protocol="sampled", metric="recall@20", dataset=toy_dataset)
 
 
 def test_compare_uses_the_same_search(toy_dataset, tmp_path):
@@ -239,7 +258,7 @@ def test_refit_trains_the_choice_again_on_train_and_validation(tmp_path):
     chosen = s["per_model"]["mf"]
     refit, best = s["refit"], tmp_path / "t" / "best"
     assert refit["from"] == chosen["run"] and refit["run"].endswith("refit/mf")
-    assert refit["test_as_trained"] == chosen["test"]
+    assert json.loads((Path(chosen["run"]) / "summary.json").read_text())["test"] is None  # trials never read test
     assert json.loads((best / "config.json").read_text())["data"]["valid"] is False
     assert (load_train_matrix(best).astype(bool) != ds.seen(True).astype(bool)).nnz == 0  # train + validation
     epochs = [json.loads(line)["epoch"] for line in (best / "metrics.jsonl").read_text().splitlines()]

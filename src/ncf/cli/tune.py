@@ -43,16 +43,22 @@ def tune_cmd(
     out: Path = typer.Option(..., "--out", help="Directory for study.sqlite3, summary.json, best/, trials.csv, "
                              "tune.png, runs/ (rerun on the same directory to resume)."),
     models: str = typer.Option("ease,itemknn,ials,mf,ensemble", "--models", help="Comma-separated models to "
-                               "search (ensemble: a blend of the best others, weights chosen on validation)."),
-    protocol: str = typer.Option("sampled", "--protocol", help="Validation protocol that chooses: sampled "
-                                 "(1 + 99 candidates) | full (every unseen item)."),
-    metric: str = typer.Option("ndcg@10", "--metric", help="ndcg@10 | hr@10 (validation, chooses everything)."),
+                               "search: any registry model with a search space (ensemble: a blend of the best "
+                               "others, weights chosen on validation)."),
+    protocol: str = typer.Option(None, "--protocol", help="Validation protocol that chooses: sampled "
+                                 "(1 + 99 candidates) | full (every unseen item) | topk (the top-k metrics over "
+                                 "every held-out item of a user). Default: topk where the holdouts have several "
+                                 "items a user (--split ratio, a given split...), else sampled."),
+    metric: str = typer.Option(None, "--metric", help="Validation metric that chooses everything: NAME@K for "
+                               "topk (recall, ndcg, precision, map, hr, mrr; default recall@20), else ndcg@10 "
+                               "(default) | hr@10."),
     split: str = typer.Option(None, "--split", help="loo (default: latest item a user) | temporal (globally latest "
                               "10% test, 10% before valid) | ratio | ratio-time (8:1:1 a user, random / by time); "
                               "a given split (--train/--test) is its own."),
     refit: str = typer.Option("auto", "--refit", help="Train the chosen model again on train + validation for "
                               "DIR/best and test: auto (where validation comes just before test in time: loo on "
-                              "a timestamped source, temporal, ratio-time) | yes | no."),
+                              "a timestamped source, temporal, ratio-time; and a given split: the whole training "
+                              "file) | yes | no."),
     epochs: int = typer.Option(30, "--epochs", help="Most epochs of an SGD trial (early stopping on validation)."),
     seed: int = typer.Option(0, "--seed"),
     threads: int = typer.Option(0, "--threads", help="CPU threads (0: all cores)."),
@@ -74,8 +80,6 @@ def tune_cmd(
     names = [m.strip() for m in models.split(",") if m.strip()]
     if not names:
         raise ConfigError("--models needs at least one model name")
-    if metric not in ("ndcg@10", "hr@10"):
-        raise ConfigError(f"--metric must be ndcg@10 or hr@10, got {metric!r}")
     if epochs < 1:
         raise ConfigError(f"--epochs must be >= 1, got {epochs}")
     if split == "none":
@@ -90,20 +94,43 @@ def tune_cmd(
     if as_json:
         print_json(s)
         return
-    t = Table(title=f"{dataset or train_file}: best run of each model (chosen on valid {protocol} {metric})")
-    multi = "topk" in s["test"]  # several test items a user: the top-k metrics
-    cols = (("topk", "recall@10"), ("topk", "precision@10"), ("topk", "map@10"), ("topk", "ndcg@10"),
-            ("topk", "coverage@10")) if multi else (("sampled", "hr@10"), ("sampled", "ndcg@10"),
-                                                      ("full", "hr@10"), ("full", "ndcg@10"))
-    for col in ("model", "trials", f"valid {metric}", *(f"test {p} {m.upper()}" for p, m in cols)):
-        t.add_column(col, justify="left" if col == "model" else "right")
-    for name, r in s["per_model"].items():
-        tt = r["test"]
-        t.add_row(name + (" (chosen)" if name == s["model"] else ""), str(r["trials"]), f"{r['valid_score']:.4f}",
-                  *(f"{tt[p][m]:.4f}" for p, m in cols))
-    if s.get("refit"):
-        tt = s["test"]
-        t.add_row(f"{s['model']} refitted", "", "", *(f"{tt[p][m]:.4f}" for p, m in cols))
-    Console().print(t)
+    Console().print(model_table(s, dataset or train_file))
+    Console().print(test_table(s))
     typer.echo(f"best run: {s['best']}{' (refitted on train + validation)' if s.get('refit') else ''}; "
                f"summary, trials.csv, tune.png in {out}")
+
+
+def model_table(s: dict, dataset: str) -> Table:
+    """Each model's best trial on validation (what chose), and why a model has none."""
+    t = Table(title=f"{dataset}: best trial of each model (chosen on valid {s['select_by'][6:]})")
+    for col in ("model", "trials", "failed", f"valid {s['metric']}", "params"):
+        t.add_column(col, justify="left" if col in ("model", "params") else "right")
+    for name, r in s["per_model"].items():
+        score = f"{r['valid_score']:.4f}" if r.get("valid_score") is not None else r.get("why", "-")
+        t.add_row(name + (" (chosen)" if name == s["model"] else ""), str(r["trials"]), str(r.get("failed", 0)),
+                  score, str(r.get("params") or ""))
+    return t
+
+
+def test_table(s: dict) -> Table:
+    """DIR/best's test metrics (read once, after the choice): the top-k metrics at k 10 and 20, or
+    the sampled and full protocols' HR@10 / NDCG@10."""
+    what = f"{s['model']}{' refitted on train + validation' if s.get('refit') else ''}"
+    test = s["test"]
+    if "sampled" not in test:
+        t = Table(title=f"test of {what}")
+        names = ("recall", "ndcg", "precision", "map", "coverage")
+        t.add_column("k", justify="right")
+        for n in names:
+            t.add_column(n, justify="right")
+        for k in (10, 20):
+            t.add_row(str(k), *(f"{test['topk'][f'{n}@{k}']:.4f}" for n in names))
+        return t
+    t = Table(title=f"test of {what}")
+    cols = [("sampled", "hr@10"), ("sampled", "ndcg@10"), ("full", "hr@10"), ("full", "ndcg@10")]
+    if "topk" in test:
+        cols += [("topk", "recall@20"), ("topk", "ndcg@20")]
+    for p, m in cols:
+        t.add_column(f"{p} {m}", justify="right")
+    t.add_row(*(f"{test[p][m]:.4f}" for p, m in cols))
+    return t

@@ -7,6 +7,10 @@ regularisation for every row, so that objective is solved here (:func:`als_sweep
 The factors are kept as frozen parameters, so that checkpoints, ``ncf evaluate`` and
 ``ncf recommend`` work as for every other model. score(u, i) = x_u · y_i.
 
+Time limit: ``cfg.deadline`` (``ncf tune``) is checked after every iteration, through
+``implicit``'s callback or ncf's own loop (:class:`ncf.deadline.Steps`): a fit that cannot finish
+in time stops with :class:`ncf.errors.TrialTimeout`.
+
 Threads: ``cfg.threads`` when set, else every core this process may use; BLAS is held to
 one thread during the fit (implicit's own advice: its threads already use every core, and a
 second thread pool on top of them slows it down). Needs ``pip install 'ncf[ials]'``.
@@ -22,6 +26,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 
+from ncf.deadline import Steps, deadline_of
 from ncf.errors import ConfigError
 from ncf.models.baselines import FittedModel, _frozen, binary_matrix
 
@@ -143,20 +148,23 @@ class ImplicitALS(FittedModel):
         hp = self._hparams
         threads = int(getattr(cfg, "threads", 0) or 0) or _cores()
         if hp["frequency_scaling"] > 0:
-            return self._fit_scaled(x, int(getattr(cfg, "seed", 0)), threads)
+            return self._fit_scaled(x, int(getattr(cfg, "seed", 0)), threads, deadline_of(cfg))
         alpha, reg = self.solver_params()
+        # the time limit (ncf tune): checked after every iteration through implicit's callback
+        steps = Steps(deadline_of(cfg), hp["iterations"], "ials")
         with threadpool_limits(1, "blas"):  # implicit checks this when the model is built
             als = AlternatingLeastSquares(
                 factors=hp["factors"], regularization=reg, alpha=alpha,
                 iterations=hp["iterations"], random_state=int(getattr(cfg, "seed", 0)), num_threads=threads,
             )
-            als.fit(x, show_progress=sys.stderr.isatty())
+            als.fit(x, show_progress=sys.stderr.isatty(), callback=lambda it, *_: steps.done(it + 1))
         self._put("user_factors", np.asarray(als.user_factors, dtype=np.float32))
         self._put("item_factors", np.asarray(als.item_factors, dtype=np.float32))
         return self
 
-    def _fit_scaled(self, x, seed: int, threads: int) -> ImplicitALS:
-        """Rendle et al.'s objective with the frequency-scaled regulariser (:func:`als_sweep`)."""
+    def _fit_scaled(self, x, seed: int, threads: int, deadline: float | None = None) -> ImplicitALS:
+        """Rendle et al.'s objective with the frequency-scaled regulariser (:func:`als_sweep`);
+        ``deadline`` (time.monotonic()) checked after every sweep (:class:`ncf.deadline.Steps`)."""
         hp = self._hparams
         w, nu, k = hp["unobserved_weight"], hp["frequency_scaling"], hp["factors"]
         gen = torch.Generator().manual_seed(seed)
@@ -168,10 +176,12 @@ class ImplicitALS(FittedModel):
         before = torch.get_num_threads()
         torch.set_num_threads(threads)
         try:
+            steps = Steps(deadline, hp["iterations"], "ials")
             with torch.no_grad():
-                for _ in range(hp["iterations"]):
+                for it in range(hp["iterations"]):
                     users = als_sweep(x, items, users, w, reg_u)
                     items = als_sweep(xt, users, items, w, reg_i)
+                    steps.done(it + 1)
         finally:
             torch.set_num_threads(before)
         if not (torch.isfinite(users).all() and torch.isfinite(items).all()):

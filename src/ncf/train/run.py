@@ -295,15 +295,23 @@ def _train(data_cfg, cfg, out, dataset, progress, init_items, on_epoch=None):
 def _fit(model, dataset, cfg, data_cfg, out, progress, resume, on_epoch=None):
     """(model, summary): SGD models through the Trainer, the others through their ``fit``."""
     if not model.trainable:
+        from ncf.deadline import check
+
+        check(getattr(cfg, "deadline", None), f"{model.name}: not started")
         t0 = time.perf_counter()
         model.fit(dataset, cfg)
         elapsed = time.perf_counter() - t0
         trainer = Trainer(model, dataset, cfg, out, progress=progress)
         trainer.elapsed = elapsed
+        # a fitted model with its own epoch loop (sasrec, ...) reports the epoch validation chose
+        # in ``stats["best_epoch"]``: what a refit on train + validation trains for
+        best_epoch = (getattr(model, "stats", None) or {}).get("best_epoch")
         if dataset.valid is not None:
             from ncf.eval.evaluator import evaluate
 
-            trainer.best = {"epoch": None, "score": None, "valid": evaluate(model, dataset.valid, "sampled")}
+            trainer.best = {"epoch": best_epoch, "score": None, "valid": evaluate(model, dataset.valid, "sampled")}
+        else:
+            trainer.best = {**trainer.best, "epoch": best_epoch}
         if out is not None:
             save_model(Path(out), model, _extra(cfg, data_cfg, dataset))
         return model, trainer.finish()

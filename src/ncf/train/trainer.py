@@ -32,7 +32,7 @@ from ncf.config import TrainConfig
 from ncf.console import console
 from ncf.data.sampling import NegativeSampler
 from ncf.data.split import Dataset
-from ncf.errors import ConfigError
+from ncf.errors import ConfigError, TrialTimeout
 from ncf.eval.evaluator import evaluate
 from ncf.models import Model
 from ncf.train import distributed
@@ -122,6 +122,9 @@ class Trainer:
         # a thread assembling the next batches while this one trains (CPU only: on a GPU
         # the work is queued asynchronously anyway)
         self.prefetch = 2 if self.device.type == "cpu" else 0
+        # ``cfg.deadline`` (time.monotonic(); ncf tune): checked before every optimizer step
+        self.deadline = getattr(cfg, "deadline", None)
+        self.stopped: str | None = None  # why training ended before ``epochs`` (the deadline)
 
     # -- state -----------------------------------------------------------------------
     def _state_path(self) -> Path:
@@ -265,6 +268,12 @@ class Trainer:
         total = distributed.all_sum(total)
         return float(total) / max(n, 1), n
 
+    def _check_deadline(self, epoch: int, step: int, n_steps: int) -> None:
+        """Raise :class:`TrialTimeout` once ``cfg.deadline`` has passed (before ``step`` of ``epoch``):
+        one long epoch cannot run past a time limit."""
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            raise TrialTimeout(f"{self.model.name}: time limit reached at step {step} of {n_steps} of epoch {epoch}")
+
     def _set_lr(self, epoch: int, step: int, n_steps: int) -> None:
         lr = self.lr_at(epoch, step, n_steps)
         for group in self.opt.param_groups:
@@ -273,6 +282,7 @@ class Trainer:
     def _epoch_plain(self, plan, epoch, n_steps, progress, task) -> torch.Tensor:
         total = torch.zeros((), dtype=torch.float64, device=self.device)
         for step, (batch, n_global) in enumerate(self._batches(plan, n_steps)):
+            self._check_deadline(epoch, step, n_steps)
             self._set_lr(epoch, step, n_steps)
             loss_sum = self._loss_sum(batch)
             self.opt.zero_grad(set_to_none=True)
@@ -311,6 +321,7 @@ class Trainer:
                     ThreadPoolExecutor(1, thread_name_prefix="ncf-batches") as builder:
                 ahead = builder.submit(build, 0)
                 for step in range(n_steps):
+                    self._check_deadline(epoch, step, n_steps)
                     parts = ahead.result()
                     n_global = sum(len(b[0]) for b in parts)
                     self._set_lr(epoch, step, n_steps)
@@ -377,7 +388,12 @@ class Trainer:
                 desc = f"{self.model.name} epoch {epoch}/{cfg.epochs}"
                 task = prog.add_task(desc, total=n_batches, loss="")  # no loss to show before a step
                 t0 = time.perf_counter()
-                loss, n = self.train_epoch(epoch, prog if self.progress else None, task)
+                try:
+                    loss, n = self.train_epoch(epoch, prog if self.progress else None, task)
+                except TrialTimeout as e:
+                    prog.remove_task(task)
+                    self._stop_at_deadline(epoch, e)
+                    break
                 t_train = time.perf_counter() - t0
                 prog.remove_task(task)
                 if not self.main:
@@ -408,6 +424,15 @@ class Trainer:
         summary = self.finish()
         distributed.barrier()  # the run directory is complete before any rank goes on
         return summary
+
+    def _stop_at_deadline(self, epoch: int, e: TrialTimeout) -> None:
+        """The deadline came during ``epoch``: that epoch's partial steps are dropped and the best
+        finished epoch is kept; with none finished there is nothing to keep and ``e`` goes up."""
+        if not math.isfinite(self.best["score"]):
+            raise TrialTimeout(f"{e} (no epoch finished: nothing to keep)") from None
+        self.stopped = f"time limit reached during epoch {epoch}; epoch {self.best['epoch']} kept"
+        if self.progress:
+            self.console.print(f"[yellow]{self.stopped}")
 
     def evaluate_start(self) -> None:
         """Make the model as it is now (before any training step) the best so far, "epoch 0",
@@ -485,6 +510,8 @@ class Trainer:
         }
         if topk is not None:
             summary["test_topk"] = topk
+        if self.stopped:
+            summary["stopped"] = self.stopped
         if self.out:
             atomic_write_json(self.out / "summary.json", summary)
             from ncf.train.plots import learning_curves

@@ -87,9 +87,8 @@ def plot_trials(rows: list[dict[str, Any]], path: Path, title: str, ylabel: str)
 
 
 def finish(tuner, elapsed: float) -> dict[str, Any]:
-    """Choose the best trial on validation, copy it to DIR/best, write every report file."""
-    from ncf.eval.evaluator import evaluate
-
+    """Choose the best trial on validation, copy it (refitted where asked) to DIR/best, read the
+    test holdout once, for DIR/best, and write every report file."""
     out, ds = tuner.out, tuner.dataset
     rows = trial_rows(tuner)
     write_trials_csv(rows, out / "trials.csv")
@@ -98,16 +97,18 @@ def finish(tuner, elapsed: float) -> dict[str, Any]:
     per_model, chosen = {}, None
     for name in tuner.studies:
         b = tuner.best(name)
-        states = [t.state.name.lower() for t in tuner.studies[name].get_trials(deepcopy=False)]
+        trials = [t for t in tuner.studies[name].get_trials(deepcopy=False) if t.datetime_start is not None]
+        states = [t.state.name.lower() for t in trials]
         if b is None:
+            if trials:
+                per_model[name] = {"trials": len(states), "failed": states.count("fail"), "valid_score": None,
+                                   "why": _why_none(trials)}
             continue
         run = Path(b.user_attrs["run"])
         s = json.loads((run / "summary.json").read_text())
         per_model[name] = {"trial": b.number, "valid_score": b.value, "params": b.user_attrs.get("params"),
                            "run": str(run), "best_epoch": s.get("best_epoch"), "seconds": b.user_attrs.get("seconds"),
-                           "trials": len(states), "pruned": states.count("pruned"), "failed": states.count("fail"),
-                           # reported beside the choice, never used for it
-                           "test": _test_of(s)}
+                           "trials": len(states), "pruned": states.count("pruned"), "failed": states.count("fail")}
         if chosen is None or b.value > chosen[1].value:
             chosen = (name, b)
     if chosen is None:
@@ -119,19 +120,11 @@ def finish(tuner, elapsed: float) -> dict[str, Any]:
     if best_dir.exists():
         shutil.rmtree(best_dir)
     shutil.copytree(Path(refit["run"]) if refit else run, best_dir, ignore=shutil.ignore_patterns("state.safetensors"))
-    model = load_model(run)  # validation: the choice as trained (its refit has seen the validation items)
-    s = json.loads((best_dir / "summary.json").read_text())
-    valid = {"sampled": evaluate(model, ds.valid, "sampled"),
-             "full": evaluate(model, ds.valid, "full", seen=ds.train.matrix)}
-    test = _test_of(s)
-    if "test_topk" in s:  # several held-out items a user (--split other than loo)
-        from ncf.eval.topk import evaluate_topk
-
-        valid["topk"] = evaluate_topk(model, ds.valid, ds.train.matrix, 10)
-    if refit:
-        refit = {**refit, "test_as_trained": _test_of(json.loads((run / "summary.json").read_text()))}
+    valid = valid_metrics(tuner, load_model(run))  # the choice as trained (its refit has seen the validation items)
+    test = test_metrics(tuner, load_model(best_dir), tuner.full if refit else ds)  # the one read of test
     summary = {
-        "dataset": ds.name, "protocol": tuner.protocol, "select_by": f"valid {tuner.protocol} {tuner.metric}",
+        "dataset": ds.name, "protocol": tuner.protocol, "metric": tuner.metric,
+        "select_by": f"valid {tuner.protocol} {tuner.metric}",
         "time_budget": tuner.budget, "elapsed_seconds": round(elapsed + (refit["seconds"] if refit else 0.0), 1),
         "model": name, "trial": b.number, "params": b.user_attrs.get("params"), "run": str(run),
         "best": str(best_dir), "valid": valid, "test": test, "refit": refit,
@@ -139,12 +132,54 @@ def finish(tuner, elapsed: float) -> dict[str, Any]:
     }
     atomic_write_json(out / "summary.json", summary)
     console.print(f"chosen: [bold]{name}[/] trial {b.number} (valid {tuner.protocol} {tuner.metric} {b.value:.4f}); "
-                  f"test sampled hr@10 {s['test']['hr@10']:.4f} ndcg@10 {s['test']['ndcg@10']:.4f}, "
-                  f"full hr@10 {s['test_full']['hr@10']:.4f}{' (refitted on train + validation)' if refit else ''}; "
-                  f"written to {out}")
+                  f"test {_headline(test)}{' (refitted on train + validation)' if refit else ''}; written to {out}")
     return summary
 
 
-def _test_of(s: dict[str, Any]) -> dict[str, Any]:
-    """A run summary's test metrics as summary.json reports them."""
-    return {"sampled": s["test"], "full": s["test_full"], **({"topk": s["test_topk"]} if "test_topk" in s else {})}
+def _why_none(trials) -> str:
+    """Why a model has no finished trial, from its last trial's attributes."""
+    a = trials[-1].user_attrs
+    if a.get("skipped"):
+        return f"skipped ({a['skipped']})"
+    return a.get("timeout") or a.get("error") or trials[-1].state.name.lower()
+
+
+def valid_metrics(tuner, model) -> dict[str, Any]:
+    """The chosen model's validation metrics, as trained: topk at k 10 and 20 under the topk
+    protocol; else sampled and full (and topk where the holdouts have several rows a user)."""
+    from ncf.eval.evaluator import evaluate
+    from ncf.tune.search import several_a_user, topk_metrics
+
+    ds = tuner.dataset
+    if tuner.protocol == "topk":
+        return {"topk": topk_metrics(model, ds.valid, ds.train.matrix)}
+    out = {"sampled": evaluate(model, ds.valid, "sampled"),
+           "full": evaluate(model, ds.valid, "full", seen=ds.train.matrix)}
+    if several_a_user(ds):
+        out["topk"] = topk_metrics(model, ds.valid, ds.train.matrix)
+    return out
+
+
+def test_metrics(tuner, model, data) -> dict[str, Any]:
+    """DIR/best's test metrics on ``data`` (the dataset it was trained on: its test holdout and its
+    seen items, validation included): the top-k metrics at k 10 and 20 (recall, ndcg, precision,
+    map, coverage...) under the topk protocol; else sampled and full, plus topk where the holdouts
+    have several rows a user."""
+    from ncf.eval.evaluator import evaluate
+    from ncf.tune.search import several_a_user, topk_metrics
+
+    seen = data.seen(include_valid=True)
+    if tuner.protocol == "topk":
+        return {"topk": topk_metrics(model, data.test, seen)}
+    out = {"sampled": evaluate(model, data.test, "sampled"), "full": evaluate(model, data.test, "full", seen=seen)}
+    if several_a_user(tuner.dataset):
+        out["topk"] = topk_metrics(model, data.test, seen)
+    return out
+
+
+def _headline(test: dict[str, Any]) -> str:
+    if "sampled" in test:
+        return (f"sampled hr@10 {test['sampled']['hr@10']:.4f} ndcg@10 {test['sampled']['ndcg@10']:.4f}, "
+                f"full hr@10 {test['full']['hr@10']:.4f}")
+    t = test["topk"]
+    return f"recall@20 {t['recall@20']:.4f} ndcg@20 {t['ndcg@20']:.4f} recall@10 {t['recall@10']:.4f}"

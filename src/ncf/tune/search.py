@@ -4,13 +4,23 @@ One Optuna study per model (TPE sampler, seeded; each model's first trial is its
 :data:`ncf.tune.space.DEFAULTS`), all kept in ``DIR/study.sqlite3``: rerunning the command on
 the same DIR resumes (finished trials count, their time is charged to the budget; a trial that
 was running when the process died is marked failed and its run directory redone). Every trial
-is an ordinary run (:func:`ncf.train.run.train`) in ``DIR/runs/MODEL/tNNN``. SGD trials report
+is an ordinary run (:func:`ncf.train.run.train`) in ``DIR/runs/MODEL/tNNN``, trained on the
+dataset without its test holdout. SGD trials report
 their validation score after each epoch: Optuna's median pruner stops those below the median of
 the model's earlier trials at the same epoch once they stop climbing (two epochs in a row without a
 new best: Optuna's ``PatientPruner``; a slow learner, such as MF at a small learning rate, is not
 cut while it still climbs), and the budget's end stops a trial at its
-best epoch so far. Fitted models (ease, ials, ...) are skipped once a trial of theirs no longer fits
-the time left (estimated from their earlier trials).
+best epoch so far.
+
+The budget is a promise: every fit gets the search's end as ``cfg.deadline`` (``time.monotonic()``)
+and no trial runs past it. SGD trials check it before every optimizer step (a trial cut within
+its first epoch fails; a later one keeps its best finished epoch); iterative fitted models (iALS)
+after every iteration, stopping as soon as the iterations left would not fit; one-shot fits (EASE,
+item-KNN, an SVD) cannot be interrupted, so a drawn setting is not started where its estimated
+time (:meth:`Tuner.estimate`: the model's earlier trials scaled by ``space.COST``, or for EASE
+a timed probe inversion) exceeds the time left. A setting whose ``memory_estimate`` exceeds the
+available memory is skipped with one line; a failed or stopped trial is recorded (state fail)
+and the search goes on.
 
 Scheduling: every model gets its default trial first (cheapest first, ``space.ORDER``); then the
 next trial goes to the model that has used the least time so far (:func:`choose`: shares of the
@@ -22,16 +32,20 @@ other models (:class:`ncf.models.ensemble.Ensemble`, weights chosen on validatio
 competes like any trial.
 
 Refit (``refit``: auto, yes, no): the chosen run is trained again with every choice it made on
-validation (settings, an SGD model's best epoch count, an ensemble's weights) on train +
-validation, and that is DIR/best and the test reported (:func:`refit_run`); auto does so where
-the validation items come just before the test items in time (leave-one-out on a timestamped
-source, temporal, ratio-time).
+validation (settings, the best epoch count of an SGD model or of a model with its own epoch loop,
+an ensemble's weights) on train + validation, and that is DIR/best and the test reported
+(:func:`refit_run`); auto does so where the validation items come just before the test items in
+time (leave-one-out on a timestamped source, temporal, ratio-time) and on a given split (the
+training file with its validation carved out at random per user, like the random per-user test
+split of such files: the refit trains on the whole training file).
 The search stops early enough to leave the refit its time.
 
 Selection is by the validation holdout only (``protocol`` sampled: 1 + 99 candidates; full:
-among every unseen item); test is read once, for the chosen model. Outputs in DIR::
+among every unseen item; topk: the field's full-ranking top-k metrics over every held-out item of a
+user, :func:`ncf.eval.topk.evaluate_topk`, by default where the holdouts have several rows a user,
+choosing on ``recall@20``); test is read once, after the choice, for DIR/best alone. Outputs in DIR::
 
-    summary.json  chosen model, its params, valid and test metrics under both protocols, per-model bests
+    summary.json  chosen model, its params, its valid and test metrics, per-model bests (validation)
     best/         the chosen run directory, refitted where it was (ncf evaluate / recommend / serve accept it)
     trials.csv    every trial: model, state, params, validation score, seconds, run directory
     tune.png      validation score against elapsed time, per model
@@ -54,15 +68,18 @@ from ncf.checkpoint import atomic_write_json, load_model, training_mismatch
 from ncf.console import console
 from ncf.data.datasets import DataConfig, load_dataset
 from ncf.data.split import Dataset
-from ncf.errors import ConfigError
+from ncf.errors import ConfigError, NcfError, TrialTimeout
 
 DEFAULT_MODELS = ("ease", "itemknn", "ials", "mf", "ensemble")
-PROTOCOLS = ("sampled", "full")
-TRAINABLE = ("mf", "bpr", "gmf", "mlp", "neumf")  # SGD: stopped per epoch (pruning, budget)
+PROTOCOLS = ("sampled", "full", "topk")
+TOPK_METRICS = ("recall", "capped_recall", "ndcg", "precision", "map", "hr", "mrr")  # --protocol topk: NAME@K
+REPORT_KS = (10, 20)  # cut-offs of the top-k metrics reported on test (and on the choice's validation)
 DROP_MARGIN = 0.02  # a model this far behind the best after 3 trials stops getting turns
 STALL_TRIALS, STALL_GAIN = 8, 1e-4  # no gain of STALL_GAIN in this many trials: the model waits
 ENSEMBLE_RESERVE = 0.1  # share of the budget (20 to 300 s, at most half) kept for the ensemble
 REFIT = ("auto", "yes", "no")
+MEMORY_SKIPS = 3  # a model whose drawn settings were skipped this often for memory gets no more turns
+FIRST_TRIES = 2  # attempts (failed or skipped) a model gets before one of its trials finishes
 
 
 def _optuna():
@@ -74,13 +91,97 @@ def _optuna():
     return optuna
 
 
+def is_sgd(name: str) -> bool:
+    """Whether registry model ``name`` is trained by SGD through the Trainer (epochs, pruning)."""
+    from ncf.models import get_model_class
+
+    return bool(get_model_class(name).trainable)
+
+
+def several_a_user(dataset: Dataset) -> bool:
+    """Whether the dataset's holdouts have several rows for a user (``--split`` ratio, temporal,
+    a given split...): what makes ``topk`` the default protocol. Read from the validation rows."""
+    if dataset.report.get("split", "loo") == "given":
+        return True
+    users = np.asarray(dataset.valid.users) if dataset.valid is not None else np.zeros(0)
+    return len(np.unique(users)) < len(users)
+
+
+def parse_metric(protocol: str, metric: str | None) -> tuple[str, int]:
+    """``metric`` checked for ``protocol`` (None: recall@20 for topk, else ndcg@10); (metric, its K)."""
+    metric = metric or ("recall@20" if protocol == "topk" else "ndcg@10")
+    name, _, k = metric.partition("@")
+    if protocol == "topk":
+        if name not in TOPK_METRICS or not k.isdigit() or int(k) < 1:
+            raise ConfigError(f"--metric {metric!r} for --protocol topk: NAME@K with NAME one of "
+                              f"{', '.join(TOPK_METRICS)} (e.g. recall@20, ndcg@20)")
+        return metric, int(k)
+    if metric not in ("ndcg@10", "hr@10"):
+        raise ConfigError(f"--metric must be ndcg@10 or hr@10 under --protocol {protocol}, got {metric!r}")
+    return metric, 10
+
+
+def topk_metrics(model, holdout, seen, ks=REPORT_KS) -> dict[str, float]:
+    """:func:`ncf.eval.topk.evaluate_topk` at every cut-off of ``ks``, in one dict."""
+    from ncf.eval.topk import evaluate_topk
+
+    out: dict[str, float] = {}
+    for k in ks:
+        out.update(evaluate_topk(model, holdout, seen, k))
+    return out
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (Linux ``MemAvailable``), None where unknown."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def memory_needed(name: str, dataset: Dataset, params: dict[str, Any]) -> int | None:
+    """Bytes the model class's ``memory_estimate(n_users, n_items, nnz, params)`` says a fit of
+    ``params`` needs at its peak; None where the class has none."""
+    from ncf.models import get_model_class
+
+    est = getattr(get_model_class(name), "memory_estimate", None)
+    if est is None:
+        return None
+    return int(est(dataset.n_users, dataset.n_items, dataset.train.nnz, params))
+
+
+_PROBE_N = 800  # size of the matrix EASE's probe inverts
+
+
+def ease_probe_seconds(n_items: int) -> float:
+    """Seconds EASE's fit would take about on ``n_items`` items: a timed inversion of a
+    ``_PROBE_N`` square matrix scaled by the cube of the size (the inversion dominates; x1.5 for
+    the Gram matrix and B)."""
+    n = min(_PROBE_N, max(n_items, 2))
+    g = np.random.default_rng(0).random((n, n)) + n * np.eye(n)
+    t0 = time.perf_counter()
+    np.linalg.inv(g)
+    return 1.5 * (time.perf_counter() - t0) * (n_items / n) ** 3
+
+
 def valid_score(run: Path, dataset: Dataset, protocol: str, metric: str, summary: dict) -> float:
     """The selection score of a finished run: its validation ``metric`` under ``protocol``
-    (the full protocol ranks each validation item among all items unseen in training; with
-    several validation items a user, ``--split`` other than loo, the top-k metrics of
-    :mod:`ncf.eval.topk` over all of them)."""
+    (full ranks each validation item among all items unseen in training; topk, and full with
+    several validation items a user, the top-k metrics of :mod:`ncf.eval.topk` over all of them)."""
     if protocol == "sampled":
         return float((summary.get("valid") or {}).get(metric, -math.inf))
+    if protocol == "topk":
+        from ncf.eval.topk import evaluate_topk
+
+        k = int(metric.partition("@")[2])
+        got = evaluate_topk(load_model(run), dataset.valid, dataset.train.matrix, k)
+        if metric not in got:
+            raise ConfigError(f"--metric {metric}: the top-k evaluator has no such metric "
+                              f"(it gives {', '.join(sorted(got))})")
+        return float(got[metric])
     if dataset.report.get("split", "loo") != "loo":  # several items a user: top-k metrics over all of them
         from ncf.eval.topk import evaluate_topk
 
@@ -104,6 +205,13 @@ def choose(models: dict[str, tuple[float, list[float]]]) -> str | None:
     least time, among those not :func:`stalled` (all of them where every one is)."""
     fresh = [m for m, (_, values) in models.items() if not stalled(values)] or list(models)
     return min(fresh, key=lambda m: (models[m][0], list(models).index(m))) if fresh else None
+
+
+def refit_helps(dataset: Dataset) -> bool:
+    """What ``--refit auto`` refits for: validation dated just before test (:func:`dated_validation`),
+    or a given split (the training file's validation carved at random per user, as the given test
+    file usually was from the whole: the refit trains on the whole training file)."""
+    return dated_validation(dataset) or dataset.report.get("split") == "given"
 
 
 def dated_validation(dataset: Dataset) -> bool:
@@ -139,13 +247,15 @@ class Tuner:
     """The search of one ``ncf tune`` invocation (see the module docstring)."""
 
     def __init__(self, data_cfg: DataConfig, out: Path, time_budget: float, models: list[str],
-                 protocol: str = "sampled", metric: str = "ndcg@10", seed: int = 0, epochs: int = 30,
+                 protocol: str | None = None, metric: str | None = None, seed: int = 0, epochs: int = 30,
                  threads: int = 0, device: str = "auto", dataset: Dataset | None = None, progress: bool = True,
                  refit: str = "auto"):
         if time_budget <= 0:
             raise ConfigError(f"--time-budget must be > 0 seconds, got {time_budget}")
-        if protocol not in PROTOCOLS:
-            raise ConfigError(f"--protocol must be sampled or full, got {protocol!r}")
+        if protocol is not None and protocol not in PROTOCOLS:
+            raise ConfigError(f"--protocol must be sampled, full or topk, got {protocol!r}")
+        if refit not in REFIT:
+            raise ConfigError(f"--refit must be auto, yes or no, got {refit!r}")
         unknown = [m for m in models if m not in space.SPACES and m != "ensemble"]
         if unknown:
             raise ConfigError(f"ncf tune cannot search {', '.join(unknown)} (tunable: "
@@ -156,18 +266,21 @@ class Tuner:
             get_model_class(m)  # missing optional dependencies fail before any training
         self.optuna = _optuna()
         self.data_cfg, self.out, self.budget = data_cfg, Path(out), float(time_budget)
-        self.models = [m for m in space.ORDER if m in models]
+        self.models = space.ordered(m for m in models if m != "ensemble")
         self.ensemble = "ensemble" in models
-        self.protocol, self.metric, self.seed, self.progress = protocol, metric, seed, progress
+        self.seed, self.progress = seed, progress
         self.base = {"epochs": epochs, "patience": 3, "seed": seed, "threads": threads, "device": device}
         self.dataset = dataset or load_dataset(data_cfg)
         if self.dataset.valid is None or not len(self.dataset.valid):
             raise ConfigError("ncf tune chooses on a validation holdout, and this dataset has none (drop --no-valid)")
-        if refit not in REFIT:
-            raise ConfigError(f"--refit must be auto, yes or no, got {refit!r}")
+        self.protocol = protocol or ("topk" if several_a_user(self.dataset) else "sampled")
+        self.metric, self.k = parse_metric(self.protocol, metric)
+        # what every trial trains on: nothing of a trial can read test (test is read once, by finish)
+        self.search_data = self.dataset.without_test()
         self.full = None  # the source without a validation holdout, where the choice is refitted on it
-        if refit == "yes" or (refit == "auto" and dated_validation(self.dataset)):
+        if refit == "yes" or (refit == "auto" and refit_helps(self.dataset)):
             self.full = self._full_dataset(refit == "yes")
+        self.memory_skips: dict[str, int] = {}
         self.out.mkdir(parents=True, exist_ok=True)
         self._check_resume()
         self.storage = f"sqlite:///{(self.out / 'study.sqlite3').resolve()}"
@@ -248,93 +361,169 @@ class Tuner:
         return max(done, key=lambda t: (t.value, -t.number)) if done else None
 
     # -- one trial ---------------------------------------------------------------------
-    def run_trial(self, name: str, deadline: float) -> None:
+    def _skip(self, trial, name: str, why: str, kind: str) -> str:
+        """Record a drawn setting that is not trained (state fail, ``skipped``), say so in one line."""
+        trial.set_user_attr("skipped", kind)
+        trial.set_user_attr("seconds", 0.0)
+        self.studies[name].tell(trial, state=self.optuna.trial.TrialState.FAIL)
+        console.print(f"  [yellow]skipped: {why}")
+        return "skipped" if kind == "time" else f"skipped ({kind})"
+
+    def _precheck(self, name: str, trial, cfg, left: float) -> str | None:
+        """Why a drawn setting must not start (memory, time), after saying so; None to go on."""
+        from ncf.models import get_model_class
+
+        params = cfg.model_params(get_model_class(name))
+        need, have = memory_needed(name, self.dataset, params), available_memory()
+        if need is not None and have is not None and need > have:
+            self.memory_skips[name] = self.memory_skips.get(name, 0) + 1
+            return self._skip(trial, name, f"{name} would need about {need / 2**30:.1f} GiB, "
+                              f"{have / 2**30:.1f} GiB are available", "memory")
+        if not is_sgd(name):
+            est = self.estimate(name, params)
+            if est is not None and est > left:
+                return self._skip(trial, name, f"{name} would take about {est:.0f} s, {left:.0f} s are left",
+                                  "time")
+        return None
+
+    def run_trial(self, name: str, deadline: float) -> str:
+        """One trial of ``name`` that ends by ``deadline`` (``time.monotonic()``); returns its
+        outcome: complete, pruned, failed (also: stopped at the deadline), or skipped (not started:
+        it would not fit the memory or the time left)."""
         from ncf.compare import trial_config
         from ncf.train.run import train
 
         optuna, study = self.optuna, self.studies[name]
         trial = study.ask()
         params = space.suggest(name, trial)
-        base = self.base if name in TRAINABLE else {"threads": self.base["threads"], "seed": self.seed}
+        base = self.base if is_sgd(name) else {"threads": self.base["threads"], "seed": self.seed}
         cfg = trial_config(name, params, base)
         run = self.out / "runs" / name / f"t{trial.number:03d}"
         if run.exists():
             shutil.rmtree(run)  # a trial number is never reused; this is the leftover of a crash
         trial.set_user_attr("run", str(run))
         trial.set_user_attr("params", json.loads(json.dumps(params)))
-        console.print(f"[bold]{name}[/] trial {trial.number}: {params or '(no hyperparameters)'}  "
-                      f"({max(0.0, deadline - time.time()):.0f} s left)")
+        left = max(0.0, deadline - time.monotonic())
+        console.print(f"[bold]{name}[/] trial {trial.number}: {params or '(no hyperparameters)'}  ({left:.0f} s left)")
+        skipped = self._precheck(name, trial, cfg, left)
+        if skipped:
+            return skipped
+        cfg.deadline = deadline  # every fit stops there (ncf.deadline; the Trainer's steps)
 
         def on_epoch(record: dict) -> bool:
-            v = (record.get("valid") or {}).get(self.metric)
+            valid = record.get("valid") or {}
+            v = valid.get(self.metric, valid.get(cfg.monitor))  # topk: pruned on the Trainer's own monitor
+            if not self.progress:  # the Trainer prints its epochs only with progress on
+                console.print(f"  epoch {record['epoch']}: valid {cfg.monitor} "
+                              f"{valid.get(cfg.monitor, float('nan')):.4f}  ({record.get('seconds', 0.0):.0f} s)")
             if v is not None:
                 trial.report(v, record["epoch"])
                 if trial.should_prune():
                     raise optuna.TrialPruned()
             # the budget's end (before another epoch like this one would pass it): keep the best epoch so far
-            return time.time() + record.get("seconds", 0.0) >= deadline
+            return time.monotonic() + record.get("seconds", 0.0) >= deadline
 
-        t0 = time.time()
+        t0 = time.monotonic()
         try:
             # a tune never resumes a trial: a pruned or failed one leaves no resumable state behind
-            summary = train(self.data_cfg, cfg, run, dataset=self.dataset, progress=self.progress, on_epoch=on_epoch,
-                            resumable=False)
+            summary = train(self.data_cfg, cfg, run, dataset=self.search_data, progress=self.progress,
+                            on_epoch=on_epoch, resumable=False)
+            value = valid_score(run, self.dataset, self.protocol, self.metric, summary)
         except optuna.TrialPruned:
             _drop_weights(run)
-            trial.set_user_attr("seconds", time.time() - t0)
+            trial.set_user_attr("seconds", time.monotonic() - t0)
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-            console.print(f"  pruned after {time.time() - t0:.0f} s (below the median of earlier {name} trials)")
-            return
-        except (ValueError, RuntimeError, MemoryError) as e:
+            console.print(f"  pruned after {time.monotonic() - t0:.0f} s (below the median of earlier {name} trials)")
+            return "pruned"
+        except TrialTimeout as e:
             _drop_weights(run)
+            trial.set_user_attr("seconds", time.monotonic() - t0)
+            trial.set_user_attr("timeout", str(e))
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            console.print(f"  [yellow]stopped after {time.monotonic() - t0:.0f} s: {e}")
+            return "failed"
+        except (ValueError, RuntimeError, MemoryError, NcfError) as e:
+            _drop_weights(run)
+            trial.set_user_attr("seconds", time.monotonic() - t0)
+            trial.set_user_attr("error", str(e)[:500])
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
             console.print(f"  [red]failed: {e}")
-            return
-        value = valid_score(run, self.dataset, self.protocol, self.metric, summary)
+            return "failed"
         (run / "state.safetensors").unlink(missing_ok=True)  # finished: the resumable state is dead weight
-        trial.set_user_attr("seconds", time.time() - t0)
+        trial.set_user_attr("seconds", time.monotonic() - t0)
         trial.set_user_attr("best_epoch", summary.get("best_epoch"))
+        if summary.get("stopped"):
+            trial.set_user_attr("stopped", summary["stopped"])
         if summary.get("epochs_run"):
-            trial.set_user_attr("epoch_seconds", (time.time() - t0) / summary["epochs_run"])
+            trial.set_user_attr("epoch_seconds", (time.monotonic() - t0) / summary["epochs_run"])
         prev = self.best(name)
         study.tell(trial, value)
         if prev is not None and value <= prev.value:
             _drop_weights(run)  # only each model's best run keeps its weights (ensemble members, DIR/best)
         elif prev is not None:
             _drop_weights(Path(prev.user_attrs["run"]))
-        console.print(f"  valid {self.protocol} {self.metric} {value:.4f}  ({time.time() - t0:.0f} s)"
+        console.print(f"  valid {self.protocol} {self.metric} {value:.4f}  ({time.monotonic() - t0:.0f} s)"
                       + ("  *" if prev is None or value > prev.value else ""))
+        return "complete"
 
     # -- the schedule ------------------------------------------------------------------
-    def _estimate(self, name: str) -> float:
-        """Seconds the next trial of ``name`` needs at least: a fitted model's slowest earlier
-        trial; an SGD model's fastest epoch so far (it can stop after any epoch)."""
-        done = self._done(name)
-        if name in TRAINABLE:
-            secs = [t.user_attrs["epoch_seconds"] for t in done if "epoch_seconds" in t.user_attrs]
-            return min(secs) if secs else 0.0
-        secs = [t.user_attrs.get("seconds", 0.0) for t in done]
-        return max(secs) if secs else 0.0
+    def estimate(self, name: str, params: dict[str, Any] | None = None) -> float | None:
+        """Seconds a fitted model's trial of ``params`` takes about: its earlier trials' seconds
+        per unit of ``space.cost`` times this one's cost (the slowest such rate: a one-shot fit
+        cannot be stopped, so the estimate errs long); before any, EASE's probe (None for the
+        others: their first trial starts, see :meth:`_next`). ``params`` None: the cheapest
+        earlier trial (what any next trial needs at least)."""
+        done = [t for t in self._done(name) if t.user_attrs.get("seconds")]
+        if not done:
+            return ease_probe_seconds(self.dataset.n_items) if name == "ease" and params is not None else None
+        if params is None:
+            return min(t.user_attrs["seconds"] for t in done)
+        rate = max(t.user_attrs["seconds"] / space.cost(name, self._model_params(name, t)) for t in done)
+        return rate * space.cost(name, params)
+
+    def _model_params(self, name: str, trial) -> dict[str, Any]:
+        """The model hyperparameters a finished trial ran with (from its run's trial dict)."""
+        from ncf.compare import trial_config
+        from ncf.models import get_model_class
+
+        cfg = trial_config(name, trial.user_attrs.get("params") or {}, {})
+        return cfg.model_params(get_model_class(name))
+
+    def _sgd_estimate(self, name: str) -> float:
+        """Seconds an SGD model's next trial needs at least: its fastest epoch so far (it can stop
+        after any epoch)."""
+        secs = [t.user_attrs["epoch_seconds"] for t in self._done(name) if "epoch_seconds" in t.user_attrs]
+        return min(secs) if secs else 0.0
 
     def _typical(self) -> float:
         """Mean seconds of the trials finished so far, any model (0 before the first)."""
         secs = [t.user_attrs.get("seconds", 0.0) for m in self.models for t in self._done(m)]
         return sum(secs) / len(secs) if secs else 0.0
 
+    def _tries(self, name: str) -> int:
+        """Trials of ``name`` that ended without a score (failed, stopped, skipped)."""
+        return sum(t.state == self.optuna.trial.TrialState.FAIL for t in self.studies[name].get_trials(deepcopy=False))
+
     def _next(self, deadline: float, exhausted: set[str]) -> str | None:
-        left = deadline - time.time()
+        left = deadline - time.monotonic()
         candidates = []
         for m in self.models:
             if m in exhausted:
                 continue
+            if self.memory_skips.get(m, 0) >= MEMORY_SKIPS:
+                exhausted.add(m)
+                continue
             n = len(self._done(m))
             if m == "pop" and n:
                 continue
-            if n and self._estimate(m) > left:
+            need = (self._sgd_estimate(m) if is_sgd(m) else self.estimate(m)) if n else None
+            if need is not None and need > left:
                 exhausted.add(m)
                 continue
-            if n == 0 and not any(t.state == self.optuna.trial.TrialState.FAIL
-                                  for t in self.studies[m].get_trials(deepcopy=False)):
+            if n == 0:
+                if self._tries(m) >= FIRST_TRIES:
+                    exhausted.add(m)  # failed or skipped again and again: no more turns
+                    continue
                 if left < self._typical():
                     exhausted.add(m)  # no estimate of its own: not started with less than a typical trial's time
                     continue
@@ -349,7 +538,7 @@ class Tuner:
                        for m in keep})
 
     def run(self) -> dict[str, Any]:
-        start = time.time()
+        start = time.monotonic()
         before = self.spent()
         if before:
             console.print(f"resuming {self.out / 'study.sqlite3'}: {before:.0f} s of the budget already spent")
@@ -358,20 +547,22 @@ class Tuner:
         exhausted: set[str] = set()
         while True:
             stop = deadline - reserve - self.refit_reserve()  # what the refit of the best runs so far needs
-            if time.time() >= stop:
+            if time.monotonic() >= stop:
                 break
             name = self._next(stop, exhausted)
             if name is None:
                 break
-            self.run_trial(name, stop)
+            if self.run_trial(name, stop) == "skipped":
+                exhausted.add(name)  # a drawn setting would not finish in time: the model's turns are over
         if self.ensemble:  # requested: runs even where the last trial ate into its reserve
-            self.run_ensemble()
+            self.run_ensemble(deadline)
         from ncf.tune.report import finish
 
-        return finish(self, time.time() - start + before)
+        return finish(self, time.monotonic() - start + before)
 
-    def run_ensemble(self) -> None:
-        """Blend the best runs of up to three other models; the blend is one more trial."""
+    def run_ensemble(self, deadline: float | None = None) -> None:
+        """Blend the best runs of up to three other models; the blend is one more trial, that
+        stops at ``deadline`` (``time.monotonic()``) where it has not finished."""
         from ncf.config import TrainConfig
         from ncf.train.run import train
 
@@ -392,29 +583,35 @@ class Tuner:
         trial.set_user_attr("members", members)
         trial.set_user_attr("params", {"members": members})
         console.print(f"[bold]ensemble[/] of {', '.join(members)}")
+        # the blend's own choice of weights: sampled, or among every unseen item (topk too), on NDCG@10
+        select = "sampled" if self.protocol == "sampled" else "full"
+        metric = self.metric if self.protocol != "topk" else "ndcg@10"
         cfg = TrainConfig(model="ensemble", seed=self.seed, threads=self.base["threads"],
-                          params={"members": members, "select": self.protocol, "metric": self.metric})
-        t0 = time.time()
+                          params={"members": members, "select": select, "metric": metric}, deadline=deadline)
+        t0 = time.monotonic()
         try:
-            summary = train(self.data_cfg, cfg, run, dataset=self.dataset, progress=self.progress)
-        except (ValueError, RuntimeError, MemoryError) as e:
+            summary = train(self.data_cfg, cfg, run, dataset=self.search_data, progress=self.progress)
+            value = valid_score(run, self.dataset, self.protocol, self.metric, summary)
+        except (ValueError, RuntimeError, MemoryError, NcfError) as e:
+            trial.set_user_attr("error", str(e)[:500])
             study.tell(trial, state=self.optuna.trial.TrialState.FAIL)
             console.print(f"  [red]failed: {e}")
             return
-        value = valid_score(run, self.dataset, self.protocol, self.metric, summary)
-        trial.set_user_attr("seconds", time.time() - t0)
+        trial.set_user_attr("seconds", time.monotonic() - t0)
         study.tell(trial, value)
         weights = json.loads((run / "config.json").read_text())["model_params"]["weights"]
         console.print(f"  weights {weights}  valid {self.protocol} {self.metric} {value:.4f}  "
-                      f"({time.time() - t0:.0f} s)")
+                      f"({time.monotonic() - t0:.0f} s)")
 
     # -- refit on train + validation ----------------------------------------------------
     def _refit_seconds(self, name: str, trial) -> float:
-        """Seconds a refit of ``trial`` takes about: its own, an SGD trial's for its best epoch count."""
+        """Seconds a refit of ``trial`` takes about: its own, an SGD trial's for its best epoch
+        count, scaled by the share of interactions the refit adds (validation)."""
         a = trial.user_attrs
-        if name in TRAINABLE and a.get("epoch_seconds") and a.get("best_epoch"):
-            return a["epoch_seconds"] * a["best_epoch"]
-        return a.get("seconds", 0.0)
+        grow = (self.dataset.train.nnz + len(self.dataset.valid)) / max(self.dataset.train.nnz, 1)
+        if is_sgd(name) and a.get("epoch_seconds") and a.get("best_epoch"):
+            return grow * a["epoch_seconds"] * a["best_epoch"]
+        return grow * a.get("seconds", 0.0)
 
     def refit_reserve(self) -> float:
         """Seconds the search leaves for the refit: the best runs the ensemble would blend (else the best)."""
@@ -435,31 +632,48 @@ class Tuner:
                 console.print(f"refit of {run} on train + validation: kept from an earlier session ({old['run']})")
                 return old
         console.print(f"[bold]refit[/] of {run} on train + validation")
-        t0 = time.time()
+        t0 = time.monotonic()
         out = refit_run(run, root, self.full_cfg, self.full, self.progress)
-        console.print(f"  refitted in {time.time() - t0:.0f} s")
-        result = {"from": str(run), "run": str(out), "seconds": round(time.time() - t0, 1)}
+        console.print(f"  refitted in {time.monotonic() - t0:.0f} s")
+        result = {"from": str(run), "run": str(out), "seconds": round(time.monotonic() - t0, 1)}
         atomic_write_json(done, result)
         return result
 
 
-def refit_run(run: Path, root: Path, full_cfg: DataConfig, full: Dataset, progress: bool = False) -> Path:
+def refit_config(src: Path, **override) -> dict[str, Any]:
+    """The TrainConfig (as a dict) that trains run ``src``'s choice again on train + validation:
+    its settings (with ``override``), for the epoch count validation chose where it chose one
+    (``best_epoch`` in its summary.json): an SGD model's ``epochs``, or the ``epochs`` parameter
+    of a model with its own epoch loop (one that reports ``stats["best_epoch"]``: sasrec,
+    lightgcn...). Without validation such a fit runs exactly that many epochs, keeping the last."""
+    cfg = json.loads((src / "config.json").read_text())
+    tc = {**cfg["train"], **override}
+    best = json.loads((src / "summary.json").read_text()).get("best_epoch")
+    if best:
+        if is_sgd(cfg["model"]):
+            tc["epochs"] = int(best)
+        elif "epochs" in (cfg.get("model_params") or {}):
+            tc["params"] = {**tc.get("params", {}), "epochs": int(best)}
+    return tc
+
+
+def refit_run(run: Path, root: Path, full_cfg: DataConfig, full: Dataset, progress: bool = False,
+              with_test: bool = False) -> Path:
     """``run`` trained again with its settings on ``full`` (train + validation; the same test
-    holdout) into ``root``: an SGD model for its best epoch count, keeping the last; an ensemble
-    as its members with a weight so (``root/mK-MODEL``), blended with the weights it chose on
-    validation (``root/ensemble``). Returns the new run directory."""
+    holdout) into ``root`` (:func:`refit_config`: for the epoch count validation chose, keeping
+    the last); an ensemble as its members with a weight so (``root/mK-MODEL``), blended with the
+    weights it chose on validation (``root/ensemble``). Test is not read (``ncf tune`` reads it
+    once, for DIR/best) unless ``with_test``. Returns the new run directory."""
     from ncf.config import TrainConfig
     from ncf.train.run import train
 
     if root.exists():
         shutil.rmtree(root)  # what an interrupted or another refit left
+    data = full if with_test else full.without_test()
 
     def again(src: Path, out: Path, **override) -> Path:
-        cfg = json.loads((src / "config.json").read_text())
-        tc = {**cfg["train"], **override}
-        if cfg["model"] in TRAINABLE:
-            tc["epochs"] = int(json.loads((src / "summary.json").read_text()).get("best_epoch") or tc["epochs"])
-        train(full_cfg, TrainConfig.from_dict(tc), out, dataset=full, progress=progress, resumable=False)
+        train(full_cfg, TrainConfig.from_dict(refit_config(src, **override)), out, dataset=data, progress=progress,
+              resumable=False)
         return out
 
     cfg = json.loads((run / "config.json").read_text())
@@ -473,7 +687,7 @@ def refit_run(run: Path, root: Path, full_cfg: DataConfig, full: Dataset, progre
 
 
 def tune(data_cfg: DataConfig, out: Path, time_budget: float, models: list[str] | tuple[str, ...] = DEFAULT_MODELS,
-         protocol: str = "sampled", **kw) -> dict[str, Any]:
+         protocol: str | None = None, **kw) -> dict[str, Any]:
     """Run ``ncf tune`` (see the module docstring); returns what ``DIR/summary.json`` holds.
     ``out`` is new, empty or a study to continue (never a run or other files: :mod:`ncf.outputs`),
     written by one process at a time."""

@@ -128,8 +128,33 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "lightgcn": {"factors": 64, "layers": 3, "lr": 0.001, "l2": 1e-4, "batch_size": 2048, "epochs": 1000},
 }
 
-# rough cost order: cheap models first, so a small budget still sees a strong model
+# rough cost order: cheap models first, so a small budget still sees a strong model; a model with a
+# space but not named here comes after these, in the order it was asked for (:func:`ordered`)
 ORDER = ("pop", "ease", "itemknn", "ials", "mf", "bpr", "gmf", "neumf", "mlp", "lightgcn")
+
+# relative cost of a fitted model's trial from its hyperparameters (the model's full parameter
+# dict, defaults filled in): ``ncf tune`` scales the seconds of its earlier trials by it to
+# decide whether a drawn setting can finish in the time left (one-shot fits cannot be stopped).
+# Models absent here cost alike whatever their settings. iALS: a sweep is linear in the
+# interactions times the dimension and cubic in it for the Gram matrices; on ML-1M sizes the
+# factors**1.5 fits between those.
+COST: dict[str, Callable[[dict[str, Any]], float]] = {
+    "ials": lambda p: float(p["iterations"]) * float(p["factors"]) ** 1.5,
+}
+
+
+def ordered(names) -> list[str]:
+    """``names`` in search order: ``ORDER``'s first, then any other (a model whose space was
+    added without a place in ``ORDER``) in the order given; duplicates once."""
+    names = list(dict.fromkeys(names))
+    return [m for m in ORDER if m in names] + [m for m in names if m not in ORDER]
+
+
+def cost(name: str, params: dict[str, Any]) -> float:
+    """Relative cost of a trial of ``name`` with model hyperparameters ``params`` (``COST``; 1 for
+    models without a cost function), at least a tiny positive number."""
+    fn = COST.get(name)
+    return max(float(fn(params)), 1e-12) if fn else 1.0
 
 
 def suggest(name: str, trial) -> dict[str, Any]:
@@ -155,7 +180,8 @@ class Proposals:
         self.name, self.budget = name, budget
         self.study = optuna.create_study(direction="maximize",
                                          sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=4))
-        self.study.enqueue_trial(DEFAULTS[name])
+        if name in DEFAULTS:
+            self.study.enqueue_trial(DEFAULTS[name])
         self._trial = None
 
     def __len__(self) -> int:
