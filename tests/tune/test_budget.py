@@ -258,3 +258,23 @@ def test_refit_config_trains_for_the_epoch_count_validation_chose(tmp_path):
     assert refit_config(sgd)["epochs"] == 5 and refit_config(sgd)["params"] == {}
     one_shot = run("e", "ease", {"l2": 5.0}, {"model": "ease", "params": {"l2": 5.0}}, None)
     assert refit_config(one_shot) == {"model": "ease", "params": {"l2": 5.0}}
+
+
+def test_the_fit_leaves_time_for_its_validation_score(tmp_path, monkeypatch):
+    """Under topk the validation score ranks every item (minutes on Gowalla-sized data): the fit's
+    deadline comes that much before the trial's, measured by a probe before the first trial and
+    by the last trial after."""
+    import ncf.tune.search as search
+
+    dcfg = DataConfig(source=str(_ratings(tmp_path, n_items=60, per_user=30)), split="ratio")
+    tuner = Tuner(dcfg, tmp_path / "t", 60, ["ease"], progress=False, threads=1)
+    assert tuner.protocol == "topk" and 0 < tuner.eval_estimate() < 5  # the probe, on 40 users
+    tuner.eval_seconds = None
+    monkeypatch.setattr(search, "eval_probe_seconds", lambda *a: 100.0)
+    assert tuner.run_trial("ease", deadline=time.monotonic() + 60) == "skipped"  # 60 s: not enough for 100
+    (t,) = tuner.studies["ease"].trials
+    assert t.user_attrs["skipped"] == "time"
+    tuner.eval_seconds = None
+    monkeypatch.setattr(search, "eval_probe_seconds", lambda *a: 0.5)
+    assert tuner.run_trial("ease", deadline=time.monotonic() + 60) == "complete"
+    assert tuner.eval_seconds != 0.5  # measured on the trial

@@ -122,9 +122,14 @@ def parse_metric(protocol: str, metric: str | None) -> tuple[str, int]:
 
 
 def topk_metrics(model, holdout, seen, ks=REPORT_KS) -> dict[str, float]:
-    """:func:`ncf.eval.topk.evaluate_topk` at every cut-off of ``ks``, in one dict."""
+    """:func:`ncf.eval.topk.evaluate_topk` at every cut-off of ``ks``, in one dict: one ranking
+    where the evaluator takes several cut-offs (``ks=``), else one call a cut-off."""
+    import inspect
+
     from ncf.eval.topk import evaluate_topk
 
+    if "ks" in inspect.signature(evaluate_topk).parameters:
+        return dict(evaluate_topk(model, holdout, seen, ks=tuple(ks)))
     out: dict[str, float] = {}
     for k in ks:
         out.update(evaluate_topk(model, holdout, seen, k))
@@ -165,6 +170,45 @@ def ease_probe_seconds(n_items: int) -> float:
     t0 = time.perf_counter()
     np.linalg.inv(g)
     return 1.5 * (time.perf_counter() - t0) * (n_items / n) ** 3
+
+
+class _RandomScorer:
+    """Random scores for every item: what :func:`eval_probe_seconds` ranks."""
+
+    def __init__(self, n_users: int, n_items: int):
+        import torch
+
+        self.n_users, self.n_items = n_users, n_items
+        self.gen = torch.Generator().manual_seed(0)
+
+    def score_all(self, users):
+        import torch
+
+        return torch.rand(len(users), self.n_items, generator=self.gen)
+
+
+def eval_probe_seconds(dataset: Dataset, protocol: str, k: int, users: int = 1024) -> float:
+    """Seconds a validation score under ``protocol`` (topk, full) takes about: the evaluator timed
+    on the validation rows of ``users`` users with random scores, scaled to every validation user
+    (x1.5 for a real model's scores)."""
+    from ncf.data.split import HoldOut
+
+    valid = dataset.valid
+    all_users = np.unique(valid.users)
+    some = all_users[:users]
+    rows = np.isin(valid.users, some)
+    sub = HoldOut(valid.users[rows], valid.items[rows], valid.candidates[rows])
+    model = _RandomScorer(dataset.n_users, dataset.n_items)
+    t0 = time.perf_counter()
+    if protocol == "topk" or dataset.report.get("split", "loo") != "loo":
+        from ncf.eval.topk import evaluate_topk
+
+        evaluate_topk(model, sub, dataset.train.matrix, k)
+    else:
+        from ncf.eval.evaluator import evaluate
+
+        evaluate(model, sub, "full", seen=dataset.train.matrix)
+    return 1.5 * (time.perf_counter() - t0) * len(all_users) / max(len(some), 1)
 
 
 def valid_score(run: Path, dataset: Dataset, protocol: str, metric: str, summary: dict) -> float:
@@ -290,6 +334,7 @@ class Tuner:
         if refit == "yes" or (refit == "auto" and refit_helps(self.dataset)):
             self.full = self._full_dataset(refit == "yes")
         self.memory_skips: dict[str, int] = {}
+        self.eval_seconds: float | None = None  # what scoring a trial on validation takes (topk, full)
         _warm_up()
         self.out.mkdir(parents=True, exist_ok=True)
         self._check_resume()
@@ -389,6 +434,9 @@ class Tuner:
             self.memory_skips[name] = self.memory_skips.get(name, 0) + 1
             return self._skip(trial, name, f"{name} would need about {need / 2**30:.1f} GiB, "
                               f"{have / 2**30:.1f} GiB are available", "memory")
+        if left <= 0:
+            return self._skip(trial, name, f"no time left for {name} and its validation score "
+                              f"(about {self.eval_estimate():.0f} s)", "time")
         if not is_sgd(name):
             est = self.estimate(name, params)
             if est is not None and est > left:
@@ -413,12 +461,13 @@ class Tuner:
             shutil.rmtree(run)  # a trial number is never reused; this is the leftover of a crash
         trial.set_user_attr("run", str(run))
         trial.set_user_attr("params", json.loads(json.dumps(params)))
-        left = max(0.0, deadline - time.monotonic())
+        left = max(0.0, deadline - time.monotonic() - self.eval_estimate())
         console.print(f"[bold]{name}[/] trial {trial.number}: {params or '(no hyperparameters)'}  ({left:.0f} s left)")
         skipped = self._precheck(name, trial, cfg, left)
         if skipped:
             return skipped
-        cfg.deadline = deadline  # every fit stops there (ncf.deadline; the Trainer's steps)
+        # every fit stops there (ncf.deadline; the Trainer's steps), early enough for its validation score
+        cfg.deadline = deadline - self.eval_estimate()
 
         def on_epoch(record: dict) -> bool:
             valid = record.get("valid") or {}
@@ -438,7 +487,10 @@ class Tuner:
             # a tune never resumes a trial: a pruned or failed one leaves no resumable state behind
             summary = train(self.data_cfg, cfg, run, dataset=self.search_data, progress=self.progress,
                             on_epoch=on_epoch, resumable=False)
+            t_eval = time.monotonic()
             value = valid_score(run, self.dataset, self.protocol, self.metric, summary)
+            if self.protocol != "sampled":
+                self.eval_seconds = time.monotonic() - t_eval
         except optuna.TrialPruned:
             _drop_weights(run)
             trial.set_user_attr("seconds", time.monotonic() - t0)
@@ -475,6 +527,16 @@ class Tuner:
         console.print(f"  valid {self.protocol} {self.metric} {value:.4f}  ({time.monotonic() - t0:.0f} s)"
                       + ("  *" if prev is None or value > prev.value else ""))
         return "complete"
+
+    def eval_estimate(self) -> float:
+        """Seconds the validation score of a trial takes after its fit (topk and full rank every
+        item: minutes on Gowalla-sized data; sampled is part of the fit): the last one measured,
+        before any a probe (:func:`eval_probe_seconds`)."""
+        if self.protocol == "sampled":
+            return 0.0
+        if self.eval_seconds is None:
+            self.eval_seconds = eval_probe_seconds(self.dataset, self.protocol, self.k)
+        return self.eval_seconds
 
     # -- the schedule ------------------------------------------------------------------
     def estimate(self, name: str, params: dict[str, Any] | None = None) -> float | None:
