@@ -196,7 +196,8 @@ def test_topk_protocol_chooses_on_recall_at_20_and_reads_test_once(tmp_path, mon
 
     monkeypatch.setattr(topk_mod, "evaluate_topk", spy)
     s = tune(dcfg, tmp_path / "t", 5, ["ease", "itemknn"], progress=False, threads=1)
-    assert s["protocol"] == "topk" and s["metric"] == "recall@20" and s["refit"] is None  # ratio: auto does not
+    assert s["protocol"] == "topk" and s["metric"] == "recall@20"
+    assert s["refit"] is not None  # ratio: auto refits on train + validation (test read once all the same)
     for key in ("recall", "ndcg", "precision", "map", "coverage"):
         for k in (10, 20):
             assert 0 <= s["test"]["topk"][f"{key}@{k}"] <= 1 and f"{key}@{k}" in s["valid"]["topk"]
@@ -217,7 +218,8 @@ def test_refit_auto_on_a_given_split():
 
     given = SimpleNamespace(report={"split": "given"}, valid=None)
     assert refit_helps(given) and several_a_user(given)
-    assert not refit_helps(SimpleNamespace(report={"split": "ratio"}))
+    assert refit_helps(SimpleNamespace(report={"split": "ratio"}))
+    assert not refit_helps(SimpleNamespace(report={"split": "loo", "timestamps": False}))
 
 
 def test_models_outside_order_are_searched_and_refitted_for_their_chosen_epoch(tmp_path, monkeypatch):

@@ -117,15 +117,20 @@ def test_budget_stops_an_sgd_trial_at_its_best_epoch(toy_dataset, tmp_path, monk
     monkeypatch.setattr(Trainer, "train_epoch", lambda self, *a, **k: (time.sleep(0.3), slow(self, *a, **k))[1])
     t0 = time.monotonic()
     assert tuner.run_trial("mf", deadline=t0 + 2.0) == "complete"
-    assert time.monotonic() - t0 < 2.0 + 1.0  # the slack: the last epoch's validation and the trial's own
+    # the slack: the run's own writing and its last validation (a busy 2-core machine: seconds)
+    assert time.monotonic() - t0 < 2.0 + 3.0
     (t,) = tuner.studies["mf"].trials
     assert t.state == optuna.trial.TrialState.COMPLETE and t.user_attrs["best_epoch"] >= 1
     ran = json.loads((Path(t.user_attrs["run"]) / "summary.json").read_text())["epochs_run"]
     assert t.user_attrs["best_epoch"] <= ran < 7
-    # already due: not even the first epoch runs, and the trial is recorded as stopped
-    assert tuner.run_trial("mf", deadline=time.monotonic()) == "failed"
+    # due before the first epoch's first step (1.5 s in): nothing to keep, the trial is recorded as stopped
+    monkeypatch.setattr(Trainer, "train_epoch", lambda self, *a, **k: (time.sleep(1.5), slow(self, *a, **k))[1])
+    assert tuner.run_trial("mf", deadline=time.monotonic() + 1.0) == "failed"
     t = tuner.studies["mf"].trials[-1]
-    assert t.state == optuna.trial.TrialState.FAIL and "time limit" in t.user_attrs["timeout"]
+    assert t.state == optuna.trial.TrialState.FAIL and "no epoch finished" in t.user_attrs["timeout"]
+    # already due: not started at all
+    assert tuner.run_trial("mf", deadline=time.monotonic()) == "skipped"
+    assert tuner.studies["mf"].trials[-1].user_attrs["skipped"] == "time"
 
 
 def test_the_next_trial_goes_to_the_model_that_used_the_least_time():
@@ -266,14 +271,15 @@ def test_refit_trains_the_choice_again_on_train_and_validation(tmp_path):
     again = evaluate(load_model(best), ds.test, "sampled")
     assert again["hr@10"] == pytest.approx(s["test"]["sampled"]["hr@10"])
     assert s["valid"]["sampled"]["ndcg@10"] == pytest.approx(chosen["valid_score"])  # the choice as trained
-    # rerunning the finished tune keeps its refit (no second training), and a changed one is redone
+    # rerunning the finished tune (its budget spent: no new trial) keeps its refit (no second training),
+    # and a changed one is redone
     stamp = (Path(refit["run"]) / "model.safetensors").stat().st_mtime_ns
-    again_s = tune(dcfg, tmp_path / "t", 4, ["mf"], progress=False, threads=1, epochs=3)
+    again_s = tune(dcfg, tmp_path / "t", 0.01, ["mf"], progress=False, threads=1, epochs=3)
     assert again_s["refit"] == refit and again_s["test"] == s["test"]
     assert (Path(refit["run"]) / "model.safetensors").stat().st_mtime_ns == stamp
     marker = tmp_path / "t" / "runs" / "refit" / "refit.json"
     marker.write_text(json.dumps({**json.loads(marker.read_text()), "from": "elsewhere"}))
-    tune(dcfg, tmp_path / "t", 4, ["mf"], progress=False, threads=1, epochs=3)
+    tune(dcfg, tmp_path / "t", 0.01, ["mf"], progress=False, threads=1, epochs=3)
     assert (Path(refit["run"]) / "model.safetensors").stat().st_mtime_ns != stamp
     # an ensemble: its members with a weight refitted, blended with the weights chosen on validation
     s = tune(dcfg, tmp_path / "e", 6, ["ease", "itemknn", "pop", "ensemble"], progress=False, threads=1)
@@ -298,8 +304,9 @@ def test_refit_no_auto_by_split_and_where_it_cannot_be_done(tmp_path, toy_datase
     assert json.loads((tmp_path / "n" / "best" / "config.json").read_text())["data"]["valid"] is True
     with pytest.raises(ConfigError, match="refit must be auto, yes or no"):
         Tuner(dcfg, tmp_path / "x", 3, ["ease"], refit="always")
-    # auto: validation just before test in time (temporal, ratio-time) refits; a random one (ratio) does not
-    for split, refits in (("temporal", True), ("ratio-time", True), ("ratio", False)):
+    # auto: validation just before test in time (temporal, ratio-time) refits, and a random share of each
+    # user's items (ratio, as a given split's carved validation) too; leave-one-out without timestamps does not
+    for split, refits in (("temporal", True), ("ratio-time", True), ("ratio", True)):
         cfg = dataclasses.replace(dcfg, split=split)
         assert (Tuner(cfg, tmp_path / split, 3, ["ease"]).full is not None) is refits, split
     assert Tuner(dataclasses.replace(dcfg, split="ratio"), tmp_path / "r", 3, ["ease"], refit="yes").full is not None

@@ -57,8 +57,8 @@ def tune_cmd(
                               "a given split (--train/--test) is its own."),
     refit: str = typer.Option("auto", "--refit", help="Train the chosen model again on train + validation for "
                               "DIR/best and test: auto (where validation comes just before test in time: loo on "
-                              "a timestamped source, temporal, ratio-time; and a given split: the whole training "
-                              "file) | yes | no."),
+                              "a timestamped source, temporal, ratio-time; and where it is a random share of each "
+                              "user's items: ratio, a given split, refitted on the whole training file) | yes | no."),
     epochs: int = typer.Option(30, "--epochs", help="Most epochs of an SGD trial (early stopping on validation)."),
     seed: int = typer.Option(0, "--seed"),
     threads: int = typer.Option(0, "--threads", help="CPU threads (0: all cores)."),
