@@ -280,3 +280,37 @@ def test_the_fit_leaves_time_for_its_validation_score(tmp_path, monkeypatch):
     monkeypatch.setattr(search, "eval_probe_seconds", lambda *a: 0.5)
     assert tuner.run_trial("ease", deadline=time.monotonic() + 60) == "complete"
     assert tuner.eval_seconds != 0.5  # measured on the trial
+
+
+def test_tune_on_a_given_split_refits_on_the_whole_training_file(tmp_path, monkeypatch):
+    """Training and test files (adjacency lists, like Gowalla's): topk by default, validation carved
+    from the training file, the choice refitted on all of it (auto), and the test file read only by
+    the final evaluation of DIR/best."""
+    from ncf.checkpoint import load_train_matrix
+    from ncf.data.split import LazyHoldOut
+
+    rng = np.random.default_rng(3)
+    train, test = [], []
+    for u in range(50):
+        items = rng.choice(60, size=25, replace=False)
+        train.append(" ".join(map(str, [u, *items[:20]])))
+        test.append(" ".join(map(str, [u, *items[20:]])))
+    (tmp_path / "train.txt").write_text("\n".join(train) + "\n")
+    (tmp_path / "test.txt").write_text("\n".join(test) + "\n")
+    dcfg = DataConfig(source=str(tmp_path / "train.txt"), test_file=str(tmp_path / "test.txt"), layout="adjacency")
+    loaded = []
+    real = LazyHoldOut.resolve
+    monkeypatch.setattr(LazyHoldOut, "resolve", lambda self: (loaded.append(self.loaded), real(self))[1])
+    tuner = Tuner(dcfg, tmp_path / "t", 5, ["ease", "itemknn"], progress=False, threads=1)
+    assert tuner.protocol == "topk" and tuner.full is not None and not loaded  # nothing read the test file yet
+    s = tuner.run()
+    assert s["refit"] is not None and set(s["test"]) == {"topk"} and loaded
+    whole = load_dataset_train(dcfg)
+    assert (load_train_matrix(tmp_path / "t" / "best").astype(bool) != whole.astype(bool)).nnz == 0
+
+
+def load_dataset_train(dcfg):
+    """The whole training file's interactions (the given split loaded without a validation holdout)."""
+    from ncf.data.datasets import load_dataset
+
+    return load_dataset(dataclasses.replace(dcfg, valid=False)).train.matrix

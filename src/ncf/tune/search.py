@@ -68,7 +68,7 @@ import ncf.tune.space as space
 from ncf.checkpoint import atomic_write_json, load_model, training_mismatch
 from ncf.console import console
 from ncf.data.datasets import DataConfig, load_dataset
-from ncf.data.split import Dataset
+from ncf.data.split import Dataset, LazyHoldOut
 from ncf.errors import ConfigError, NcfError, TrialTimeout
 
 DEFAULT_MODELS = ("ease", "itemknn", "ials", "mf", "ensemble")
@@ -198,7 +198,8 @@ def eval_probe_seconds(dataset: Dataset, protocol: str, k: int, users: int = 102
     all_users = np.unique(valid.users)
     some = all_users[:users]
     rows = np.isin(valid.users, some)
-    sub = HoldOut(valid.users[rows], valid.items[rows], valid.candidates[rows])
+    # neither evaluator reads candidates here (a given split draws them on first use: not for a probe)
+    sub = HoldOut(valid.users[rows], valid.items[rows], np.zeros((int(rows.sum()), 1), np.int64))
     model = _RandomScorer(dataset.n_users, dataset.n_items)
     t0 = time.perf_counter()
     if protocol == "topk" or dataset.report.get("split", "loo") != "loo":
@@ -276,7 +277,10 @@ def same_split(dataset: Dataset, full: Dataset) -> str | None:
     if full.train.user_map != dataset.train.user_map or full.train.item_map != dataset.train.item_map:
         return "other user or item ids"
     a, b = dataset.test, full.test
-    if len(a) != len(b) or not (np.array_equal(a.users, b.users) and np.array_equal(a.items, b.items)
+    if isinstance(a, LazyHoldOut) or isinstance(b, LazyHoldOut):  # a given split's test file, read by evaluation only
+        if (dataset.config or {}).get("test_file") != (full.config or {}).get("test_file"):
+            return "another test file"
+    elif len(a) != len(b) or not (np.array_equal(a.users, b.users) and np.array_equal(a.items, b.items)
                                 and np.array_equal(a.candidates, b.candidates)):
         return "another test holdout"
     have = full.train.matrix.tocsr().astype(bool)
