@@ -31,10 +31,13 @@ def check(deadline: float | None, what: str) -> None:
 
 
 class Steps:
-    """Deadline and progress of a loop of ``total`` iterations (see the module docstring)."""
+    """Deadline and progress of a loop of ``total`` iterations (see the module docstring).
+    ``project=False`` for a loop that may end early (an epoch loop with early stopping): only the
+    deadline itself stops it, not the pace."""
 
-    def __init__(self, deadline: float | None, total: int, what: str, unit: str = "iterations"):
-        self.deadline, self.total, self.what, self.unit = deadline, int(total), what, unit
+    def __init__(self, deadline: float | None, total: int, what: str, unit: str = "iterations",
+                 project: bool = True):
+        self.deadline, self.total, self.what, self.unit, self.project = deadline, int(total), what, unit, project
         self.t0 = self.last_log = time.monotonic()
         check(deadline, f"{what}: not started")
 
@@ -54,6 +57,6 @@ class Steps:
         left, need = self.deadline - now, per * (self.total - k)
         if left <= 0:
             raise TrialTimeout(f"{self.what}: time limit reached after {k} of {self.total} {self.unit}")
-        if need > left:
+        if self.project and need > left:
             raise TrialTimeout(f"{self.what}: stopped after {k} of {self.total} {self.unit}: the other "
                                f"{self.total - k} would take about {need:.0f} s, {left:.0f} s are left")

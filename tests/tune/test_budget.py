@@ -314,3 +314,12 @@ def load_dataset_train(dcfg):
     from ncf.data.datasets import load_dataset
 
     return load_dataset(dataclasses.replace(dcfg, valid=False)).train.matrix
+
+
+def test_steps_without_projection_stop_at_the_deadline_only():
+    steps = Steps(time.monotonic() + 0.3, 1000, "x", unit="epochs", project=False)
+    time.sleep(0.02)
+    steps.done(1)  # 999 more would not fit, but the loop may stop early: going on
+    time.sleep(0.3)
+    with pytest.raises(TrialTimeout, match="after 2 of 1000 epochs"):
+        steps.done(2)
