@@ -487,7 +487,7 @@ class Tuner:
                 if trial.should_prune():
                     raise optuna.TrialPruned()
             # the budget's end (before another epoch like this one would pass it): keep the best epoch so far
-            return time.monotonic() + record.get("seconds", 0.0) >= deadline
+            return time.monotonic() + record.get("seconds", 0.0) >= cfg.deadline
 
         t0 = time.monotonic()
         try:
