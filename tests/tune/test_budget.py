@@ -93,7 +93,7 @@ def test_an_iterative_fit_stops_at_the_deadline(toy_dataset, tmp_path, monkeypat
     tuner = Tuner(DCFG, tmp_path / "t", 60, ["ease"], dataset=toy_dataset, progress=False, threads=1)
     t0 = time.monotonic()
     assert tuner.run_trial("ease", deadline=t0 + 0.6) == "failed"
-    assert time.monotonic() - t0 < 1.0 + 0.8
+    assert time.monotonic() - t0 < 1.0 + 1.5  # the second iteration's second, then the run cleared away
     (t,) = tuner.studies["ease"].trials
     assert t.state == FAIL and "time limit reached after 2 of 4" in t.user_attrs["timeout"]
     assert not Path(t.user_attrs["run"]).exists() and not list((tmp_path / "t" / "runs" / "ease").glob(".*partial"))
@@ -323,3 +323,16 @@ def test_steps_without_projection_stop_at_the_deadline_only():
     time.sleep(0.3)
     with pytest.raises(TrialTimeout, match="after 2 of 1000 epochs"):
         steps.done(2)
+
+
+def test_a_refit_that_would_overrun_the_budget_is_not_started(tmp_path):
+    dcfg = DataConfig(source=str(_ratings(tmp_path)), rating_col="2", time_col="3")  # timestamped loo: refits
+    tuner = Tuner(dcfg, tmp_path / "t", 60, ["ease"], progress=False, threads=1)
+    assert tuner.run_trial("ease", deadline=time.monotonic() + 60) == "complete"
+    best = tuner.best("ease")
+    assert 0 < tuner._refit_seconds("ease", best) <= 1.2 * best.user_attrs["fit_seconds"]
+    tuner.deadline = time.monotonic() - 10 * 60  # the budget long spent (a first trial that took all of it)
+    assert tuner.refit("ease", best) is None
+    assert not (tmp_path / "t" / "runs" / "refit").exists()
+    tuner.deadline = None  # no budget running (a refit asked for directly)
+    assert tuner.refit("ease", best)["run"].endswith("refit/ease")

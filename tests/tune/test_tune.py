@@ -279,7 +279,8 @@ def test_refit_trains_the_choice_again_on_train_and_validation(tmp_path):
     assert (Path(refit["run"]) / "model.safetensors").stat().st_mtime_ns == stamp
     marker = tmp_path / "t" / "runs" / "refit" / "refit.json"
     marker.write_text(json.dumps({**json.loads(marker.read_text()), "from": "elsewhere"}))
-    tune(dcfg, tmp_path / "t", 0.01, ["mf"], progress=False, threads=1, epochs=3)
+    tuner = Tuner(dcfg, tmp_path / "t", 0.01, ["mf"], progress=False, threads=1, epochs=3)
+    tuner.refit("mf", tuner.best("mf"))
     assert (Path(refit["run"]) / "model.safetensors").stat().st_mtime_ns != stamp
     # an ensemble: its members with a weight refitted, blended with the weights chosen on validation
     s = tune(dcfg, tmp_path / "e", 6, ["ease", "itemknn", "pop", "ensemble"], progress=False, threads=1)

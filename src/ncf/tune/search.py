@@ -79,6 +79,7 @@ DROP_MARGIN = 0.02  # a model this far behind the best after 3 trials stops gett
 STALL_TRIALS, STALL_GAIN = 8, 1e-4  # no gain of STALL_GAIN in this many trials: the model waits
 ENSEMBLE_RESERVE = 0.1  # share of the budget (20 to 300 s, at most half) kept for the ensemble
 REFIT = ("auto", "yes", "no")
+REFIT_SLACK = 0.1  # share of the budget a refit may run past its end (the last trial ate into the reserve)
 MEMORY_SKIPS = 3  # a model whose drawn settings were skipped this often for memory gets no more turns
 FIRST_TRIES = 2  # attempts (failed or skipped) a model gets before one of its trials finishes
 
@@ -341,6 +342,7 @@ class Tuner:
         if refit == "yes" or (refit == "auto" and refit_helps(self.dataset)):
             self.full = self._full_dataset(refit == "yes")
         self.memory_skips: dict[str, int] = {}
+        self.deadline: float | None = None  # the budget's end (time.monotonic()), once ``run`` starts
         self.eval_seconds: float | None = None  # what scoring a trial on validation takes (topk, full)
         _warm_up()
         self.out.mkdir(parents=True, exist_ok=True)
@@ -495,6 +497,7 @@ class Tuner:
             summary = train(self.data_cfg, cfg, run, dataset=self.search_data, progress=self.progress,
                             on_epoch=on_epoch, resumable=False)
             t_eval = time.monotonic()
+            trial.set_user_attr("fit_seconds", t_eval - t0)
             value = valid_score(run, self.dataset, self.protocol, self.metric, summary)
             if self.protocol != "sampled":
                 self.eval_seconds = time.monotonic() - t_eval
@@ -622,6 +625,7 @@ class Tuner:
         if before:
             console.print(f"resuming {self.out / 'study.sqlite3'}: {before:.0f} s of the budget already spent")
         deadline = start + self.budget - before
+        self.deadline = deadline
         reserve = min(max(ENSEMBLE_RESERVE * self.budget, 20.0), 300.0, self.budget / 2) if self.ensemble else 0.0
         exhausted: set[str] = set()
         while True:
@@ -684,13 +688,22 @@ class Tuner:
 
     # -- refit on train + validation ----------------------------------------------------
     def _refit_seconds(self, name: str, trial) -> float:
-        """Seconds a refit of ``trial`` takes about: its own, an SGD trial's for its best epoch
-        count, scaled by the share of interactions the refit adds (validation)."""
+        """Seconds a refit of ``trial`` takes about (:meth:`_fit_seconds`; an ensemble: its members'
+        and its own)."""
+        if name == "ensemble":  # its members' refits and the blend
+            members = [Path(m) for m in trial.user_attrs.get("members", [])]
+            return sum(self._refit_seconds(m, b) for m in self.models if (b := self.best(m)) is not None
+                       and Path(b.user_attrs["run"]) in members) + trial.user_attrs.get("seconds", 0.0)
+        return self._fit_seconds(name, trial)
+
+    def _fit_seconds(self, name: str, trial) -> float:
+        """Seconds a refit of one model's ``trial`` takes about: its fit's, an SGD trial's for its
+        best epoch count, scaled by the share of interactions the refit adds (validation)."""
         a = trial.user_attrs
         grow = (self.dataset.train.nnz + len(self.dataset.valid)) / max(self.dataset.train.nnz, 1)
         if is_sgd(name) and a.get("epoch_seconds") and a.get("best_epoch"):
             return grow * a["epoch_seconds"] * a["best_epoch"]
-        return grow * a.get("seconds", 0.0)
+        return grow * a.get("fit_seconds", a.get("seconds", 0.0))  # the fit: a refit is not scored on validation
 
     def refit_reserve(self) -> float:
         """Seconds the search leaves for the refit: the best runs the ensemble would blend (else the best)."""
@@ -700,9 +713,11 @@ class Tuner:
                        key=lambda mb: -mb[1].value)[:3 if self.ensemble else 1]
         return sum(self._refit_seconds(m, b) for m, b in bests)
 
-    def refit(self, name: str, trial) -> dict[str, Any]:
+    def refit(self, name: str, trial) -> dict[str, Any] | None:
         """The chosen run trained again on train + validation (:func:`refit_run`) into DIR/runs/refit;
-        what summary.json says of it."""
+        what summary.json says of it. None (said in one line) where the budget's end is set and the
+        refit would run past it (a search whose first trial took the whole budget): DIR/best is
+        then the choice as trained; rerunning the tune with a larger budget refits it."""
         run, root = Path(trial.user_attrs["run"]), self.out / "runs" / "refit"
         done = root / "refit.json"  # written once a refit is complete: a rerun of a finished tune keeps it
         if done.exists():
@@ -710,6 +725,14 @@ class Tuner:
             if old.get("from") == str(run) and (Path(old["run"]) / "summary.json").exists():
                 console.print(f"refit of {run} on train + validation: kept from an earlier session ({old['run']})")
                 return old
+        need = self._refit_seconds(name, trial)
+        # the search kept a reserve for it; the last trial may have eaten a little of it (REFIT_SLACK)
+        slack = max(REFIT_SLACK * self.budget, 2.0)
+        if self.deadline is not None and time.monotonic() + need > self.deadline + slack:
+            console.print(f"[yellow]not refitting {run} on train + validation: it would take about {need:.0f} s, "
+                          f"{max(0.0, self.deadline - time.monotonic()):.0f} s of the budget are left (DIR/best is "
+                          "the choice as trained; rerun with a larger --time-budget to refit it)")
+            return None
         console.print(f"[bold]refit[/] of {run} on train + validation")
         t0 = time.monotonic()
         out = refit_run(run, root, self.full_cfg, self.full, self.progress)
