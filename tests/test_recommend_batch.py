@@ -41,7 +41,9 @@ def _ref_rows(scores: np.ndarray, k: int):
 
 
 @pytest.mark.parametrize("seed", range(4))
-def test_top_k_rows_breaks_ties_by_lower_index_and_pads_with_minus_inf(seed):
+@pytest.mark.parametrize("tied_chunk", [1 << 24, 100])  # 100: tied rows redone two at a time
+def test_top_k_rows_breaks_ties_by_lower_index_and_pads_with_minus_inf(seed, tied_chunk, monkeypatch):
+    monkeypatch.setattr("ncf.recommend.TIED_CHUNK", tied_chunk)
     rng = np.random.default_rng(seed)
     scores = rng.integers(0, 4, (64, 50)).astype(np.float32)  # ties straddle almost every cut-off
     scores[rng.random(scores.shape) < 0.2] = -np.inf

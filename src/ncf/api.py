@@ -167,10 +167,11 @@ class FittedModel:
         return f"FittedModel({self.name!r}, {m.n_users} users, {m.n_items} items{v})"
 
     def recommend(self, users, k: int = 10, *, filter_seen: bool = True, items: Iterable | None = None,
-                  rerank: bool = False, batch_size: int = 512) -> pd.DataFrame:
+                  rerank: bool = False, batch_size: int | None = None) -> pd.DataFrame:
         """Top ``k`` items per raw user id (one id or a list): columns ``user, rank, item, score,
         fallback`` (+ ``title`` where the dataset has titles, ``utility`` when re-ranked).
-        Users the model does not know get the most popular items, ``fallback=True``."""
+        Users the model does not know get the most popular items, ``fallback=True``. Users are
+        scored ``batch_size`` at a time (None: about 256 MiB of scores a block)."""
         rec = self.recommender
         table = rec.recommend_table(_as_list(users), k, filter_seen, None, items, rerank, batch_size)
         return _frame(table.columns(rec), ["user", "rank", "item", "score", "title", "utility", "fallback"])

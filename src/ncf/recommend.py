@@ -79,6 +79,17 @@ def top_k(scores: np.ndarray, exclude: np.ndarray | None, k: int) -> np.ndarray:
     return top[np.lexsort((top, -scores[top]))][:k]
 
 
+TIED_CHUNK = 1 << 24  # entries of the rows top_k_rows redoes at once (ties at the cut-off)
+SCORE_BLOCK_BYTES = 1 << 28  # float32 scores of one block of users: 256 MiB (1,637 users x 40,981 items)
+
+
+def block_users(n_items: int, budget: int = SCORE_BLOCK_BYTES) -> int:
+    """Users scored per block so that their [users, n_items] float32 scores take about ``budget``
+    bytes (between 16 and 8,192 users): large blocks keep the matrix product and the top-k at
+    full speed, the budget keeps memory moderate whatever the catalogue size."""
+    return int(min(8192, max(16, budget // (4 * max(1, int(n_items))))))
+
+
 def top_k_rows(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`top_k` of every row of ``scores`` [B, n] at once: (values, indexes), each [B, k]
     (k capped at n), best first, ties by lower index; a row with fewer than ``k`` finite scores
@@ -94,12 +105,27 @@ def top_k_rows(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor
     if k < n:
         tied = val[:, k - 1] == val[:, k]
         val, idx = val[:, :k], idx[:, :k]
-        if tied.any():
-            val[tied], idx[tied] = _tied_rows(scores[tied], val[tied, k - 1:k], k)
+        rows = torch.nonzero(tied).flatten()
+        step = max(1, TIED_CHUNK // n)  # the redo holds a few [rows, n] temporaries
+        for s in range(0, len(rows), step):
+            r = rows[s: s + step]
+            val[r], idx[r] = _tied_rows(scores[r], val[r, k - 1:k], k)
     order = torch.argsort(idx, dim=1)  # inside the slate: by index, then stably by value
     val, idx = val.gather(1, order), idx.gather(1, order)
     order = torch.argsort(val, dim=1, descending=True, stable=True)
     return val.gather(1, order), idx.gather(1, order)
+
+
+def top_k_finite_rows(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`top_k_rows` of the finite scores only, as :func:`top_k` chooses: NaN and +inf are
+    never taken (a row short of finite scores is padded with -inf entries). ``torch.topk`` ranks
+    NaN and +inf first, so only rows whose top k holds one are redone (in place, without them)."""
+    val, idx = top_k_rows(scores, k)
+    bad = (torch.isnan(val) | torch.isposinf(val)).any(dim=1)
+    if bad.any():
+        rows = scores[bad].nan_to_num_(nan=-torch.inf, posinf=-torch.inf, neginf=-torch.inf)
+        val[bad], idx[bad] = top_k_rows(rows, k)
+    return val, idx
 
 
 def _tied_rows(scores: torch.Tensor, cut: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -381,8 +407,9 @@ class Recommender:
 
     def recommend_many(self, users: Sequence, k: int = 10, filter_seen: bool = True,
                        extra_seen: Sequence[Iterable] | None = None, items: Iterable | None = None,
-                       rerank: bool = False, batch_size: int = 512) -> list[Recommendation]:
-        """Top ``k`` for each raw user id, scored ``batch_size`` users at a time. ``extra_seen``:
+                       rerank: bool = False, batch_size: int | None = None) -> list[Recommendation]:
+        """Top ``k`` for each raw user id, scored ``batch_size`` users at a time (None:
+        :func:`block_users` of the catalogue). ``extra_seen``:
         per user, raw item ids to leave out too; ``items``: only these raw item ids are candidates.
         Users unknown to the model get the most popular items, marked ``fallback``
         (:meth:`recommend_table`, as :class:`Recommendation` objects)."""
@@ -390,13 +417,14 @@ class Recommender:
 
     def recommend_table(self, users: Sequence, k: int = 10, filter_seen: bool = True,
                         extra_seen: Sequence[Iterable] | None = None, items: Iterable | None = None,
-                        rerank: bool = False, batch_size: int = 512, progress=None) -> RecommendationTable:
+                        rerank: bool = False, batch_size: int | None = None, progress=None) -> RecommendationTable:
         """:meth:`recommend_many` as flat arrays. Known users are scored ``batch_size`` at a time:
         one ``score_all`` per block, the left-out items set to -inf in the block at once, one
         :func:`top_k_rows` (re-ranking alone goes user by user). ``progress(n)`` (optional) is
         told of every ``n`` users done."""
         if k < 1:
             raise ConfigError(f"k must be >= 1, got {k}")
+        batch_size = block_users(self.n_items) if batch_size is None else int(batch_size)
         if batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         users = list(users)
@@ -415,7 +443,7 @@ class Recommender:
                 for n, row in zip(part.tolist(), scores, strict=True):
                     table.put_one(n, *self.slate_indexes(row, None, k, True))
             else:
-                val, idx = top_k_rows(scores, k)
+                val, idx = top_k_finite_rows(scores, k)
                 table.put_block(part, idx.cpu().numpy(), val.double().cpu().numpy())
             if progress is not None:
                 progress(len(part))
@@ -453,10 +481,8 @@ class Recommender:
 
     @torch.no_grad()
     def _block_scores(self, user_index: np.ndarray, extra, outside, filter_seen: bool) -> torch.Tensor:
-        """[B, n_items] scores of a block of known users, every left-out item at -inf (and every
-        non-finite score, which :func:`top_k` never returns either)."""
+        """[B, n_items] scores of a block of known users, every left-out item at -inf."""
         scores = writable_scores(self.model.score_all(torch.as_tensor(user_index, device=self.device)))
-        scores = scores.nan_to_num_(nan=-torch.inf, posinf=-torch.inf, neginf=-torch.inf)
         if outside is not None and len(outside):
             scores.index_fill_(1, torch.as_tensor(outside, device=scores.device), -torch.inf)
         if filter_seen:

@@ -34,7 +34,7 @@ import scipy.sparse as sp
 import torch
 
 from ncf.errors import ConfigError
-from ncf.recommend import csr_row_entries, exclude_, top_k_rows, writable_scores
+from ncf.recommend import block_users, csr_row_entries, exclude_, top_k_rows, writable_scores
 
 
 def _check(hits: np.ndarray, n_relevant: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -134,17 +134,20 @@ def _device_of(model) -> torch.device:
 
 
 @torch.no_grad()
-def top_k_lists(model, users: np.ndarray, seen: sp.csr_matrix | None, k: int, batch_users: int = 512,
+def top_k_lists(model, users: np.ndarray, seen: sp.csr_matrix | None, k: int, batch_users: int | None = None,
                 progress=None) -> np.ndarray:
     """``[len(users), min(k, n_items)]`` item indexes: each user's best-scored items outside ``seen``
     (ties to the lower index; a user with fewer unseen items than k gets seen ones last, never
-    counted as hits). ``batch_users`` users are scored at a time: one ``score_all`` block, the
-    seen items set to -inf from the CSR arrays at once, one :func:`top_k_rows`."""
+    counted as hits). ``batch_users`` users are scored at a time (None: :func:`block_users`, about
+    256 MiB of scores): one ``score_all`` block, the seen items set to -inf from the CSR arrays at
+    once, one :func:`top_k_rows`."""
+    seen = None if seen is None else seen.tocsr()
+    batch_users = block_users(seen.shape[1] if seen is not None else model.n_items) if batch_users is None \
+        else int(batch_users)
     if batch_users < 1:
         raise ConfigError(f"batch_users must be >= 1, got {batch_users}")
     dev = _device_of(model)
     users = np.asarray(users, dtype=np.int64)
-    seen = None if seen is None else seen.tocsr()
     out = None
     for s in range(0, len(users), batch_users):
         u = users[s: s + batch_users]
@@ -171,7 +174,8 @@ def relevance_hits(users: np.ndarray, lists: np.ndarray, rel_users: np.ndarray, 
 
 
 def evaluate_topk_pairs(model, users: np.ndarray, items: np.ndarray, seen: sp.csr_matrix | None,
-                        ks: int | Sequence[int] = (10,), batch_users: int = 512, progress=None) -> dict[str, float]:
+                        ks: int | Sequence[int] = (10,), batch_users: int | None = None,
+                        progress=None) -> dict[str, float]:
     """The ``topk`` protocol from held-out pairs: ``users``, ``items`` ``[P]`` (a user may have
     several; a repeated pair counts once), ``seen`` ``[n_users, n_items]`` CSR (None: nothing
     left out). Every user with a held-out item is evaluated; see :func:`summarize_topk` for the
@@ -198,7 +202,7 @@ def evaluate_topk_pairs(model, users: np.ndarray, items: np.ndarray, seen: sp.cs
     return summarize_topk(hits, n_rel, lists, n_items, ks)
 
 
-def evaluate_topk(model, holdout, seen: sp.csr_matrix, k: int | Sequence[int] = 10, batch_users: int = 512,
+def evaluate_topk(model, holdout, seen: sp.csr_matrix, k: int | Sequence[int] = 10, batch_users: int | None = None,
                   progress=None) -> dict[str, float]:
     """Top-k metrics of ``model`` for a holdout with one row per held-out (user, item) — a
     user may have several rows — against the user's ``seen`` items, at every cut-off in ``k``
