@@ -127,15 +127,22 @@ def test_batch_rerank_equals_one_user_at_a_time():
     assert all("utility" in it for r in got if not r.fallback for it in r.items)
 
 
+def _rows_frame(model, users, k):
+    """The DataFrame as built before: one dict per row, pandas inferring every column."""
+    recs = model.recommender.recommend_many(users, k)
+    rows = [{"user": r.user, "rank": n, **it, "fallback": r.fallback} for r in recs for n, it in enumerate(r.items, 1)]
+    return pd.DataFrame(rows, columns=["user", "rank", "item", "score", "title", "fallback"]).drop(columns="title")
+
+
 def test_dataframe_from_arrays_equals_the_rows_it_replaces(toy_dataset):
     model = ncf.fit("ease", toy_dataset, progress=False)
-    users = toy_dataset.train.user_map.raw_ids[:7] + ["stranger", 10**6]
-    got = model.recommend(users, k=6, batch_size=3)
-    recs = model.recommender.recommend_many(users, 6)
-    rows = [{"user": r.user, "rank": n, **it, "fallback": r.fallback} for r in recs for n, it in enumerate(r.items, 1)]
-    want = pd.DataFrame(rows, columns=["user", "rank", "item", "score", "title", "fallback"]).drop(columns="title")
-    pd.testing.assert_frame_equal(got, want)
+    for users in (toy_dataset.train.user_map.raw_ids[:7], toy_dataset.train.user_map.raw_ids[:7] + ["stranger", 10**6]):
+        got = model.recommend(users, k=6, batch_size=3)
+        pd.testing.assert_frame_equal(got, _rows_frame(model, users, 6))
     assert got.loc[got.user == "stranger", "fallback"].all() and not got.loc[got.user == users[0], "fallback"].any()
+    df = pd.DataFrame({"user": list("aabbbcc"), "item": ["x", "y", "x", "z", "y", "z", "w"]})
+    text = ncf.fit("pop", ncf.from_pandas(df, valid=False), progress=False)  # text ids
+    pd.testing.assert_frame_equal(text.recommend(["a", "c", "new"], k=2), _rows_frame(text, ["a", "c", "new"], 2))
 
 
 def test_progress_is_told_of_every_user():

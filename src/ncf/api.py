@@ -174,7 +174,8 @@ class FittedModel:
         scored ``batch_size`` at a time (None: about 256 MiB of scores a block)."""
         rec = self.recommender
         table = rec.recommend_table(_as_list(users), k, filter_seen, None, items, rerank, batch_size)
-        return _frame(table.columns(rec), ["user", "rank", "item", "score", "title", "utility", "fallback"])
+        columns = ["user", "rank", "item", "score", "title", "utility", "fallback"]
+        return _frame(table.columns(rec, lists=False), columns)
 
     def similar_items(self, items, k: int = 10) -> pd.DataFrame:
         """The ``k`` items nearest each raw item id by cosine of the model's item embeddings:

@@ -201,19 +201,26 @@ class RecommendationTable:
         """[N] 1-based rank of every entry in its user's slate."""
         return np.arange(len(self.items)) - np.repeat(self.offsets[:-1], self.counts) + 1
 
-    def columns(self, rec: Recommender) -> dict[str, list]:
-        """Column lists ``user, rank, item, score, title, utility, fallback`` (raw ids; ``title``
-        None without titles, ``utility`` None unless re-ranked), one row per (user, rank)."""
-        raw_items = rec.raw_item_array()[self.items]
+    def columns(self, rec: Recommender, lists: bool = True) -> dict[str, list | np.ndarray]:
+        """Columns ``user, rank, item, score, title, utility, fallback`` (raw ids; ``title`` None
+        without titles, ``utility`` None unless re-ranked), one row per (user, rank): Python lists,
+        or with ``lists=False`` NumPy arrays wherever the values are numbers (a DataFrame is built
+        from those without a pass over Python objects)."""
+        def out(values: np.ndarray):
+            return values.tolist() if lists or values.dtype == object else values
+
         titles = rec.title_array()
         n = len(self.items)
-        users = np.empty(len(self.users), dtype=object)
-        users[:] = self.users
-        return {"user": np.repeat(users, self.counts).tolist(),
-                "rank": self.ranks.tolist(), "item": raw_items.tolist(), "score": self.scores.tolist(),
+        if all(type(u) is int for u in self.users):
+            users = np.asarray(self.users, dtype=np.int64)
+        else:
+            users = np.empty(len(self.users), dtype=object)
+            users[:] = self.users
+        return {"user": out(np.repeat(users, self.counts)), "rank": out(self.ranks),
+                "item": out(rec.raw_item_array()[self.items]), "score": out(self.scores),
                 "title": [None] * n if titles is None else titles[self.items].tolist(),
-                "utility": [None] * n if self.utility is None else self.utility.tolist(),
-                "fallback": np.repeat(self.fallback, self.counts).tolist()}
+                "utility": [None] * n if self.utility is None else out(self.utility),
+                "fallback": out(np.repeat(self.fallback, self.counts))}
 
     def recommendations(self, rec: Recommender) -> list[Recommendation]:
         """One :class:`Recommendation` per user (item dicts with raw ids and titles)."""

@@ -377,7 +377,7 @@ def _recommend_file(directory: Path, users: Path, out: Path | None, overwrite: b
         task = prog.add_task("users", total=len(ids))
         table = rec.recommend_table(ids, k, filter_seen=not include_seen,
                                     progress=lambda n: prog.advance(task, n))
-    cols = table.columns(rec)
+    cols = table.columns(rec, lists=False)
     write_table({c: cols[c] for c in ("user", "rank", "item", "score", "fallback")}, out, overwrite)
     summary = {"out": str(out), "users": len(ids), "rows": int(table.counts.sum()),
                "fallback_users": int(table.fallback.sum()), "k": k}
