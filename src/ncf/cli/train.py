@@ -321,7 +321,8 @@ def recommend_cmd(
     if k < 1:
         raise ConfigError(f"-k must be >= 1, got {k}")
     if sum(x is not None for x in (user, features, users)) != 1:
-        raise ConfigError("ncf recommend needs exactly one of --user ID, --features NAME=VALUE,... and --users FILE")
+        raise ConfigError("ncf recommend needs exactly one of --user ID and --features NAME=VALUE,... "
+                          "(or --users FILE, for many users at once)")
     if (out is not None or overwrite) and users is None:
         raise ConfigError("--out and --overwrite go with --users FILE (one user: --user ID prints its items)")
     if users is not None:
