@@ -223,13 +223,14 @@ def test_cli_recommend_refuses_to_overwrite_and_bad_paths(saved_run, tmp_path, c
     out = tmp_path / "recs.csv"
     out.write_text("keep me\n")
     code, _, err = _cli(capsys, "recommend", run, "--users", users, "--out", out)
-    assert code == 2 and "exists (--overwrite to replace it)" in err
+    assert code == 2 and "exists; pass --overwrite to replace it" in err
     assert out.read_text() == "keep me\n"
     code, _, err = _cli(capsys, "recommend", run, "--users", users, "--out", out, "--overwrite", "-k", 3)
     assert code == 0, err
     assert len(pd.read_csv(out)) == 6
     for argv, msg in ((["--users", users], "needs --out"), (["--users", users, "--out", tmp_path / "r.txt"],
                                                             "extension"),
+                      (["--users", users, "--out", run / "recs.csv"], "lies in the run directory"),
                       (["--user", "1", "--out", out], "go with --users"),
                       (["--user", "1", "--users", users, "--out", out], "exactly one of")):
         code, _, err = _cli(capsys, "recommend", run, *argv)

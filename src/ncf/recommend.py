@@ -9,7 +9,6 @@ top-k in the library: best first, ties broken by the lower item index, everywher
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Sequence, Sized
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,7 @@ import torch
 
 from ncf.checkpoint import CheckpointError, load_item_info, load_model, load_run_maps, load_train_matrix, read_json
 from ncf.data.interactions import IdMap
-from ncf.errors import ConfigError, DataError, RunExistsError, UnknownIdError
+from ncf.errors import ConfigError, DataError, UnknownIdError
 from ncf.models.base import Model
 
 
@@ -591,42 +590,35 @@ def read_user_file(path: str | Path) -> list[str]:
 
 
 def check_table_path(path: str | Path, overwrite: bool) -> Path:
-    """Refuse, before any work, a table path with an unknown extension, in a missing folder, or
-    already there without ``overwrite``."""
+    """Refuse, before any work, a table path with an unknown extension, or one that ncf's rule for
+    output files refuses (:func:`ncf.outputs.prepare_output_file`: an existing file without
+    ``overwrite``, a path inside a run directory)."""
+    from ncf.outputs import prepare_output_file
+
     path = Path(path)
     if not path.name.lower().endswith(TABLE_SUFFIXES):
-        raise ConfigError(f"{path}: the table's extension says its format: {', '.join(TABLE_SUFFIXES)}")
-    if not path.parent.is_dir():
-        raise ConfigError(f"{path}: no such folder {path.parent}")
-    if path.exists() and not overwrite:
-        raise RunExistsError(f"{path}: exists (--overwrite to replace it)")
-    if path.is_dir():
-        raise RunExistsError(f"{path}: is a folder, not a file")
-    return path
+        raise ConfigError(f"--out {path}: the table's extension says its format: {', '.join(TABLE_SUFFIXES)}")
+    return prepare_output_file(path, overwrite)
 
 
-def write_table(columns: dict[str, list], path: str | Path, overwrite: bool = False) -> Path:
-    """Write column lists as CSV or Parquet (by ``path``'s extension), atomically: a partial file
-    never takes the name. Parquet needs pyarrow; a column of mixed raw id types (integer ids and
-    unknown text ids) is written as text there."""
+def write_table(columns: dict[str, list | np.ndarray], path: str | Path, overwrite: bool = False) -> Path:
+    """Write columns as CSV or Parquet (by ``path``'s extension), atomically (a temporary file
+    renamed into place: a partial file never takes the name). Parquet needs pyarrow; a column of
+    mixed raw id types (integer ids and unknown text ids) is written as text there."""
     import pandas as pd
+
+    from ncf.outputs import atomic_write
 
     path = check_table_path(path, overwrite)
     frame = pd.DataFrame(columns)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        if path.name.lower().endswith((".parquet", ".pq")):
-            try:
-                import pyarrow  # noqa: F401
-            except ImportError:
-                raise ConfigError(f"{path}: writing Parquet needs pyarrow (pip install 'ncf[parquet]')") from None
-            for c in frame.columns:
-                if frame[c].dtype == object and frame[c].map(type).nunique() > 1:
-                    frame[c] = frame[c].astype(str)
-            frame.to_parquet(tmp, index=False)
-        else:
-            frame.to_csv(tmp, index=False, compression="gzip" if path.name.lower().endswith(".gz") else None)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    if path.name.lower().endswith((".parquet", ".pq")):
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError:
+            raise ConfigError(f"--out {path}: writing Parquet needs pyarrow (pip install 'ncf[parquet]')") from None
+        for c in frame.columns:
+            if frame[c].dtype == object and frame[c].map(type).nunique() > 1:
+                frame[c] = frame[c].astype(str)
+        return atomic_write(path, lambda tmp: frame.to_parquet(tmp, index=False))
+    gz = "gzip" if path.name.lower().endswith(".gz") else None
+    return atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False, compression=gz))
