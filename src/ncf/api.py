@@ -167,15 +167,15 @@ class FittedModel:
         return f"FittedModel({self.name!r}, {m.n_users} users, {m.n_items} items{v})"
 
     def recommend(self, users, k: int = 10, *, filter_seen: bool = True, items: Iterable | None = None,
-                  rerank: bool = False, batch_size: int = 512) -> pd.DataFrame:
+                  rerank: bool = False, batch_size: int | None = None) -> pd.DataFrame:
         """Top ``k`` items per raw user id (one id or a list): columns ``user, rank, item, score,
         fallback`` (+ ``title`` where the dataset has titles, ``utility`` when re-ranked).
-        Users the model does not know get the most popular items, ``fallback=True``."""
-        users = _as_list(users)
-        recs = self.recommender.recommend_many(users, k, filter_seen, None, items, rerank, batch_size)
-        rows = [{"user": r.user, "rank": n, **it, "fallback": r.fallback}
-                for r in recs for n, it in enumerate(r.items, 1)]
-        return _frame(rows, ["user", "rank", "item", "score", "title", "utility", "fallback"])
+        Users the model does not know get the most popular items, ``fallback=True``. Users are
+        scored ``batch_size`` at a time (None: about 256 MiB of scores a block)."""
+        rec = self.recommender
+        table = rec.recommend_table(_as_list(users), k, filter_seen, None, items, rerank, batch_size)
+        columns = ["user", "rank", "item", "score", "title", "utility", "fallback"]
+        return _frame(table.columns(rec, lists=False), columns)
 
     def similar_items(self, items, k: int = 10) -> pd.DataFrame:
         """The ``k`` items nearest each raw item id by cosine of the model's item embeddings:
@@ -261,8 +261,10 @@ def evaluate(model: FittedModel, data: Dataset, protocol: str = "sampled", split
              k: int | Iterable[int] = 10) -> dict[str, float]:
     """HR@k and NDCG@k of ``model`` on ``data``'s ``split`` holdout (``test`` or ``valid``):
     ``sampled`` ranks each held-out item among itself and its sampled negatives (NCF), ``full``
-    among every item the user has not seen. ``data`` must be the dataset the model was fit on
-    (the same ids and training interactions; else the metrics would be meaningless)."""
+    among every item the user has not seen; ``topk`` ranks all unseen items once per user with
+    every held-out item relevant (recall@k, capped_recall@k, ndcg@k, ... for each k in ``k``).
+    ``data`` must be the dataset the model was fit on (the same ids and training interactions;
+    else the metrics would be meaningless)."""
     from ncf.eval.evaluator import evaluate as _evaluate
 
     if not isinstance(model, FittedModel):
@@ -290,8 +292,9 @@ def _as_list(x) -> list:
     return list(x.tolist() if isinstance(x, np.ndarray | pd.Series | pd.Index) else x)
 
 
-def _frame(rows: list[dict], columns: list[str]) -> pd.DataFrame:
-    """Rows as a DataFrame; the optional columns (title, utility) only where some row has one."""
+def _frame(rows: list[dict] | dict[str, list], columns: list[str]) -> pd.DataFrame:
+    """Rows (or column lists) as a DataFrame; the optional columns (title, utility) only where
+    some row has one."""
     df = pd.DataFrame(rows, columns=columns)
     optional = ("title", "utility")
     return df[[c for c in columns if c not in optional or df[c].notna().any()]]

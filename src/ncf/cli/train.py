@@ -245,7 +245,8 @@ def convert_cmd(directory: Path = typer.Argument(..., help="Run directory of a -
 def evaluate_cmd(
     directory: Path = typer.Argument(..., help="Run directory."),
     protocol: str = typer.Option("sampled", "--protocol", help="sampled (1 + 99 negatives) | full | topk "
-                                 "(recall/precision/MAP/MRR/NDCG@k with all of a user's held-out items, coverage)"),
+                                 "(all items ranked, seen ones left out, every held-out item of a user relevant: "
+                                 "recall, capped_recall, ndcg, precision, map, hr, mrr, coverage @k)"),
     k: list[str] = typer.Option(["10"], "-k", help="Cut-offs: -k 10, -k 5,20 or -k 5 -k 20."),
     split: str = typer.Option("test", "--split", help="test | valid"),
     data_dir: str = typer.Option(None, "--data-dir", help="Data directory (default: the one the run was "
@@ -281,12 +282,7 @@ def evaluate_cmd(
     if holdout is None:
         raise ConfigError(f"the run has no {split} holdout")
     seen = ds.seen(include_valid=split == "test")
-    if protocol == "topk":
-        from ncf.eval.topk import evaluate_topk
-
-        res = {m: v for kk in ks for m, v in evaluate_topk(model, holdout, seen, kk).items()}
-    else:
-        res = evaluate(model, holdout, protocol, seen=seen, ks=ks)
+    res = evaluate(model, holdout, protocol, seen=seen, ks=ks)
     out = {"run": str(directory), "protocol": protocol, "split": split, "metrics": res}
     if json_out:
         print_json(out)
@@ -305,31 +301,40 @@ def recommend_cmd(
     user: str = typer.Option(None, "--user", help="Raw user id."),
     features: str = typer.Option(None, "--features", help="A new user's features instead of --user "
                                  "(widedeep runs), e.g. age=25,gender=F,occupation=artist."),
+    users: Path = typer.Option(None, "--users", help="Many users at once: a file of raw user ids, one a line, "
+                               "or a CSV whose header names a 'user' column (a first line 'user' is that header); "
+                               "needs --out."),
+    out: Path = typer.Option(None, "--out", help="--users: the table to write, .csv or .parquet by extension, "
+                             "columns user, rank, item, score, fallback (a new file; see --overwrite)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="--users: replace an existing --out file."),
     k: int = typer.Option(10, "-k", help="Number of items."),
     include_seen: bool = typer.Option(False, "--include-seen", help="Do not exclude seen items."),
     json_out: bool = JsonOpt,
 ):
-    """Top-k items for a user (raw ids in and out). Unknown users get popular items."""
+    """Top-k items for a user (raw ids in and out), or for a file of users (--users FILE --out FILE).
+    Unknown users get popular items (marked fallback).
+
+    Example: ncf recommend runs/ials --users users.txt --out recs.parquet -k 20"""
     from ncf.recommend import Recommender
 
     run_dir(directory)
     if k < 1:
         raise ConfigError(f"-k must be >= 1, got {k}")
-    if (user is None) == (features is None):
-        raise ConfigError("ncf recommend needs exactly one of --user ID and --features NAME=VALUE,...")
+    if sum(x is not None for x in (user, features, users)) != 1:
+        raise ConfigError("ncf recommend needs exactly one of --user ID and --features NAME=VALUE,... "
+                          "(or --users FILE, for many users at once)")
+    if (out is not None or overwrite) and users is None:
+        raise ConfigError("--out and --overwrite go with --users FILE (one user: --user ID prints its items)")
+    if users is not None:
+        _recommend_file(directory, users, out, overwrite, k, include_seen, json_out)
+        return
     rec = Recommender.from_run(directory)
     if features is not None:
         from ncf.data.features import parse_feature_spec
 
         r = rec.recommend_features(parse_feature_spec(features), k)
     else:
-        from ncf.data.ids import canonical_id
-
-        try:  # the one id rule (ncf.data.ids): " 196 " is user 196, known or not
-            raw = canonical_id(user, rec.user_map.integer)
-        except ValueError:  # not an id of this run's kind: an unknown user all the same
-            raw = user.strip()
-        r = rec.recommend(raw, k, filter_seen=not include_seen)
+        r = rec.recommend(_user_id(rec, user), k, filter_seen=not include_seen)
     if json_out:
         print_json(r.to_dict())
         return
@@ -342,3 +347,43 @@ def recommend_cmd(
         idx = rec.item_map.index(it["item"])
         t.add_row(str(n), str(it["item"]), rec.title(idx) or "", f"{it['score']:.4f}")
     tables.print(t)
+
+
+def _user_id(rec, text: str):
+    """A raw user id typed or read from a file, under the one id rule (ncf.data.ids): " 196 " is
+    user 196, known or not; text that is no id of this run's kind is an unknown user all the same."""
+    from ncf.data.ids import canonical_id
+
+    try:
+        return canonical_id(text, rec.user_map.integer)
+    except ValueError:
+        return text.strip()
+
+
+def _recommend_file(directory: Path, users: Path, out: Path | None, overwrite: bool, k: int,
+                    include_seen: bool, json_out: bool) -> None:
+    """``ncf recommend --users FILE --out FILE``: every user's top k, scored in blocks, written as one table."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from ncf.recommend import Recommender, check_table_path, read_user_file, write_table
+
+    if out is None:
+        raise ConfigError("--users FILE needs --out FILE (.csv or .parquet) for the table")
+    check_table_path(out, overwrite)
+    raw = read_user_file(users)
+    rec = Recommender.from_run(directory)
+    ids = [_user_id(rec, u) for u in raw]
+    columns = [TextColumn("[bold]recommending"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
+    with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as prog:
+        task = prog.add_task("users", total=len(ids))
+        table = rec.recommend_table(ids, k, filter_seen=not include_seen,
+                                    progress=lambda n: prog.advance(task, n))
+    cols = table.columns(rec, lists=False)
+    write_table({c: cols[c] for c in ("user", "rank", "item", "score", "fallback")}, out, overwrite)
+    summary = {"out": str(out), "users": len(ids), "rows": int(table.counts.sum()),
+               "fallback_users": int(table.fallback.sum()), "k": k}
+    if json_out:
+        print_json(summary)
+        return
+    typer.echo(f"{out}: {summary['rows']} rows for {summary['users']} users ({summary['fallback_users']} unknown "
+               "to the model: most popular items, fallback=true)")

@@ -4,6 +4,8 @@
   itself + 99). Padding in the candidate matrix is never a competitor.
 - ``full``: the held-out item ranked among every item the user has not interacted with
   (``seen``: training items, plus validation items when evaluating test).
+- ``topk``: the field's full-ranking protocol with every held-out item of a user relevant at
+  once (recall, capped recall, NDCG, precision, MAP, HR, MRR, coverage @K; :mod:`ncf.eval.topk`).
 
 Ties never favour the held-out item (see :func:`ncf.eval.metrics.pessimistic_rank`).
 """
@@ -18,7 +20,7 @@ from ncf.data.split import PAD, HoldOut
 from ncf.errors import ConfigError
 from ncf.eval.metrics import pessimistic_rank, summarize
 
-PROTOCOLS = ("sampled", "full")
+PROTOCOLS = ("sampled", "full", "topk")
 
 
 def _device_of(model) -> torch.device:
@@ -77,7 +79,11 @@ def evaluate(model, holdout: HoldOut, protocol: str = "sampled", seen: sp.csr_ma
         if protocol == "sampled":
             return summarize(sampled_ranks(model, holdout), ks)
         if seen is None:
-            raise ConfigError("the full protocol needs the users' seen items")
+            raise ConfigError(f"the {protocol} protocol needs the users' seen items")
+        if protocol == "topk":
+            from ncf.eval.topk import evaluate_topk
+
+            return evaluate_topk(model, holdout, seen, ks)
         return summarize(full_ranks(model, holdout, seen), ks, full=True)
     finally:
         if was_training:
