@@ -58,13 +58,42 @@ def test_full_ranks_exclude_seen_items_and_match_slow_loop():
     seen.data[:] = 1
     users = np.arange(n_users)
     items = np.array([rng.choice(np.setdiff1d(np.arange(n_items), seen[u].indices)) for u in users])
-    fast = full_ranks(TableScorer(table), HoldOut(users, items, items[:, None]), seen, batch_users=6)
+    fast = full_ranks(TableScorer(table), HoldOut(users, items, items[:, None]), seen, batch_rows=6)
     slow = []
     for u in users:
         pos = table[u, items[u]]
         comp = [j for j in range(n_items) if j != items[u] and j not in set(seen[u].indices)]
         slow.append(sum(1 for j in comp if table[u, j] >= pos))
     assert fast.tolist() == slow
+
+
+@pytest.mark.parametrize("sort_from", [1, 10**9])  # ranks by sorting each user's scores, or by comparing
+def test_full_ranks_with_several_rows_a_user_score_each_user_once_and_match_slow_loop(monkeypatch, sort_from):
+    import ncf.eval.evaluator as ev
+
+    monkeypatch.setattr(ev, "SORT_FROM", sort_from)
+    rng = np.random.default_rng(7)
+    n_users, n_items = 12, 50
+    table = rng.integers(0, 6, size=(n_users, n_items)).astype(np.float32)  # many ties
+    table[0, :20] = -np.inf  # held-out items scored -inf tie with seen ones, which are no competitors
+    seen = sp.random(n_users, n_items, density=0.2, format="csr", random_state=8)
+    seen.data[:] = 1
+    rows = [(u, i) for u in range(n_users) for i in rng.choice(np.setdiff1d(np.arange(n_items), seen[u].indices),
+                                                               size=rng.integers(1, 9), replace=False)]
+    rng.shuffle(rows)  # a user's rows scattered through the holdout
+    users, items = np.array(rows).T
+    calls = []
+
+    class Counting(TableScorer):
+        def score_all(self, u):
+            calls.extend(u.tolist())
+            return super().score_all(u)
+
+    fast = full_ranks(Counting(table), HoldOut(users, items, items[:, None]), seen, batch_rows=10)
+    slow = [sum(1 for j in range(n_items) if j != i and j not in set(seen[u].indices) and table[u, j] >= table[u, i])
+            for u, i in zip(users, items, strict=True)]
+    assert fast.tolist() == slow
+    assert sorted(calls) == sorted(set(users.tolist()))  # every user scored once, whatever its rows
 
 
 def test_perfect_scorer_ranks_first():

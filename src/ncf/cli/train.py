@@ -228,6 +228,14 @@ def _print_summary(s: dict, json_out: bool = False) -> None:
                       "trained on every interaction")
     else:
         console.print(t)
+    if s.get("test_topk"):  # several test items a user: every item ranked, all of the user's test items relevant
+        topk = Table(title="test (top-k over every item not trained on)")
+        keys = [k for k in ("recall@10", "ndcg@10", "recall@20", "ndcg@20", "precision@20", "coverage@20")
+                if k in s["test_topk"]]
+        for k in keys:
+            topk.add_column(k, justify="right")
+        topk.add_row(*(f"{s['test_topk'][k]:.4f}" for k in keys))
+        console.print(topk)
     console.print(f"train seconds: {s['train_seconds']:.1f}")
 
 

@@ -45,25 +45,74 @@ def sampled_ranks(model, holdout: HoldOut, batch_rows: int = 8192) -> np.ndarray
     return ranks
 
 
-def full_ranks(model, holdout: HoldOut, seen: sp.csr_matrix, batch_users: int = 512) -> np.ndarray:
-    """0-based pessimistic rank of each held-out item among all items not in ``seen``."""
+def full_ranks(model, holdout: HoldOut, seen: sp.csr_matrix, batch_rows: int = 512) -> np.ndarray:
+    """0-based pessimistic rank of each held-out item among all items not in ``seen``.
+
+    Each distinct user is scored once (``score_all`` of a block of users whose held-out rows
+    number at most ``batch_rows``, or one user's rows): a holdout with several rows a user
+    (a ratio or given split) costs one scoring of each user, not one per row."""
     dev = _device_of(model)
     seen = seen.tocsr()
+    users_all = np.asarray(holdout.users, dtype=np.int64)
+    items_all = np.asarray(holdout.items, dtype=np.int64)
+    order = np.argsort(users_all, kind="stable")
+    uniq, first = np.unique(users_all[order], return_index=True)
+    bounds = np.append(first, len(order))  # rows of user uniq[j]: order[bounds[j]:bounds[j + 1]]
     ranks = np.empty(len(holdout), dtype=np.int64)
-    for s in range(0, len(holdout), batch_users):
-        users = holdout.users[s: s + batch_users]
-        items = torch.tensor(holdout.items[s: s + batch_users], dtype=torch.int64, device=dev)
-        scores = model.score_all(torch.tensor(users, device=dev)).float()  # [b, I]
-        rows = torch.arange(len(users), device=dev)
-        pos = scores[rows, items][:, None]
-        beats = (scores >= pos).logical_or_(torch.isnan(scores)).logical_or_(torch.isnan(pos))
-        sub = seen[users]
-        r = np.repeat(np.arange(len(users)), np.diff(sub.indptr))
-        # seen items and the item itself are no competitors
-        beats[torch.from_numpy(r).to(dev), torch.from_numpy(sub.indices.astype(np.int64)).to(dev)] = False
-        beats[rows, items] = False
-        ranks[s: s + batch_users] = beats.sum(dim=1).cpu().numpy()
+    s = 0
+    while s < len(uniq):
+        e = min(len(uniq), max(s + 1, int(np.searchsorted(bounds, bounds[s] + batch_rows, side="right")) - 1))
+        sel = order[bounds[s]: bounds[e]]
+        users = users_all[sel]
+        scores = model.score_all(torch.as_tensor(uniq[s:e], device=dev)).float()  # [b, I]
+        local = np.searchsorted(uniq[s:e], users)
+        if len(sel) >= SORT_FROM * (e - s) and not torch.isnan(scores).any():
+            ranks[sel] = _ranks_by_sorting(scores, local, items_all[sel], seen[uniq[s:e]], bounds[s:e + 1] - bounds[s])
+        else:
+            ranks[sel] = _ranks_by_comparing(scores[torch.as_tensor(local, device=dev)], items_all[sel], seen[users])
+        s = e
     return ranks
+
+
+# held-out rows a user from which sorting each user's scores once beats comparing them once a row
+SORT_FROM = 8
+
+
+def _ranks_by_comparing(scores: torch.Tensor, items: np.ndarray, seen: sp.csr_matrix) -> np.ndarray:
+    """Ranks of ``items`` [r] in the rows of ``scores`` [r, I] (one row a held-out item), ``seen``
+    [r, I] no competitors, nor the item itself; a NaN score beats everything."""
+    dev = scores.device
+    rows = torch.arange(len(items), device=dev)
+    items = torch.as_tensor(items, device=dev)
+    pos = scores[rows, items][:, None]
+    beats = (scores >= pos).logical_or_(torch.isnan(scores)).logical_or_(torch.isnan(pos))
+    r = np.repeat(np.arange(len(items)), np.diff(seen.indptr))
+    beats[torch.from_numpy(r).to(dev), torch.from_numpy(seen.indices.astype(np.int64)).to(dev)] = False
+    beats[rows, items] = False
+    return beats.sum(dim=1).cpu().numpy()
+
+
+def _ranks_by_sorting(scores: torch.Tensor, local: np.ndarray, items: np.ndarray, seen: sp.csr_matrix,
+                      offsets: np.ndarray) -> np.ndarray:
+    """The same ranks as :func:`_ranks_by_comparing` for a block of users with many held-out rows
+    each (no NaN): each user's scores [b, I] sorted once, every held-out score placed by binary
+    search. ``local`` [r]: each row's user in the block, rows grouped by user as ``offsets`` [b + 1]."""
+    dev = scores.device
+    pos = scores[torch.as_tensor(local, device=dev), torch.as_tensor(items, device=dev)]  # [r]
+    masked = scores.clone()
+    r = np.repeat(np.arange(seen.shape[0]), np.diff(seen.indptr))
+    masked[torch.from_numpy(r).to(dev), torch.from_numpy(seen.indices.astype(np.int64)).to(dev)] = -torch.inf
+    ordered = torch.sort(masked, dim=1).values  # ascending
+    width = int(np.diff(offsets).max())
+    col = np.arange(len(items)) - np.repeat(offsets[:-1], np.diff(offsets))
+    values = torch.full((len(offsets) - 1, width), torch.inf, device=dev)
+    values[torch.as_tensor(local, device=dev), torch.as_tensor(col, device=dev)] = pos
+    below = torch.searchsorted(ordered, values, side="left")[torch.as_tensor(local, device=dev),
+                                                               torch.as_tensor(col, device=dev)]
+    at_least = scores.shape[1] - below  # items scoring >= the held-out one, seen ones at -inf, itself included
+    n_seen = torch.as_tensor(np.diff(seen.indptr)[local], device=dev)
+    # a held-out item scored -inf ties with the seen items' -inf, which are no competitors
+    return (at_least - 1 - torch.where(torch.isneginf(pos), n_seen, 0)).cpu().numpy()
 
 
 def evaluate(model, holdout: HoldOut, protocol: str = "sampled", seen: sp.csr_matrix | None = None,

@@ -489,7 +489,7 @@ class Trainer:
             if ds.report.get("split", "loo") != "loo":  # several test items a user: the top-k metrics too
                 from ncf.eval.topk import evaluate_topk
 
-                topk = evaluate_topk(self.model, ds.test, ds.seen(include_valid=True), 10)
+                topk = evaluate_topk(self.model, ds.test, ds.seen(include_valid=True), (10, 20))
         samples = sum(r["samples"] for r in self.history)
         train_s = sum(r["train_seconds"] for r in self.history)
         epoch_s = sum(r["seconds"] for r in self.history)
