@@ -273,8 +273,8 @@ def locate_source(cfg: DataConfig) -> Source:
 def file_spec(cfg: DataConfig) -> dict:
     """The :func:`readers.read_table` columns of a file read with ``cfg``'s column options."""
     return {
-        "user_col": _col(cfg.user_col) if cfg.user_col is not None else 0,
-        "item_col": _col(cfg.item_col) if cfg.item_col is not None else 1,
+        "user_col": _col(cfg.user_col),  # None: by a header's names when no column is given, else 0 (item 1)
+        "item_col": _col(cfg.item_col),
         "rating_col": _col(cfg.rating_col),
         "time_col": _col(cfg.time_col),
         "sep": cfg.sep,
