@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -85,6 +86,7 @@ class TrainConfig:
     def __post_init__(self):
         from ncf.models.mlp import parse_layers
 
+        self._check_types()
         self.layers = parse_layers(self.layers)
         checks = [
             (self.factors >= 1, f"factors must be >= 1, got {self.factors}"),
@@ -124,6 +126,20 @@ class TrainConfig:
         for ok, msg in checks:
             if not ok:
                 raise ConfigError(msg)
+
+    def _check_types(self) -> None:
+        """Each option of the type its field declares (``factors="8"``, ``epochs=1.5`` are refused
+        with the option named, rather than failing later with a TypeError naming none)."""
+        kinds = {"int": (numbers.Integral, "an integer"), "float": (numbers.Real, "a number"),
+                 "str": (str, "a string"), "bool": (bool, "True or False")}
+        for f in dataclasses.fields(self):
+            kind = kinds.get(str(f.type))
+            value = getattr(self, f.name)
+            if kind is None:
+                continue
+            wrong_bool = isinstance(value, bool) and f.type != "bool"  # True is an int to Python, not here
+            if wrong_bool or not isinstance(value, kind[0]):
+                raise ConfigError(f"{f.name} must be {kind[1]}, got {value!r} ({type(value).__name__})")
 
     def resolved(self, n_interactions: int) -> TrainConfig:
         """This config with "auto" (0) batch size and learning rate filled in for a training set
