@@ -209,7 +209,7 @@ def _interruptible(out: Path, run):
 
 
 # what each row of the summary is: the protocol of its metrics
-SPLIT_LABELS = {"valid": "valid (1 + 99 sampled)", "test": "test (1 + 99 sampled)", "test_full": "test (full ranking)"}
+SPLIT_LABELS = {"valid": "valid ({} sampled)", "test": "test ({} sampled)", "test_full": "test (full ranking)"}
 
 
 def _print_summary(s: dict, json_out: bool = False) -> None:
@@ -220,8 +220,10 @@ def _print_summary(s: dict, json_out: bool = False) -> None:
     t.add_column("split (protocol)")
     for k in ("hr@10", "ndcg@10"):
         t.add_column(k, justify="right")
+    sizes = s.get("candidates") or {}  # the real number of candidates (fewer than 1 + 99 on a small catalogue)
     for name, label in SPLIT_LABELS.items():
         if s.get(name):
+            label = label.format(sizes.get(name, "1 + 99"))
             t.add_row(label, *(f"{s[name][k]:.4f}" for k in ("hr@10", "ndcg@10")))
     if not any(s.get(name) for name in SPLIT_LABELS):
         console.print(f"{s['model']} on {s['dataset']}: no holdout (--split none), so no metrics: the model was "
@@ -260,6 +262,8 @@ def evaluate_cmd(
 
     run_dir(directory)
     ks = parse_ks(k)
+    if split not in ("test", "valid"):
+        raise ConfigError(f"--split must be test or valid, got {split!r}")
     cfg = load_config(directory)
     model = load_model(directory)
     data = dict(cfg["data"])
@@ -287,6 +291,10 @@ def evaluate_cmd(
     if json_out:
         print_json(out)
         return
+    if protocol == "sampled":
+        from ncf.train.run import candidates_label
+
+        protocol = f"sampled: 1 + {candidates_label(holdout).split(' + ', 1)[1]}"
     t = Table(title=f"{directory} ({protocol}, {split})")
     t.add_column("metric")
     t.add_column("value", justify="right")
