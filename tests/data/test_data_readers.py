@@ -300,6 +300,8 @@ def test_json_lines_are_read_as_objects(tmp_path):
     assert r.users.tolist() == [x["user"] for x in rows] and r.items.tolist() == [x["item"] for x in rows]
     assert r.timestamps.tolist() == [x["timestamp"] for x in rows]
     assert r.ratings.tolist() == [x["rating"] for x in rows]
+    chunks = list(readers.iter_table(tmp_path / "events.jsonl"))  # the chunked reader (ncf.data.rankload) too
+    assert [x for c in chunks for x in c.items.tolist()] == r.items.tolist()
     arr = read_table(_write(tmp_path, "events.json", json.dumps(rows)))  # a JSON array of objects
     assert arr.items.tolist() == r.items.tolist()
     with pytest.raises(DataError, match=r"events.jsonl: line 2: not valid JSON"):

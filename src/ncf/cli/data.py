@@ -38,10 +38,15 @@ def download(
     Offline, or behind a firewall: point --url (or $NCF_DOWNLOAD_URL) at a mirror holding
     NAME.zip (and NAME.zip.md5)."""
     from ncf.data.datasets import data_dir as resolve
-    from ncf.data.download import archive_url
+    from ncf.data.download import DownloadError, archive_url, offline_hint
     from ncf.data.download import download as fetch
 
-    folder = fetch(name, resolve(data_dir), url, force=force)
+    try:
+        folder = fetch(name, resolve(data_dir), url, force=force)
+    except DownloadError as e:
+        if "cannot connect" in str(e) or "no answer within" in str(e):
+            raise DownloadError(f"{e}; {offline_hint(name)}") from None
+        raise
     if json_out:
         print_json({"dataset": name, "folder": str(folder), "url": archive_url(name, url)})
         return

@@ -184,7 +184,7 @@ def ensure_available(name: str, root: Path, download: bool = True) -> Path:
         f"put {fname} (from {archive_url(name)}, unpacked) at {folder / fname}, "
         f"or pass --data-dir / set NCF_DATA_DIR to a folder holding {name}/{fname}, "
         f"or download from a mirror: set NCF_DOWNLOAD_URL (or `ncf data download {name} --url BASE`) "
-        f"to a server holding {name}.zip"
+        f"to a server holding {name}.zip and its MD5 as {name}.zip.md5"
     )
     if download:
         from ncf.console import console

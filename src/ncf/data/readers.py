@@ -806,6 +806,10 @@ def iter_table(
     layout = None
     for text, line0 in text_chunks(path, encoding, chunk_bytes):
         skip = 0
+        if layout is None and _is_json(path, text):  # JSON objects: read whole, by pandas
+            yield read_table(path, user_col, item_col, rating_col, time_col, on_bad_lines=on_bad_lines,
+                             encoding=encoding, min_rating=min_rating)
+            return
         if layout is None:
             layout, skip = _table_layout(path, cols, sep, header, text)
         yield _parse_chunk(text, layout, skip, on_bad_lines, min_rating, line0, str_ids, final=False)
