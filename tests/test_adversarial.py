@@ -238,6 +238,14 @@ class TestCLI:
         assert code == 2 and "no user has 2 or more interactions" in err
         assert "users read from 'when_seen' (column 0)" in err and "--user-col" in err
 
+    def test_an_option_that_does_not_apply_lists_what_can_be_passed(self, tmp_path, capsys):
+        """Flags as typed (--batch-size), and --param NAME=... for the options without a flag."""
+        code, _, err = cli(capsys, *TRAIN, "--dataset", _csv(tmp_path / "r.csv"), "--dropout", "0.2",
+                           "--out", tmp_path / "run")
+        assert code == 2 and "option(s) --dropout do not apply to model 'gmf'" in err
+        assert "--batch-size" in err and "--param warmup_epochs=..." in err
+        assert " warmup_epochs," not in err and " workers," not in err
+
     def test_tune_with_ensemble_alone_says_what_ensemble_needs(self, tmp_path, capsys):
         for models in ("ensemble", "ease,ensemble"):
             code, _, err = cli(capsys, "tune", "--dataset", _csv(tmp_path / "r.csv"), "--time-budget", "5",

@@ -157,3 +157,17 @@ def test_from_pandas_refuses_two_columns_of_the_asked_name():
 def test_an_option_of_the_wrong_type_is_refused_by_name(toy_dataset, option, value, message):
     with pytest.raises(ConfigError, match=message):
         ncf.fit("gmf", toy_dataset, **{option: value})
+
+
+def test_a_dataset_prints_its_sizes_not_its_arrays(toy_dataset):
+    text = repr(toy_dataset)
+    assert len(text) < 200 and f"{toy_dataset.n_users} users" in text and "array" not in text
+    assert len(repr(toy_dataset.test)) < 120 and "held-out" in repr(toy_dataset.test)
+    assert "Dataset(" in str(toy_dataset)
+
+
+def test_an_unused_time_column_is_named_for_python_too(tmp_path):
+    path = tmp_path / "r.csv"
+    path.write_text("user,item,when\n" + "".join(f"{u},{i},2024-01-{1 + i:02d}\n" for u in range(5) for i in range(6)))
+    ds = ncf.load_dataset(str(path), valid=False)
+    assert any("time_col= from Python" in w for w in ds.report["read"]["warnings"])

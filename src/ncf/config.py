@@ -168,14 +168,15 @@ class TrainConfig:
         return cls(**data)
 
     @classmethod
-    def for_model(cls, model: str, options: dict[str, Any]) -> TrainConfig:
+    def for_model(cls, model: str, options: dict[str, Any], flags: set[str] | None = None) -> TrainConfig:
         """The config of a ``model`` run from the options a user gave (keyword arguments of
         ``ncf.fit``, flags of ``ncf train``). An option is, in this order: a TrainConfig field
         the model takes as a hyperparameter (``config_fields``: factors, layers, ...), one of
         the model's own parameters (``params``: EASE's l2, item2vec's epochs, ...), a general
         field (seed, device, threads), a training field where the model is trained by SGD
         (epochs, lr, ...), a pre-training field for NeuMF. Anything else is refused, naming
-        the option and what the model takes."""
+        the option and what the model takes. ``flags``: the command line's option names (its
+        errors then name flags, and ``--param NAME=...`` for an option without one: ``warmup_epochs``)."""
         from ncf.models import get_model_class
 
         model_cls = get_model_class(model)
@@ -200,6 +201,9 @@ class TrainConfig:
             else:
                 unknown.append(name)
         takes = sorted((applies | set(model_cls.params)) - {"user_features", "item_features"})
+        if flags is not None:  # the command line: only what it can pass, spelt as it is passed
+            takes = sorted((_flag(n, flags) for n in takes), key=lambda f: (f.startswith("--param"), f))
+            refused, unknown = [_flag(n, flags) for n in refused], [_flag(n, flags) for n in unknown]
         if refused:
             raise ConfigError(f"option(s) {', '.join(refused)} do not apply to model {model!r} "
                              f"(it takes: {', '.join(takes)})")
@@ -216,3 +220,9 @@ class TrainConfig:
         """Hyperparameters for ``model_cls``: its config fields from here plus ``params``."""
         base = {k: getattr(self, k) for k in model_cls.config_fields}
         return model_cls.check_params({**base, **self.params})
+
+
+def _flag(name: str, flags: set[str]) -> str:
+    """An option as the command line spells it: ``--batch-size``, or ``--param NAME=...`` for one
+    without a flag of its own (``warmup_epochs``, a model's own parameters)."""
+    return f"--{name.replace('_', '-')}" if name in flags else f"--param {name}=..."

@@ -185,7 +185,8 @@ def train_cmd(
              **_parse_params(param),
              **{k: str(v) for k, v in (("user_features", user_features), ("item_features", item_features)) if v}}
     # only the options given: each must apply to the model (--dropout for gmf is refused)
-    cfg = TrainConfig.for_model(model, {k: v for k, v in given.items() if v is not None})
+    cfg = TrainConfig.for_model(model, {k: v for k, v in given.items() if v is not None},
+                                flags={p.name for p in ctx.command.params})
     dcfg = data_config(dataset, data_dir, train_file, test_file, valid_file, layout=layout, valid_ratio=valid_ratio,
                        split=split, valid=not no_valid, seed=cfg.seed, min_rating=min_rating,
                        user_col=user_col, item_col=item_col, rating_col=rating_col, time_col=time_col,

@@ -349,7 +349,7 @@ def _unused_time_columns(path: Path, rows: list[list[str]], positions: dict[str,
         if (name and _TIME_NAME.match(name)) or dates:
             what = f"column {name!r}" if name else f"column {c}"
             out.append(f"{path}: {what} looks like a time but is not used: the split holds out a random item "
-                       f"per user; pass --time-col {name or c} to hold out each user's latest")
+                       f"per user; pass --time-col {name or c} (time_col= from Python) to hold out each user's latest")
     return out
 
 
