@@ -246,6 +246,20 @@ class TestCLI:
         assert "--batch-size" in err and "--param warmup_epochs=..." in err
         assert " warmup_epochs," not in err and " workers," not in err
 
+    def test_help_lists_commands_as_a_user_works_and_train_options_in_panels(self, capsys):
+        import re
+
+        code, out, _ = cli(capsys, "--help")
+        shown = [m.group(1) for m in re.finditer(r"(?m)^│ ([a-z][a-z-]*)\s", out)]
+        workflow = ["data", "train", "evaluate", "recommend", "similar", "tune", "compare", "serve", "export"]
+        assert code == 0 and [c for c in shown if c in workflow] == workflow, shown
+        code, out, _ = cli(capsys, "train", "--help")
+        panels = re.findall(r"╭─ ([A-Za-z -]+?) ─", out)
+        assert code == 0 and panels[1:] == ["Data", "Model", "NeuMF pre-training", "Training", "Several processes",
+                                            "Output"], panels
+        data, model = out.index("╭─ Data"), out.index("╭─ Model")
+        assert data < out.index("--time-col") < model and out.index("--epochs") > out.index("╭─ Training")
+
     def test_tune_with_ensemble_alone_says_what_ensemble_needs(self, tmp_path, capsys):
         for models in ("ensemble", "ease,ensemble"):
             code, _, err = cli(capsys, "tune", "--dataset", _csv(tmp_path / "r.csv"), "--time-budget", "5",

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 from rich.table import Table
+from typer.core import TyperCommand
 
 from ncf.cli.app import app
 from ncf.cli.common import (
@@ -63,7 +64,17 @@ def _given(ctx: typer.Context, names) -> list[str]:
     return out
 
 
-@app.command("train")
+class _PanelOrder(TyperCommand):
+    """``--help`` shows the panels in :data:`TRAIN_PANELS` order (typer: by each panel's first option)."""
+
+    def format_help(self, ctx, formatter):
+        order = [None, *TRAIN_PANELS]
+        self.params.sort(key=lambda p: order.index(p.rich_help_panel) if getattr(p, "rich_help_panel", None) in order
+                         else 0)
+        super().format_help(ctx, formatter)
+
+
+@app.command("train", cls=_PanelOrder)
 def train_cmd(
     ctx: typer.Context,
     dataset: str = typer.Option(None, "--dataset", help="Dataset name or ratings file."),
@@ -198,6 +209,33 @@ def train_cmd(
     if summary is not None:  # None: a non-zero rank of a distributed run (rank 0 reports)
         _print_summary(summary, json_out)
         console.print(f"run written to {out}")
+
+
+# `ncf train --help` in panels, by what an option is about (an option not listed stays under "Options")
+TRAIN_PANELS = {
+    "Data": ("dataset", "data_dir", "no_valid", "min_rating", "user_col", "item_col", "rating_col", "time_col",
+             "sep", "header", "on_bad_lines", "user_features", "item_features"),
+    "Model": ("model", "factors", "layers", "dropout", "param", "init_items"),
+    "NeuMF pre-training": ("pretrain", "alpha", "finetune_optimizer", "finetune_lr", "pretrained_gmf",
+                           "pretrained_mlp"),
+    "Training": ("epochs", "neg", "batch_size", "lr", "optimizer", "loss", "l2", "patience", "seed", "device",
+                 "threads", "sparse"),
+    "Several processes": ("nproc", "shard_tables", "sharding", "table_optimizer", "table_lr"),
+    "Output": ("out", "overwrite", "resume", "quiet", "json_out"),
+}
+
+
+def _set_panels(command, panels: dict[str, tuple[str, ...]]) -> None:
+    """Put each option of ``command`` in its help panel (typer reads them when it builds the command)."""
+    import inspect
+
+    params = inspect.signature(command).parameters
+    for panel, names in panels.items():
+        for name in names:
+            params[name].default.rich_help_panel = panel
+
+
+_set_panels(train_cmd, TRAIN_PANELS)
 
 
 def _interruptible(out: Path, run):

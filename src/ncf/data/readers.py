@@ -388,9 +388,13 @@ def _column_labels(positions: dict[str, int | None], header_fields: list[str] | 
 
 
 def _rating_like_times(path: Path, times: np.ndarray | None, label: str) -> list[str]:
-    """A warning where a time column holds only a few small integers (ratings 1 to 5, say)."""
+    """A warning where a time column not named as one holds only a few small integers (ratings 1 to 5,
+    say); ``label``: the column as :func:`_column_labels` names it."""
     if times is None or not len(times):
         return []
+    name = label.rsplit(" (column ", 1)[0].strip("'\"") if " (column " in label else ""
+    if name and (_TIME_NAME.match(name) or re.sub(r"[^a-z0-9]", "", name.lower()) in _ROLE_NAMES["timestamp"]):
+        return []  # a column named as a time: small values are an order (0, 1, 2 ...), as its name says
     values = np.unique(times)
     if len(values) > 10 or values[0] < 0 or values[-1] > 10:
         return []
