@@ -341,6 +341,12 @@ def test_quoted_fields_hold_the_separator_for_semicolon_and_tab(tmp_path, sep):
     text = sep.join(["user", "item", "rating"]) + "\n" + f'1{sep}"a{sep}b"{sep}3\n2{sep}c{sep}4\n1{sep}c{sep}5\n'
     r = read_table(_write(tmp_path, "r.txt", text), rating_col=2)
     assert r.items.tolist() == [f"a{sep}b", "c", "c"] and r.ratings.tolist() == [3, 4, 5]
+    # a quote that does not close on its line would swallow the next lines: refused, naming the line
+    unclosed = f'user{sep}item\n1{sep}x\n1{sep}"a{sep}3\n2{sep}b"{sep}4\n2{sep}c\n'
+    with pytest.raises(DataError, match=r"r.txt:3: a field opens a quote .* does not close on its line"):
+        read_table(_write(tmp_path, "r.txt", unclosed))
+    literal = f'1{sep}12" vinyl\n2{sep}c\n'  # a quote inside a field is a character
+    assert read_table(_write(tmp_path, "r.txt", literal)).items.tolist() == ['12" vinyl', "c"]
 
 
 def test_header_names_are_used_when_no_column_is_asked_for(tmp_path):

@@ -690,6 +690,8 @@ def _parse_chunk(text: str, layout: TableLayout, skip: int, on_bad_lines: str, m
     is the whole file (a file whose every row is malformed is refused here; else the caller's)."""
     path, sep, width = layout.path, layout.sep, layout.width
     body = text[skip:]
+    if sep in ("\t", ";") and '"' in body:
+        _check_quotes_close(body, sep, path, line0 + text[:skip].count("\n"))
     body1, sep1 = _one_char(body, sep)
     fast = _fast_read(body1, sep1, layout.positions, str_ids) if _max_fields(body1, sep1) <= width else None
     if fast is not None:
@@ -709,6 +711,15 @@ def _parse_chunk(text: str, layout: TableLayout, skip: int, on_bad_lines: str, m
     ratings.report.warnings = _chunk_warnings(layout, ratings.timestamps, line0)
     ratings.report.columns = dict(layout.columns)
     return ratings
+
+
+def _check_quotes_close(body: str, sep: str, path: Path, line0: int) -> None:
+    """A field that opens a quote and does not close it on its line would swallow the next lines
+    into one row (tab- and semicolon-separated files rarely mean that): refused, naming the line."""
+    for no, line in enumerate(body.split("\n"), start=line0 + 1):
+        if '"' in line and len(list(csv.reader([line + "\n", "end\n"], delimiter=sep))) < 2:
+            raise DataError(f'{path}:{no}: a field opens a quote (") that does not close on its line; quoted '
+                            f"fields are read for , ; and tab separators: close the quote, or remove it")
 
 
 def _chunk_warnings(layout: TableLayout, times: np.ndarray | None, line0: int) -> list[str]:
