@@ -87,14 +87,15 @@ def info_dict(source: str, ds) -> dict:
 
 def _candidate_width(ds) -> int:
     """Negatives a test row has room for (a given split's are drawn on first use: not drawn here)."""
-    from ncf.data.split import DrawnHoldOut, LazyHoldOut
+    from ncf.data.split import PAD, DrawnHoldOut, LazyHoldOut
 
     test = ds.test.resolve() if isinstance(ds.test, LazyHoldOut) else ds.test
     if test is None:
         return 0
     if isinstance(test, DrawnHoldOut):
         return int((ds.config or {}).get("n_neg_eval", 99))
-    return int(test.candidates.shape[1] - 1)
+    # the negatives sampled: fewer than asked where a small catalogue has not as many unseen items
+    return int((test.candidates != PAD).sum(axis=1).max(initial=1) - 1)
 
 
 @data_app.command("info")
