@@ -327,6 +327,8 @@ def test_a_time_column_of_ratings_is_warned_about(tmp_path):
     assert any("look like ratings, not times" in w and "--rating-col" in w for w in r.report.warnings)
     real = _write(tmp_path, "t.csv", "".join(f"{u},{i},{10 ** 9 + u * 7 + i}\n" for u in range(5) for i in range(6)))
     assert read_table(real, 0, 1, time_col=2).report.warnings == []
+    order = _write(tmp_path, "o.csv", "".join(f"{u},{i},{i}\n" for u in range(5) for i in range(6)))  # 0..5 a user
+    assert read_table(order, 0, 1, time_col=2).report.warnings == []
 
 
 def test_two_header_columns_of_the_asked_name_are_refused(tmp_path):

@@ -387,9 +387,10 @@ def _column_labels(positions: dict[str, int | None], header_fields: list[str] | 
     return out
 
 
-def _rating_like_times(path: Path, times: np.ndarray | None, label: str) -> list[str]:
+def _rating_like_times(path: Path, times: np.ndarray | None, label: str, users: np.ndarray) -> list[str]:
     """A warning where a time column not named as one holds only a few small integers (ratings 1 to 5,
-    say); ``label``: the column as :func:`_column_labels` names it."""
+    say) that repeat within users (an order 0, 1, 2 ... of each user's interactions does not);
+    ``label``: the column as :func:`_column_labels` names it; ``users``: the rows' users."""
     if times is None or not len(times):
         return []
     name = label.rsplit(" (column ", 1)[0].strip("'\"") if " (column " in label else ""
@@ -398,6 +399,8 @@ def _rating_like_times(path: Path, times: np.ndarray | None, label: str) -> list
     values = np.unique(times)
     if len(values) > 10 or values[0] < 0 or values[-1] > 10:
         return []
+    if pd.DataFrame({"u": users, "t": times}).duplicated().mean() < 0.1:
+        return []  # nearly every user's times differ: an order, not ratings
     return [f"{path}: the time column ({label}) holds only the values {', '.join(map(str, values.tolist()))}, "
             "which look like ratings, not times: they are read as seconds after 1970-01-01 and decide which "
             "interaction of a user is the latest; if they are ratings, pass that column as --rating-col "
@@ -696,7 +699,8 @@ def _parse_chunk(text: str, layout: TableLayout, skip: int, on_bad_lines: str, m
     fast = _fast_read(body1, sep1, layout.positions, str_ids) if _max_fields(body1, sep1) <= width else None
     if fast is not None:
         report = ReadReport(str(path), rows=len(fast["user"]), blank_lines=_count_blank(body), header=layout.header,
-                            warnings=_chunk_warnings(layout, fast["timestamp"], line0), columns=dict(layout.columns))
+                            warnings=_chunk_warnings(layout, fast["timestamp"], line0, fast["user"]),
+                            columns=dict(layout.columns))
         ratings = Ratings(fast["user"], fast["item"], fast["rating"], fast["timestamp"], report)
         return ratings.filter_min_rating(min_rating)
     text1, sep1 = _one_char(text, sep)
@@ -708,7 +712,7 @@ def _parse_chunk(text: str, layout: TableLayout, skip: int, on_bad_lines: str, m
         df = df.iloc[layout.header_line:]  # rows after the header line
     df.index = df.index + line0
     ratings = _validate(df, path, layout.positions, on_bad_lines, min_rating, layout.header, width, str_ids, final)
-    ratings.report.warnings = _chunk_warnings(layout, ratings.timestamps, line0)
+    ratings.report.warnings = _chunk_warnings(layout, ratings.timestamps, line0, ratings.users)
     ratings.report.columns = dict(layout.columns)
     return ratings
 
@@ -722,11 +726,11 @@ def _check_quotes_close(body: str, sep: str, path: Path, line0: int) -> None:
                             f"fields are read for , ; and tab separators: close the quote, or remove it")
 
 
-def _chunk_warnings(layout: TableLayout, times: np.ndarray | None, line0: int) -> list[str]:
+def _chunk_warnings(layout: TableLayout, times: np.ndarray | None, line0: int, users: np.ndarray) -> list[str]:
     """The layout's warnings and the time column's, on the first chunk of a file only."""
     if line0:
         return []
-    return [*layout.warnings, *_rating_like_times(layout.path, times, layout.columns.get("timestamp", ""))]
+    return [*layout.warnings, *_rating_like_times(layout.path, times, layout.columns.get("timestamp", ""), users)]
 
 
 # --- Reading in chunks (a file larger than memory, see ncf.data.rankload) ---------------------
@@ -1095,7 +1099,7 @@ def read_frame(frame: pd.DataFrame, cols: dict, path: Path, on_bad_lines: str = 
     ratings.report.columns = _column_labels(positions, names)
     if line0 == 0:
         label = ratings.report.columns.get("timestamp", "")
-        ratings.report.warnings += _rating_like_times(path, ratings.timestamps, label)
+        ratings.report.warnings += _rating_like_times(path, ratings.timestamps, label, ratings.users)
     return ratings
 
 
