@@ -328,6 +328,15 @@ def no_holdout(cfg: DataConfig, name: str, full: Interactions, report: dict) -> 
     return Dataset(name, full, None, None, int(full.nnz), report, None, cfg.to_dict())
 
 
+def columns_hint(columns: dict) -> str:
+    """Which columns of the file were read as user and item (``ReadReport.columns``), for an error
+    where no user repeats: wrong columns make every user look new."""
+    if "user" not in columns:
+        return ""
+    return (f"; users read from {columns['user']}, items from {columns.get('item', '?')}: if those are the wrong "
+            "columns, pass --user-col and --item-col")
+
+
 def split_ratings(ratings: Ratings, cfg: DataConfig, name: str) -> Dataset:
     """Raw interactions -> a split :class:`Dataset`: leave-one-out by time for test, then for
     validation (``cfg.valid``), each holdout with ``cfg.n_neg_eval`` sampled negatives."""
@@ -343,8 +352,9 @@ def split_ratings(ratings: Ratings, cfg: DataConfig, name: str) -> Dataset:
     train, valid, test, stats = loo_split(full, cfg, rng)
     if not len(test):
         raise DataError(f"{cfg.source}: no test item can be held out: no user has min_train + 1 = {cfg.min_train + 1} "
-                        f"or more interactions ({full.n_users} users, {full.nnz} interactions); to train on "
-                        "everything with no holdout pass holdout=None (Python) / --split none (CLI)")
+                        f"or more interactions ({full.n_users} users, {full.nnz} interactions"
+                        f"{columns_hint(ratings.report.columns)}); to train on everything with no holdout pass "
+                        "holdout=None (Python) / --split none (CLI)")
     report = {
         "read": ratings.report.to_dict(),
         "duplicates_collapsed": full.n_duplicates,

@@ -96,13 +96,10 @@ def _check_trainable(dataset: Dataset) -> None:
 
 
 def _users_read(dataset: Dataset) -> str:
-    """Which column of the file was read as the user (where the reader says): a wrong one makes every
-    user look new."""
-    columns = ((dataset.report or {}).get("read") or {}).get("columns") or {}
-    if "user" not in columns:
-        return ""
-    return (f"; users read from {columns['user']}, items from {columns.get('item', '?')}: if those are the wrong "
-            "columns, pass --user-col and --item-col")
+    """Which columns of the file were read as user and item (where the reader says)."""
+    from ncf.data.datasets import columns_hint
+
+    return columns_hint(((dataset.report or {}).get("read") or {}).get("columns") or {})
 
 
 def _publish(work: Path, out: Path) -> None:
