@@ -37,6 +37,14 @@ def _need(sub: str, probe: str) -> Path:
     return path
 
 
+@pytest.fixture(autouse=True)
+def _no_download(monkeypatch):
+    """No test downloads: a dataset that is missing would be fetched from a loopback address nothing
+    answers on (failing at once, naming it) rather than from GroupLens; the download tests point
+    NCF_DOWNLOAD_URL (or ``base_url``) at their own loopback server."""
+    monkeypatch.setenv("NCF_DOWNLOAD_URL", "http://127.0.0.1:9")
+
+
 @pytest.fixture(scope="session")
 def ml100k_dir() -> Path:
     return _need("ml-100k", "u.data")

@@ -217,6 +217,67 @@ class TestCLI:
         assert json.loads((out / "summary.json").read_text())["epochs_run"] == 3
         assert json.loads((out / "config.json").read_text())["train"]["epochs"] == 3
 
+    def test_evaluate_refuses_an_unknown_split_and_tables_count_the_candidates(self, tmp_path, capsys):
+        """--split bogus is not validation numbers labelled "bogus"; on a 30-item catalogue whose
+        users saw 8, a sampled holdout ranks 1 + 22 candidates, not "1 + 99"."""
+        out = tmp_path / "run"
+        code, _, err = cli(capsys, *TRAIN, "--dataset", _csv(tmp_path / "r.csv"), "--time-col", "3", "--out", out)
+        assert code == 0, err
+        assert json.loads((out / "summary.json").read_text())["candidates"] == {"valid": "1 + 22", "test": "1 + 22"}
+        code, out_text, err = cli(capsys, "evaluate", out, "--split", "bogus")
+        assert code == 2 and "--split must be test or valid, got 'bogus'" in err and "bogus" not in out_text
+        code, out_text, _ = cli(capsys, "evaluate", out, "--split", "valid")
+        assert code == 0 and "sampled: 1 + 22" in out_text and "99" not in out_text
+
+    def test_train_names_the_columns_it_read_when_no_user_repeats(self, tmp_path, capsys):
+        """A first column of timestamps under unknown names is read as the user: the error says so."""
+        rows = "".join(f"{1000 + n},{n % 5},{n % 7}\n" for n in range(30))
+        data = tmp_path / "r.csv"
+        data.write_text("when_seen,a,b\n" + rows)
+        code, _, err = cli(capsys, *TRAIN, "--dataset", data, "--out", tmp_path / "run")
+        assert code == 2 and "no user has" in err and "2 or more interactions" in err
+        assert "users read from 'when_seen' (column 0)" in err and "--user-col" in err
+
+    def test_an_option_that_does_not_apply_lists_what_can_be_passed(self, tmp_path, capsys):
+        """Flags as typed (--batch-size), and --param NAME=... for the options without a flag."""
+        code, _, err = cli(capsys, *TRAIN, "--dataset", _csv(tmp_path / "r.csv"), "--dropout", "0.2",
+                           "--out", tmp_path / "run")
+        assert code == 2 and "option(s) --dropout do not apply to model 'gmf'" in err
+        assert "--batch-size" in err and "--param warmup_epochs=..." in err
+        assert " warmup_epochs," not in err and " workers," not in err
+
+    def test_help_lists_commands_as_a_user_works_and_train_options_in_panels(self, capsys):
+        import re
+
+        code, out, _ = cli(capsys, "--help")
+        shown = [m.group(1) for m in re.finditer(r"(?m)^│ ([a-z][a-z-]*)\s", out)]
+        workflow = ["data", "train", "evaluate", "recommend", "similar", "tune", "compare", "serve", "export"]
+        assert code == 0 and [c for c in shown if c in workflow] == workflow, shown
+        code, out, _ = cli(capsys, "train", "--help")
+        panels = re.findall(r"╭─ ([A-Za-z -]+?) ─", out)
+        assert code == 0 and panels[1:] == ["Data", "Model", "NeuMF pre-training", "Training", "Several processes",
+                                            "Output"], panels
+        data, model = out.index("╭─ Data"), out.index("╭─ Model")
+        assert data < out.index("--time-col") < model and out.index("--epochs") > out.index("╭─ Training")
+
+    def test_tune_with_ensemble_alone_says_what_ensemble_needs(self, tmp_path, capsys):
+        for models in ("ensemble", "ease,ensemble"):
+            code, _, err = cli(capsys, "tune", "--dataset", _csv(tmp_path / "r.csv"), "--time-budget", "5",
+                               "--out", tmp_path / "t", "--models", models)
+            assert code == 2 and "at least two other models" in err and "time-budget" not in err
+
+    def test_resume_of_a_corrupt_state_does_not_offer_resume_again(self, tmp_path, capsys):
+        out = tmp_path / "run"
+        code, _, err = cli(capsys, *TRAIN, "--dataset", _csv(tmp_path / "r.csv"), "--out", out)
+        assert code == 0, err
+        part = partial_dir(out)
+        out.rename(part)  # as an interrupted run leaves it, with its state file damaged
+        (part / "summary.json").unlink()
+        (part / "state.safetensors").write_bytes(b"garbage")
+        code, out_text, err = cli(capsys, "train", "--resume", out)
+        assert code == 2 and "state.safetensors" in err
+        assert f"--resume {out} continues" not in out_text + err and "cannot continue it" in out_text + err
+
 
 # --- Training runs -------------------------------------------------------------------------
 

@@ -129,3 +129,45 @@ def test_save_overwrite_replaces_a_run_and_never_deletes_other_files(toy_dataset
     with pytest.raises(NcfError, match="notes.txt"):
         pop.save(run, overwrite=True)
     assert (run / "notes.txt").read_text() == "mine" and ncf.load(run).name == "itemknn"
+
+
+def test_a_missing_user_id_is_refused_not_recommended_to(toy_dataset):
+    """``None`` is no user: it would get the popular fallback and turn the user column into floats."""
+    model = ncf.fit("pop", toy_dataset, progress=False)
+    known = toy_dataset.train.user_map.raw_ids[0]
+    with pytest.raises(DataError, match=r"user id 2 of 3 is None, not an id"):
+        model.recommend([known, known, None], k=2)
+    with pytest.raises(DataError, match=r"user id 0 of 1 is nan"):
+        model.recommend(float("nan"), k=2)
+    assert model.recommend([known], k=2)["user"].tolist() == [known, known]
+
+
+def test_from_pandas_refuses_two_columns_of_the_asked_name():
+    df = pd.DataFrame([[1, 1, 5], [1, 2, 3], [2, 1, 4]], columns=["user", "item", "item"])
+    with pytest.raises(DataError, match=r"2 columns are named 'item' \(positions 1, 2\)"):
+        ncf.from_pandas(df)
+
+
+@pytest.mark.parametrize(("option", "value", "message"), [
+    ("factors", "8", r"factors must be an integer, got '8' \(str\)"),
+    ("epochs", 1.5, r"epochs must be an integer, got 1.5 \(float\)"),
+    ("lr", "0.01", r"lr must be a number, got '0.01'"),
+    ("epochs", True, r"epochs must be an integer, got True"),
+])
+def test_an_option_of_the_wrong_type_is_refused_by_name(toy_dataset, option, value, message):
+    with pytest.raises(ConfigError, match=message):
+        ncf.fit("gmf", toy_dataset, **{option: value})
+
+
+def test_a_dataset_prints_its_sizes_not_its_arrays(toy_dataset):
+    text = repr(toy_dataset)
+    assert len(text) < 200 and f"{toy_dataset.n_users} users" in text and "array" not in text
+    assert len(repr(toy_dataset.test)) < 120 and "held-out" in repr(toy_dataset.test)
+    assert "Dataset(" in str(toy_dataset)
+
+
+def test_an_unused_time_column_is_named_for_python_too(tmp_path):
+    path = tmp_path / "r.csv"
+    path.write_text("user,item,when\n" + "".join(f"{u},{i},2024-01-{1 + i:02d}\n" for u in range(5) for i in range(6)))
+    ds = ncf.load_dataset(str(path), valid=False)
+    assert any("time_col= from Python" in w for w in ds.report["read"]["warnings"])

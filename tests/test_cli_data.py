@@ -74,3 +74,11 @@ def test_bad_column_flags_on_a_file(tmp_path, capsys):
     code, _, err = run(["data", "info", str(p), "--min-rating", "high"], capsys)
     assert code == 2 and "Invalid value for '--min-rating'" in err  # typer's own usage error
 
+
+
+def test_info_counts_the_candidates_a_small_catalogue_has(tmp_path, capsys):
+    """8 items, each user saw 4: 4 negatives to sample for a test item, not the 99 asked for."""
+    p = tmp_path / "plays.csv"
+    p.write_text("".join(f"{u},{(u + j) % 8},{100 + j}\n" for u in range(10) for j in range(4)))
+    code, out, _ = run(["data", "info", str(p), "--time-col", "2", "--json"], capsys)
+    assert code == 0 and json.loads(out)["split"]["test_candidates"] == 4

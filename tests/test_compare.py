@@ -40,6 +40,14 @@ def test_no_reversal_is_said_so():
     assert "None: both protocols order every pair the same way" in md and "`ncf compare x`" in md
 
 
+def test_the_table_says_how_many_candidates_the_sampled_protocol_ranks():
+    """A 24-item catalogue has no 99 negatives to sample: the text says the real number."""
+    results = {"a": _res(0.8, 0.2), "b": _res(0.7, 0.1)}
+    md = cmp.results_markdown(results, cmp.mark_reversals(results), "toy", None, 1, candidates="1 + 16")
+    assert "itself + 16 negatives" in md and "99" not in md
+    assert "itself + 99 negatives" in cmp.results_markdown(results, cmp.mark_reversals(results), "toy", None, 1)
+
+
 def test_choose_trials_respects_the_budget_and_keeps_the_default():
     grid = cmp.GRIDS["itemknn"]
     assert cmp.choose_trials(grid, 100) == grid

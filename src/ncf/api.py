@@ -92,7 +92,13 @@ def _frame_ratings(df, user, item, time, rating, name: str, min_rating) -> Ratin
     if missing:
         raise DataError(f"DataFrame {name!r}: no column {', '.join(missing)} (columns: "
                         f"{', '.join(map(str, df.columns))})")
-    pos = {role: (None if c is None else list(df.columns).index(c)) for role, c in cols.items()}
+    names = list(df.columns)
+    for role, c in cols.items():
+        if c is not None and names.count(c) > 1:
+            raise DataError(f"DataFrame {name!r}: {names.count(c)} columns are named {c!r} (positions "
+                            f"{', '.join(str(i) for i, n in enumerate(names) if n == c)}), the {role} column "
+                            "is ambiguous: rename or drop the others")
+    pos = {role: (None if c is None else names.index(c)) for role, c in cols.items()}
     return read_frame(df, pos, Path(f"<DataFrame {name}>"), "error", min_rating)
 
 
@@ -173,7 +179,7 @@ class FittedModel:
         Users the model does not know get the most popular items, ``fallback=True``. Users are
         scored ``batch_size`` at a time (None: about 256 MiB of scores a block)."""
         rec = self.recommender
-        table = rec.recommend_table(_as_list(users), k, filter_seen, None, items, rerank, batch_size)
+        table = rec.recommend_table(_id_list(users, "user"), k, filter_seen, None, items, rerank, batch_size)
         columns = ["user", "rank", "item", "score", "title", "utility", "fallback"]
         return _frame(table.columns(rec, lists=False), columns)
 
@@ -181,7 +187,7 @@ class FittedModel:
         """The ``k`` items nearest each raw item id by cosine of the model's item embeddings:
         columns ``item, rank, similar, score`` (+ ``title``)."""
         rows = []
-        for item in _as_list(items):
+        for item in _id_list(items, "item"):
             idx = self.recommender.item_map.get(item)
             raw = self.recommender.item_map.raw(idx) if idx is not None else item
             for n, it in enumerate(self.recommender.similar(item, k), 1):
@@ -191,7 +197,7 @@ class FittedModel:
 
     def score(self, users, items) -> np.ndarray:
         """Model scores of (raw user, raw item) pairs (logits for neural models)."""
-        users, items = _as_list(users), _as_list(items)
+        users, items = _id_list(users, "user"), _id_list(items, "item")
         if len(users) != len(items):
             raise ConfigError(f"{len(users)} users but {len(items)} items: score takes pairs")
         u = torch.tensor([self.recommender.user_map.index(x, "user") for x in users], dtype=torch.int64)
@@ -290,6 +296,16 @@ def _as_list(x) -> list:
     if isinstance(x, str | bytes) or not isinstance(x, Iterable):
         return [x]
     return list(x.tolist() if isinstance(x, np.ndarray | pd.Series | pd.Index) else x)
+
+
+def _id_list(x, what: str) -> list:
+    """Raw ids as a list; a missing one (None, NaN) is refused, naming its position: it is no id
+    (as a user it would get the popular fallback, and turn the id column into floats)."""
+    ids = _as_list(x)
+    for n, v in enumerate(ids):
+        if v is None or (isinstance(v, float) and np.isnan(v)) or v is pd.NA or v is pd.NaT:
+            raise DataError(f"{what} id {n} of {len(ids)} is {v!r}, not an id: drop the missing {what}s first")
+    return ids
 
 
 def _frame(rows: list[dict] | dict[str, list], columns: list[str]) -> pd.DataFrame:

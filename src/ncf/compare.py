@@ -240,7 +240,10 @@ def _ranks(results: dict[str, dict], protocol: str, metric: str) -> dict[str, in
 
 
 def results_markdown(results: dict[str, dict], pairs: dict[str, list], dataset: str, command: str | None,
-                     budget: int, sgd_budget: int | None = None, n_test: int | None = None) -> str:
+                     budget: int, sgd_budget: int | None = None, n_test: int | None = None,
+                     candidates: str = "1 + 99") -> str:
+    """``candidates``: what the sampled protocol ranks each held-out item among (fewer than
+    ``1 + 99`` on a small catalogue; :func:`ncf.train.run.candidates_label`)."""
     pub = PUBLISHED.get(dataset, {})
     rs, rf = _ranks(results, "sampled", "hr@10"), _ranks(results, "full", "hr@10")
     lines = [f"# Comparison on `{dataset}`", ""]
@@ -251,7 +254,8 @@ def results_markdown(results: dict[str, dict], pairs: dict[str, list], dataset: 
         + (f" ({sgd_budget} for the SGD-trained ones)" if sgd_budget not in (None, budget) else "")
         + f", the one with the best validation "
         f"sampled {SELECT_BY.upper()} kept; test metrics below. *sampled*: the held-out item among "
-        "itself + 99 negatives; *full*: among every item the user has not seen. Ranks by HR@10."
+        f"itself + {candidates.split(' + ', 1)[1]} negatives; *full*: among every item the user has not seen. "
+        "Ranks by HR@10."
         + (f" {n_test} test users: one hit more or less moves HR@10 by {1 / n_test:.4f}, so small gaps "
            "(and the reversals they cause) can be noise." if n_test else ""), "",
         "| model | sampled HR@10 | sampled NDCG@10 | full HR@10 | full NDCG@10 | full Recall@10 "
@@ -280,7 +284,7 @@ def results_markdown(results: dict[str, dict], pairs: dict[str, list], dataset: 
     return "\n".join(lines) + "\n"
 
 
-def plot_results(results: dict[str, dict], path: Path, title: str) -> None:
+def plot_results(results: dict[str, dict], path: Path, title: str, candidates: str = "1 + 99") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -295,7 +299,8 @@ def plot_results(results: dict[str, dict], path: Path, title: str) -> None:
             bars = ax.bar(x + (j - 0.5) * 0.4, vals, 0.4, label=metric.upper())
             ax.bar_label(bars, fmt="%.3f", fontsize=7, rotation=90, padding=2)
         ax.set_xticks(x, names, rotation=30)
-        ax.set_title(f"{protocol} protocol" + (" (1 + 99 candidates)" if protocol == "sampled" else " (all unseen)"))
+        shown = f" ({candidates} candidates)" if protocol == "sampled" else " (all unseen)"
+        ax.set_title(f"{protocol} protocol{shown}")
         ax.set_ylim(0, max(results[n][protocol]["hr@10"] for n in names) * 1.3 or 1)
         ax.grid(axis="y", alpha=0.3)
         ax.legend()
@@ -347,7 +352,10 @@ def _compare(data_cfg, models, out, tune_budget, sgd_budget, epochs, patience, s
     atomic_write_json(out / "tuning.json", {"dataset": dataset.name, "budget": tune_budget,
                                             "sgd_budget": sgd_budget, "select_by":
                                             f"valid sampled {SELECT_BY}", "base": base, "models": tuning})
+    from ncf.train.run import candidates_label
+
+    sizes = candidates_label(dataset.test)
     atomic_write_text(out / "results.md", results_markdown(results, pairs, dataset.name, command, tune_budget,
-                                                     sgd_budget, len(dataset.test)))
-    plot_results(results, out / "results.png", f"{dataset.name}: test HR@10 / NDCG@10, tuned on validation")
+                                                           sgd_budget, len(dataset.test), sizes))
+    plot_results(results, out / "results.png", f"{dataset.name}: test HR@10 / NDCG@10, tuned on validation", sizes)
     return results

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -85,6 +86,7 @@ class TrainConfig:
     def __post_init__(self):
         from ncf.models.mlp import parse_layers
 
+        self._check_types()
         self.layers = parse_layers(self.layers)
         checks = [
             (self.factors >= 1, f"factors must be >= 1, got {self.factors}"),
@@ -125,6 +127,20 @@ class TrainConfig:
             if not ok:
                 raise ConfigError(msg)
 
+    def _check_types(self) -> None:
+        """Each option of the type its field declares (``factors="8"``, ``epochs=1.5`` are refused
+        with the option named, rather than failing later with a TypeError naming none)."""
+        kinds = {"int": (numbers.Integral, "an integer"), "float": (numbers.Real, "a number"),
+                 "str": (str, "a string"), "bool": (bool, "True or False")}
+        for f in dataclasses.fields(self):
+            kind = kinds.get(str(f.type))
+            value = getattr(self, f.name)
+            if kind is None:
+                continue
+            wrong_bool = isinstance(value, bool) and f.type != "bool"  # True is an int to Python, not here
+            if wrong_bool or not isinstance(value, kind[0]):
+                raise ConfigError(f"{f.name} must be {kind[1]}, got {value!r} ({type(value).__name__})")
+
     def resolved(self, n_interactions: int) -> TrainConfig:
         """This config with "auto" (0) batch size and learning rate filled in for a training set
         of ``n_interactions``: the batch is the largest power of two up to 65,536 that still
@@ -152,14 +168,15 @@ class TrainConfig:
         return cls(**data)
 
     @classmethod
-    def for_model(cls, model: str, options: dict[str, Any]) -> TrainConfig:
+    def for_model(cls, model: str, options: dict[str, Any], flags: set[str] | None = None) -> TrainConfig:
         """The config of a ``model`` run from the options a user gave (keyword arguments of
         ``ncf.fit``, flags of ``ncf train``). An option is, in this order: a TrainConfig field
         the model takes as a hyperparameter (``config_fields``: factors, layers, ...), one of
         the model's own parameters (``params``: EASE's l2, item2vec's epochs, ...), a general
         field (seed, device, threads), a training field where the model is trained by SGD
         (epochs, lr, ...), a pre-training field for NeuMF. Anything else is refused, naming
-        the option and what the model takes."""
+        the option and what the model takes. ``flags``: the command line's option names (its
+        errors then name flags, and ``--param NAME=...`` for an option without one: ``warmup_epochs``)."""
         from ncf.models import get_model_class
 
         model_cls = get_model_class(model)
@@ -184,6 +201,9 @@ class TrainConfig:
             else:
                 unknown.append(name)
         takes = sorted((applies | set(model_cls.params)) - {"user_features", "item_features"})
+        if flags is not None:  # the command line: only what it can pass, spelt as it is passed
+            takes = sorted((_flag(n, flags) for n in takes), key=lambda f: (f.startswith("--param"), f))
+            refused, unknown = [_flag(n, flags) for n in refused], [_flag(n, flags) for n in unknown]
         if refused:
             raise ConfigError(f"option(s) {', '.join(refused)} do not apply to model {model!r} "
                              f"(it takes: {', '.join(takes)})")
@@ -200,3 +220,9 @@ class TrainConfig:
         """Hyperparameters for ``model_cls``: its config fields from here plus ``params``."""
         base = {k: getattr(self, k) for k in model_cls.config_fields}
         return model_cls.check_params({**base, **self.params})
+
+
+def _flag(name: str, flags: set[str]) -> str:
+    """An option as the command line spells it: ``--batch-size``, or ``--param NAME=...`` for one
+    without a flag of its own (``warmup_epochs``, a model's own parameters)."""
+    return f"--{name.replace('_', '-')}" if name in flags else f"--param {name}=..."

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import shutil
 import socket
 import threading
 import zipfile
@@ -132,6 +133,17 @@ def test_server_down(tmp_path):
     _assert_empty(tmp_path)
 
 
+def test_offline_cli_download_names_url_env_and_checksum(tmp_path, capsys):
+    """Offline: the error says how to use a mirror (--url, NCF_DOWNLOAD_URL, NAME.zip.md5), and no
+    data directory is created."""
+    with pytest.raises(SystemExit) as e:
+        main(["data", "download", "ml-100k", "--data-dir", str(tmp_path / "data"), "--url", "http://127.0.0.1:9"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "cannot connect" in err
+    assert "--url BASE" in err and "NCF_DOWNLOAD_URL" in err and "BASE/ml-100k.zip.md5" in err
+    assert not (tmp_path / "data").exists()
+
+
 def test_missing_archive_and_checksum(server, ml100k_zip, tmp_path):
     with pytest.raises(DownloadError, match=r"no published checksum and none known for ml-latest-small"):
         download("ml-latest-small", tmp_path, server.url, progress=False)
@@ -141,8 +153,16 @@ def test_missing_archive_and_checksum(server, ml100k_zip, tmp_path):
     # no checksum file beside the zip: the embedded GroupLens value applies, and our test zip differs
     server.publish("ml-100k", ml100k_zip, md5=False)
     del server.files["/ml-100k.zip.md5"]
-    with pytest.raises(DownloadError, match=f"does not match the published {KNOWN_MD5['ml-100k']}"):
+    # a mirror serving its own archive is told how to make it acceptable
+    with pytest.raises(DownloadError, match=rf"is not GroupLens' {KNOWN_MD5['ml-100k']} .* no ml-100k\.zip\.md5: "
+                       r"a mirror serving its own archive must serve its MD5 beside it"):
         download("ml-100k", tmp_path, server.url, progress=False)
+    server.publish("ml-100k", ml100k_zip)  # ... which then installs
+    assert (download("ml-100k", tmp_path / "ok", server.url, progress=False) / "u.data").is_file()
+    server.files["/ml-100k.zip.md5"] = f"{KNOWN_MD5['ml-100k']}  ml-100k.zip\n".encode()
+    with pytest.raises(DownloadError, match=r"does not match the published .* \(from http.*\.zip\.md5; corrupted"):
+        download("ml-100k", tmp_path, server.url, progress=False)
+    shutil.rmtree(tmp_path / "ok")
     server.files["/ml-100k.zip.md5"] = b"<html>moved</html>"
     with pytest.raises(DownloadError, match="no MD5 checksum in the file"):
         download("ml-100k", tmp_path, server.url, progress=False)

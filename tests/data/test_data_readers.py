@@ -4,6 +4,7 @@ time (into tmp_path, never committed), and every way a user's file can be wrong.
 from __future__ import annotations
 
 import hashlib
+import json
 
 import numpy as np
 import pandas as pd
@@ -278,3 +279,98 @@ def test_fast_and_exact_passes_agree(tmp_path, rows, bad_at, sep):
     for x, y in ((a.users, b.users), (a.items, b.items), (a.ratings, b.ratings), (a.timestamps, b.timestamps)):
         assert x.dtype == y.dtype and np.array_equal(x, y)
     assert a.users.tolist() == [u for u, *_ in rows] and a.timestamps.tolist() == [t for *_, t in rows]
+
+
+# --- Files that were read silently wrong, or refused with an unclear message -------------------
+
+
+def test_a_file_holding_only_a_header_row_is_refused(tmp_path):
+    """Not one interaction of user "user" and item "item"."""
+    for text in ("user,item\n", "userId,movieId,rating,timestamp\n\n"):
+        with pytest.raises(DataError, match=r"only a header row .* no interactions"):
+            read_table(_write(tmp_path, "h.csv", text))
+    assert read_table(_write(tmp_path, "one.csv", "1,2\n")).users.tolist() == [1]  # one data row stays one
+
+
+def test_json_lines_are_read_as_objects(tmp_path):
+    rows = [{"user": u, "item": f"p{i}", "rating": 1 + (u + i) % 5, "timestamp": 1000 + 10 * u + i}
+            for u in range(3) for i in range(4)]
+    text = "\n".join(json.dumps(r) for r in rows) + "\n"
+    r = read_table(_write(tmp_path, "events.jsonl", text))
+    assert r.users.tolist() == [x["user"] for x in rows] and r.items.tolist() == [x["item"] for x in rows]
+    assert r.timestamps.tolist() == [x["timestamp"] for x in rows]
+    assert r.ratings.tolist() == [x["rating"] for x in rows]
+    chunks = list(readers.iter_table(tmp_path / "events.jsonl"))  # the chunked reader (ncf.data.rankload) too
+    assert [x for c in chunks for x in c.items.tolist()] == r.items.tolist()
+    arr = read_table(_write(tmp_path, "events.json", json.dumps(rows)))  # a JSON array of objects
+    assert arr.items.tolist() == r.items.tolist()
+    with pytest.raises(DataError, match=r"events.jsonl: line 2: not valid JSON"):
+        read_table(_write(tmp_path, "events.jsonl", '{"user": 1, "item": 2}\n{"user": 1, "item"\n'))
+    with pytest.raises(DataError, match=r"events.jsonl:2: field 'item' .* is empty"):
+        read_table(_write(tmp_path, "events.jsonl", '{"user": 1, "item": 2}\n{"user": 1}\n'))
+
+
+@pytest.mark.parametrize("marker", ["NaN", "null", "NA", "None"])
+def test_a_missing_id_is_refused_with_its_line(tmp_path, marker):
+    """Not an item called "NaN" that turns every item id into a string."""
+    path = _write(tmp_path, "r.csv", f"user,item\n1,2\n1,{marker}\n2,3\n")
+    with pytest.raises(DataError, match=rf"r.csv:3: field 'item' \(column 1\) is '{marker}', a missing item id"):
+        read_table(path)
+    r = read_table(path, on_bad_lines="skip")
+    assert r.items.tolist() == [2, 3] and r.report.skipped_lines == [3]
+
+
+def test_a_time_column_of_ratings_is_warned_about(tmp_path):
+    path = _write(tmp_path, "r.csv", "user,item,rating\n" + "".join(f"{u},{i},{1 + (u * i) % 5}\n"
+                                                                      for u in range(5) for i in range(6)))
+    r = read_table(path, 0, 1, time_col="rating")
+    assert any("look like ratings, not times" in w and "--rating-col" in w for w in r.report.warnings)
+    real = _write(tmp_path, "t.csv", "".join(f"{u},{i},{10 ** 9 + u * 7 + i}\n" for u in range(5) for i in range(6)))
+    assert read_table(real, 0, 1, time_col=2).report.warnings == []
+    order = _write(tmp_path, "o.csv", "".join(f"{u},{i},{i}\n" for u in range(5) for i in range(6)))  # 0..5 a user
+    assert read_table(order, 0, 1, time_col=2).report.warnings == []
+
+
+def test_two_header_columns_of_the_asked_name_are_refused(tmp_path):
+    path = _write(tmp_path, "r.csv", "user,item,item\n1,2,3\n2,3,4\n")
+    with pytest.raises(DataError, match=r"2 columns are named 'item' \(positions 1, 2\)"):
+        read_table(path, "user", "item")
+
+
+@pytest.mark.parametrize("sep", [";", "\t"])
+def test_quoted_fields_hold_the_separator_for_semicolon_and_tab(tmp_path, sep):
+    """Spreadsheet exports quote a field holding the separator, whichever it is."""
+    text = sep.join(["user", "item", "rating"]) + "\n" + f'1{sep}"a{sep}b"{sep}3\n2{sep}c{sep}4\n1{sep}c{sep}5\n'
+    r = read_table(_write(tmp_path, "r.txt", text), rating_col=2)
+    assert r.items.tolist() == [f"a{sep}b", "c", "c"] and r.ratings.tolist() == [3, 4, 5]
+    # a quote that does not close on its line would swallow the next lines: refused, naming the line
+    unclosed = f'user{sep}item\n1{sep}x\n1{sep}"a{sep}3\n2{sep}b"{sep}4\n2{sep}c\n'
+    with pytest.raises(DataError, match=r"r.txt:3: a field opens a quote .* does not close on its line"):
+        read_table(_write(tmp_path, "r.txt", unclosed))
+    literal = f'1{sep}12" vinyl\n2{sep}c\n'  # a quote inside a field is a character
+    assert read_table(_write(tmp_path, "r.txt", literal)).items.tolist() == ['12" vinyl', "c"]
+
+
+def test_header_names_are_used_when_no_column_is_asked_for(tmp_path):
+    """The first column is a timestamp: with no --user-col, the header's names decide."""
+    path = _write(tmp_path, "r.csv", "timestamp,user_id,item_id,rating\n"
+                  + "".join(f"{1000 + 10 * u + i},{u},{100 + i},{1 + i % 5}\n" for u in range(3) for i in range(4)))
+    r = read_table(path)
+    assert sorted(set(r.users.tolist())) == [0, 1, 2] and sorted(set(r.items.tolist())) == [100, 101, 102, 103]
+    assert r.timestamps is not None and r.ratings is not None
+    assert r.report.to_dict()["columns"]["user"] == "'user_id' (column 1)"
+    ml = _write(tmp_path, "m.csv", "userId,movieId,rating,timestamp\n1,10,4.5,100\n1,11,3,101\n")
+    assert read_table(ml).items.tolist() == [10, 11]
+    # a column asked for: the rest as before (user 0 / item 1 unless given, no time unless given)
+    r = read_table(path, "user_id", "item_id")
+    assert r.timestamps is None and r.ratings is None
+    anon = _write(tmp_path, "a.csv", "a,b\n1,2\n3,4\n")  # nothing recognised: the first two columns
+    assert read_table(anon).users.tolist() == [1, 3]
+
+
+def test_unnamed_trailing_header_columns_never_make_a_row_malformed(tmp_path):
+    """A spreadsheet export: ``userId,movieId,rating,timestamp,,,,`` with stray values in a few rows."""
+    text = "userId,movieId,rating,timestamp,,,,\n1,10,4,100,,,,\n1,11,3,101,x,,,\n2,10,5,102,,,y,\n2,12,1,103,,,,\n"
+    r = read_table(_write(tmp_path, "r.csv", text))
+    assert r.users.tolist() == [1, 1, 2, 2] and r.timestamps.tolist() == [100, 101, 102, 103]
+    assert r.report.skipped == 0

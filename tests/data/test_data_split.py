@@ -206,7 +206,7 @@ def test_ml100k_dataset(ml100k):
     assert ds.item_info["titles"][ds.train.item_map.index(1)] == "Toy Story (1995)"
 
 
-def test_ml100k_is_deterministic_per_seed():
+def test_ml100k_is_deterministic_per_seed(ml100k_dir):  # the fixture: skip (never download) where absent
     a = load_dataset(DataConfig(source="ml-100k", seed=3))
     b = load_dataset(DataConfig(source="ml-100k", seed=3))
     assert np.array_equal(a.test.candidates, b.test.candidates)

@@ -120,6 +120,16 @@ def test_bad_json_body(client):
     assert r.status_code == 422 and r.json()["error"] == "invalid_request"
 
 
+@pytest.mark.parametrize("ctype", ["text/plain", None])
+def test_a_json_body_not_labelled_json_is_told_so(client, ctype):
+    """Not "Input should be a valid dictionary": the body is never parsed when not labelled JSON."""
+    headers = {"content-type": ctype} if ctype else {}
+    r = client.post("/v1/users/101/interactions", content=b'{"item": 1001}', headers=headers)
+    assert r.status_code == 415 and r.json()["error"] == "unsupported_media_type"
+    assert "Content-Type: application/json" in r.json()["message"]
+    assert (ctype or "no Content-Type") in r.json()["message"]
+
+
 def test_similar_is_the_recommenders(client, reference):
     r = client.get("/v1/items/1004/similar?k=3")
     assert r.status_code == 200 and r.json()["item"] == 1004

@@ -114,6 +114,11 @@ def test_page_in_a_browser(run_copy, browser, tmp_path):
         errors = []
         page.on("pageerror", lambda e: errors.append(str(e)))
         page.goto(srv.url + "/")
+        # no user yet: the page says what to do, not three empty panels
+        page.wait_for_function("document.querySelector('#status').textContent.startsWith('pick a user: e.g. 101')")
+        hint = page.evaluate("getComputedStyle(document.querySelector('#recs'), '::before').content")
+        assert "Pick a user above" in hint and not page.is_visible("#mode")
+        page.screenshot(path=str(shots / "web-start.png"))
         page.fill("#user", "107")
         page.click("#load")
         page.wait_for_function("document.querySelectorAll('#recs li').length === 10")
@@ -141,6 +146,14 @@ def test_page_in_a_browser(run_copy, browser, tmp_path):
         page.wait_for_function("document.querySelector('#mode').textContent.startsWith('popular')")
         page.click("#recs li:nth-child(3) .title")
         page.wait_for_function("document.querySelector('#mode').textContent === 'personalised'")
+        # an id the service refuses: its error, and not the previous visitor's lists under a green badge
+        page.fill("#user", "bad!")
+        page.click("#load")
+        page.wait_for_function("document.querySelector('#status').className === 'error'")
+        assert "bad!" in page.inner_text("#status")
+        assert _items(page) == [] and not page.is_visible("#mode")
+        assert page.eval_on_selector_all("#recorded li, #history li", "els => els.length") == 0
+        page.screenshot(path=str(shots / "web-error.png"))
         # the API docs render offline (the browser has no internet here, and needs none)
         page.goto(srv.url + "/docs")
         page.wait_for_selector(".opblock", timeout=20_000)

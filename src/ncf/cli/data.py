@@ -38,10 +38,15 @@ def download(
     Offline, or behind a firewall: point --url (or $NCF_DOWNLOAD_URL) at a mirror holding
     NAME.zip (and NAME.zip.md5)."""
     from ncf.data.datasets import data_dir as resolve
-    from ncf.data.download import archive_url
+    from ncf.data.download import DownloadError, archive_url, offline_hint
     from ncf.data.download import download as fetch
 
-    folder = fetch(name, resolve(data_dir), url, force=force)
+    try:
+        folder = fetch(name, resolve(data_dir), url, force=force)
+    except DownloadError as e:
+        if "cannot connect" in str(e) or "no answer within" in str(e):
+            raise DownloadError(f"{e}; {offline_hint(name)}") from None
+        raise
     if json_out:
         print_json({"dataset": name, "folder": str(folder), "url": archive_url(name, url)})
         return
@@ -82,14 +87,15 @@ def info_dict(source: str, ds) -> dict:
 
 def _candidate_width(ds) -> int:
     """Negatives a test row has room for (a given split's are drawn on first use: not drawn here)."""
-    from ncf.data.split import DrawnHoldOut, LazyHoldOut
+    from ncf.data.split import PAD, DrawnHoldOut, LazyHoldOut
 
     test = ds.test.resolve() if isinstance(ds.test, LazyHoldOut) else ds.test
     if test is None:
         return 0
     if isinstance(test, DrawnHoldOut):
         return int((ds.config or {}).get("n_neg_eval", 99))
-    return int(test.candidates.shape[1] - 1)
+    # the negatives sampled: fewer than asked where a small catalogue has not as many unseen items
+    return int((test.candidates != PAD).sum(axis=1).max(initial=1) - 1)
 
 
 @data_app.command("info")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 from rich.table import Table
+from typer.core import TyperCommand
 
 from ncf.cli.app import app
 from ncf.cli.common import (
@@ -63,7 +64,17 @@ def _given(ctx: typer.Context, names) -> list[str]:
     return out
 
 
-@app.command("train")
+class _PanelOrder(TyperCommand):
+    """``--help`` shows the panels in :data:`TRAIN_PANELS` order (typer: by each panel's first option)."""
+
+    def format_help(self, ctx, formatter):
+        order = [None, *TRAIN_PANELS]
+        self.params.sort(key=lambda p: order.index(p.rich_help_panel) if getattr(p, "rich_help_panel", None) in order
+                         else 0)
+        super().format_help(ctx, formatter)
+
+
+@app.command("train", cls=_PanelOrder)
 def train_cmd(
     ctx: typer.Context,
     dataset: str = typer.Option(None, "--dataset", help="Dataset name or ratings file."),
@@ -185,7 +196,8 @@ def train_cmd(
              **_parse_params(param),
              **{k: str(v) for k, v in (("user_features", user_features), ("item_features", item_features)) if v}}
     # only the options given: each must apply to the model (--dropout for gmf is refused)
-    cfg = TrainConfig.for_model(model, {k: v for k, v in given.items() if v is not None})
+    cfg = TrainConfig.for_model(model, {k: v for k, v in given.items() if v is not None},
+                                flags={p.name for p in ctx.command.params})
     dcfg = data_config(dataset, data_dir, train_file, test_file, valid_file, layout=layout, valid_ratio=valid_ratio,
                        split=split, valid=not no_valid, seed=cfg.seed, min_rating=min_rating,
                        user_col=user_col, item_col=item_col, rating_col=rating_col, time_col=time_col,
@@ -199,6 +211,33 @@ def train_cmd(
         console.print(f"run written to {out}")
 
 
+# `ncf train --help` in panels, by what an option is about (an option not listed stays under "Options")
+TRAIN_PANELS = {
+    "Data": ("dataset", "data_dir", "no_valid", "min_rating", "user_col", "item_col", "rating_col", "time_col",
+             "sep", "header", "on_bad_lines", "user_features", "item_features"),
+    "Model": ("model", "factors", "layers", "dropout", "param", "init_items"),
+    "NeuMF pre-training": ("pretrain", "alpha", "finetune_optimizer", "finetune_lr", "pretrained_gmf",
+                           "pretrained_mlp"),
+    "Training": ("epochs", "neg", "batch_size", "lr", "optimizer", "loss", "l2", "patience", "seed", "device",
+                 "threads", "sparse"),
+    "Several processes": ("nproc", "shard_tables", "sharding", "table_optimizer", "table_lr"),
+    "Output": ("out", "overwrite", "resume", "quiet", "json_out"),
+}
+
+
+def _set_panels(command, panels: dict[str, tuple[str, ...]]) -> None:
+    """Put each option of ``command`` in its help panel (typer reads them when it builds the command)."""
+    import inspect
+
+    params = inspect.signature(command).parameters
+    for panel, names in panels.items():
+        for name in names:
+            params[name].default.rich_help_panel = panel
+
+
+_set_panels(train_cmd, TRAIN_PANELS)
+
+
 def _interruptible(out: Path, run):
     """``run()``; on Ctrl-C say how to continue (every finished epoch is saved), exit 130."""
     try:
@@ -209,7 +248,7 @@ def _interruptible(out: Path, run):
 
 
 # what each row of the summary is: the protocol of its metrics
-SPLIT_LABELS = {"valid": "valid (1 + 99 sampled)", "test": "test (1 + 99 sampled)", "test_full": "test (full ranking)"}
+SPLIT_LABELS = {"valid": "valid ({} sampled)", "test": "test ({} sampled)", "test_full": "test (full ranking)"}
 
 
 def _print_summary(s: dict, json_out: bool = False) -> None:
@@ -220,8 +259,10 @@ def _print_summary(s: dict, json_out: bool = False) -> None:
     t.add_column("split (protocol)")
     for k in ("hr@10", "ndcg@10"):
         t.add_column(k, justify="right")
+    sizes = s.get("candidates") or {}  # the real number of candidates (fewer than 1 + 99 on a small catalogue)
     for name, label in SPLIT_LABELS.items():
         if s.get(name):
+            label = label.format(sizes.get(name, "1 + 99"))
             t.add_row(label, *(f"{s[name][k]:.4f}" for k in ("hr@10", "ndcg@10")))
     if not any(s.get(name) for name in SPLIT_LABELS):
         console.print(f"{s['model']} on {s['dataset']}: no holdout (--split none), so no metrics: the model was "
@@ -268,6 +309,8 @@ def evaluate_cmd(
 
     run_dir(directory)
     ks = parse_ks(k)
+    if split not in ("test", "valid"):
+        raise ConfigError(f"--split must be test or valid, got {split!r}")
     cfg = load_config(directory)
     model = load_model(directory)
     data = dict(cfg["data"])
@@ -295,6 +338,10 @@ def evaluate_cmd(
     if json_out:
         print_json(out)
         return
+    if protocol == "sampled":
+        from ncf.train.run import candidates_label
+
+        protocol = f"sampled: 1 + {candidates_label(holdout).split(' + ', 1)[1]}"
     t = Table(title=f"{directory} ({protocol}, {split})")
     t.add_column("metric")
     t.add_column("value", justify="right")

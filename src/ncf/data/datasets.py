@@ -184,7 +184,7 @@ def ensure_available(name: str, root: Path, download: bool = True) -> Path:
         f"put {fname} (from {archive_url(name)}, unpacked) at {folder / fname}, "
         f"or pass --data-dir / set NCF_DATA_DIR to a folder holding {name}/{fname}, "
         f"or download from a mirror: set NCF_DOWNLOAD_URL (or `ncf data download {name} --url BASE`) "
-        f"to a server holding {name}.zip"
+        f"to a server holding {name}.zip and its MD5 as {name}.zip.md5"
     )
     if download:
         from ncf.console import console
@@ -273,8 +273,8 @@ def locate_source(cfg: DataConfig) -> Source:
 def file_spec(cfg: DataConfig) -> dict:
     """The :func:`readers.read_table` columns of a file read with ``cfg``'s column options."""
     return {
-        "user_col": _col(cfg.user_col) if cfg.user_col is not None else 0,
-        "item_col": _col(cfg.item_col) if cfg.item_col is not None else 1,
+        "user_col": _col(cfg.user_col),  # None: by a header's names when no column is given, else 0 (item 1)
+        "item_col": _col(cfg.item_col),
         "rating_col": _col(cfg.rating_col),
         "time_col": _col(cfg.time_col),
         "sep": cfg.sep,
@@ -328,6 +328,15 @@ def no_holdout(cfg: DataConfig, name: str, full: Interactions, report: dict) -> 
     return Dataset(name, full, None, None, int(full.nnz), report, None, cfg.to_dict())
 
 
+def columns_hint(columns: dict) -> str:
+    """Which columns of the file were read as user and item (``ReadReport.columns``), for an error
+    where no user repeats: wrong columns make every user look new."""
+    if "user" not in columns:
+        return ""
+    return (f"; users read from {columns['user']}, items from {columns.get('item', '?')}: if those are the wrong "
+            "columns, pass --user-col and --item-col")
+
+
 def split_ratings(ratings: Ratings, cfg: DataConfig, name: str) -> Dataset:
     """Raw interactions -> a split :class:`Dataset`: leave-one-out by time for test, then for
     validation (``cfg.valid``), each holdout with ``cfg.n_neg_eval`` sampled negatives."""
@@ -343,8 +352,9 @@ def split_ratings(ratings: Ratings, cfg: DataConfig, name: str) -> Dataset:
     train, valid, test, stats = loo_split(full, cfg, rng)
     if not len(test):
         raise DataError(f"{cfg.source}: no test item can be held out: no user has min_train + 1 = {cfg.min_train + 1} "
-                        f"or more interactions ({full.n_users} users, {full.nnz} interactions); to train on "
-                        "everything with no holdout pass holdout=None (Python) / --split none (CLI)")
+                        f"or more interactions ({full.n_users} users, {full.nnz} interactions"
+                        f"{columns_hint(ratings.report.columns)}); to train on everything with no holdout pass "
+                        "holdout=None (Python) / --split none (CLI)")
     report = {
         "read": ratings.report.to_dict(),
         "duplicates_collapsed": full.n_duplicates,

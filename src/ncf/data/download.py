@@ -176,6 +176,24 @@ def _unpack(archive: Path, into: Path, name: str) -> Path:
     raise DownloadError(f"{name}.zip holds no {marker}; not installed")
 
 
+def _md5_mismatch(url: str, name: str, actual: str, expected: str, source: str) -> str:
+    """Why an archive's MD5 is refused: against the server's own ``.md5`` file, a corrupted
+    download; against the GroupLens value (no ``.md5`` on the server), maybe a mirror's own archive."""
+    if source.startswith("embedded"):
+        return (f"{url}: MD5 {actual} is not GroupLens' {expected} for {name}.zip, and the server has no "
+                f"{name}.zip.md5: a mirror serving its own archive must serve its MD5 beside it (as "
+                f"{url}.md5, e.g. `md5sum {name}.zip > {name}.zip.md5`); nothing installed")
+    return (f"{url}: MD5 {actual} does not match the published {expected} (from {source}; corrupted or tampered "
+            "download); nothing installed")
+
+
+def offline_hint(name: str) -> str:
+    """What to do where the archive server cannot be reached."""
+    return (f"offline or behind a firewall: pass --url BASE (or set {ENV_URL}=BASE) for a mirror serving "
+            f"BASE/{name}.zip and its MD5 as BASE/{name}.zip.md5, or unpack {name}.zip yourself into "
+            f"DATA_DIR/{name}/ (--data-dir or $NCF_DATA_DIR)")
+
+
 def download(name: str, root: str | Path | None = None, base_url: str | None = None, *,
              force: bool = False, progress: bool = True, timeout: float = 60.0) -> Path:
     """Fetch, verify and unpack dataset ``name`` into ``root/name``; returns that folder.
@@ -191,21 +209,18 @@ def download(name: str, root: str | Path | None = None, base_url: str | None = N
         if (dest / marker).is_file():
             return dest
         raise DataError(f"{dest} exists but holds no {marker}: remove it or download with --force")
+    url = archive_url(name, base_url)
+    expected, source = published_md5(name, base_url, timeout)  # first: offline, nothing is created
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise DataError(f"cannot create the data directory {root} ({e})") from None
-    url = archive_url(name, base_url)
-    expected, _ = published_md5(name, base_url, timeout)
     with tempfile.TemporaryDirectory(dir=root, prefix=f".{name}.download-") as tmp:
         tmp_dir = Path(tmp)
         archive = tmp_dir / f"{name}.zip"
         actual = _fetch(url, archive, progress, timeout)
         if actual != expected:
-            raise DownloadError(
-                f"{url}: MD5 {actual} does not match the published {expected} (corrupted or "
-                "tampered download); nothing installed"
-            )
+            raise DownloadError(_md5_mismatch(url, name, actual, expected, source))
         folder = _unpack(archive, tmp_dir / "unpacked", name)
         if dest.exists():  # force: move the old folder aside, into the temporary dir removed below
             dest.rename(tmp_dir / "previous")

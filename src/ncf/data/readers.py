@@ -53,6 +53,7 @@ class ReadReport:
     empty_lists: int = 0  # adjacency: user lines with no item (no pairs)
     warnings: list[str] = field(default_factory=list)  # things the caller should tell the user
     first_reason: str = field(default="", repr=False)  # why the first skipped row is malformed (not saved)
+    columns: dict = field(default_factory=dict)  # role -> the column read for it ("'userId' (column 0)")
 
     def to_dict(self) -> dict:
         return {**({"warnings": list(self.warnings)} if self.warnings else {}),
@@ -64,6 +65,7 @@ class ReadReport:
             "blank_lines": self.blank_lines,
             "header": self.header,
             **({"layout": self.layout, "empty_lists": self.empty_lists} if self.layout != "table" else {}),
+            **({"columns": dict(self.columns)} if self.columns else {}),
         }
 
 
@@ -160,8 +162,11 @@ def _one_char(text: str, sep: str) -> tuple[str, str]:
     return text, sep
 
 
+_QUOTED_SEPS = (",", ";", "\t")  # separators of spreadsheet exports, which quote a field holding one
+
+
 def _quoting(sep: str) -> int:
-    return csv.QUOTE_MINIMAL if sep == "," else csv.QUOTE_NONE
+    return csv.QUOTE_MINIMAL if sep in _QUOTED_SEPS else csv.QUOTE_NONE
 
 
 def _max_fields(text: str, sep: str) -> int:
@@ -248,15 +253,16 @@ def _resolve_columns(path: Path, cols: dict, header_fields: list[str] | None) ->
             if header_fields is None:
                 raise DataError(f"{path}: column {col!r} named but the file has no header row")
             names = [h.strip().strip('"').strip() for h in header_fields]
-            if col in names:
-                positions[key] = names.index(col)
-            else:
-                lower = [n.lower() for n in names]
-                if lower.count(col.lower()) != 1:
-                    raise DataError(
-                        f"{path}: no column {col!r} in the header (columns: {', '.join(n for n in names if n)})"
-                    )
-                positions[key] = lower.index(col.lower())
+            lower = [n.lower() for n in names]
+            same = [i for i, n in enumerate(names) if n == col] or [i for i, n in enumerate(lower) if n == col.lower()]
+            if len(same) > 1:
+                raise DataError(f"{path}: {len(same)} columns are named {col!r} (positions "
+                                f"{', '.join(map(str, same))}): rename one, or name the {key} column by its position")
+            if not same:
+                raise DataError(
+                    f"{path}: no column {col!r} in the header (columns: {', '.join(n for n in names if n)})"
+                )
+            positions[key] = same[0]
     used = [(k, p) for k, p in positions.items() if p is not None]
     for i, (k1, p1) in enumerate(used):
         for k2, p2 in used[i + 1:]:
@@ -273,6 +279,18 @@ _NAME_WORDS = frozenset("""
     movies movieid film book books track song artist video page object rating ratings rate score stars value
     weight count clicks time timestamp ts date datetime when event created updated purchased bought watched
     at name title label""".split())
+_MISSING_IDS = frozenset({"nan", "na", "n/a", "null", "none", "nil", "<na>", "nat"})  # pandas' missing markers
+# header names (lower case, letters and digits only) of each role, used when no column is asked for
+_ROLE_NAMES = {
+    "user": frozenset("""user users userid uid customer customerid client clientid visitor visitorid member memberid
+        account accountid reviewer reviewerid person personid buyer buyerid""".split()),
+    "item": frozenset("""item items itemid iid movie movieid film filmid product productid sku article articleid book
+        bookid isbn track trackid song songid video videoid artist artistid business businessid asin venue venueid
+        location locationid poi poiid page pageid""".split()),
+    "rating": frozenset("rating ratings score stars star rate bookrating".split()),
+    "timestamp": frozenset("""timestamp timestamps time ts date datetime unixtime unixreviewtime eventtime
+        createdat""".split()),
+}
 _MISSING = frozenset({"na", "n/a", "nan", "null", "none", "nil", "missing", "unknown", "inf", "infinity"})
 _TIME_NAME = re.compile(r"(?i)^(time|timestamp|ts|date|datetime|when|.*[_ .-](at|time|date|ts)|.*(Time|Date|At))$")
 
@@ -331,8 +349,62 @@ def _unused_time_columns(path: Path, rows: list[list[str]], positions: dict[str,
         if (name and _TIME_NAME.match(name)) or dates:
             what = f"column {name!r}" if name else f"column {c}"
             out.append(f"{path}: {what} looks like a time but is not used: the split holds out a random item "
-                       f"per user; pass --time-col {name or c} to hold out each user's latest")
+                       f"per user; pass --time-col {name or c} (time_col= from Python) to hold out each user's latest")
     return out
+
+
+def _named_roles(header_fields: list[str]) -> dict[str, int | None] | None:
+    """Role -> position from a header's names (``user_id``, ``movieId``, ``rating``, ``timestamp``...),
+    where it names one user and one item column; else None."""
+    keys = [re.sub(r"[^a-z0-9]", "", h.strip().strip('"').lower()) for h in header_fields]
+    out: dict[str, int | None] = {}
+    for role, names in _ROLE_NAMES.items():
+        found = [i for i, k in enumerate(keys) if k in names]
+        out[role] = found[0] if len(found) == 1 else None
+    return out if out["user"] is not None and out["item"] is not None else None
+
+
+def _fill_columns(cols: dict, header_fields: list[str] | None) -> dict:
+    """The columns asked for with the defaults filled in: none asked for at all, a header that
+    names a user and an item column (and maybe a rating and a time) is read by those names;
+    else the user is column 0 and the item column 1."""
+    if header_fields is not None and all(c is None for c in cols.values()):
+        named = _named_roles(header_fields)
+        if named is not None:
+            return named
+    return {**cols, "user": 0 if cols["user"] is None else cols["user"],
+            "item": 1 if cols["item"] is None else cols["item"]}
+
+
+def _column_labels(positions: dict[str, int | None], header_fields: list[str] | None) -> dict[str, str]:
+    """Role -> what was read for it, for reports and messages: ``'userId' (column 0)`` or ``column 0``."""
+    out = {}
+    for key, p in positions.items():
+        if p is None:
+            continue
+        name = header_fields[p].strip().strip('"').strip() if header_fields and p < len(header_fields) else ""
+        out[key] = f"{name!r} (column {p})" if name else f"column {p}"
+    return out
+
+
+def _rating_like_times(path: Path, times: np.ndarray | None, label: str, users: np.ndarray) -> list[str]:
+    """A warning where a time column not named as one holds only a few small integers (ratings 1 to 5,
+    say) that repeat within users (an order 0, 1, 2 ... of each user's interactions does not);
+    ``label``: the column as :func:`_column_labels` names it; ``users``: the rows' users."""
+    if times is None or not len(times):
+        return []
+    name = label.rsplit(" (column ", 1)[0].strip("'\"") if " (column " in label else ""
+    if name and (_TIME_NAME.match(name) or re.sub(r"[^a-z0-9]", "", name.lower()) in _ROLE_NAMES["timestamp"]):
+        return []  # a column named as a time: small values are an order (0, 1, 2 ...), as its name says
+    values = np.unique(times)
+    if len(values) > 10 or values[0] < 0 or values[-1] > 10:
+        return []
+    if pd.DataFrame({"u": users, "t": times}).duplicated().mean() < 0.1:
+        return []  # nearly every user's times differ: an order, not ratings
+    return [f"{path}: the time column ({label}) holds only the values {', '.join(map(str, values.tolist()))}, "
+            "which look like ratings, not times: they are read as seconds after 1970-01-01 and decide which "
+            "interaction of a user is the latest; if they are ratings, pass that column as --rating-col "
+            "(rating_col= from Python) and the real time column, if any, as --time-col"]
 
 
 def _n_fields(fields: list[str]) -> int:
@@ -346,8 +418,8 @@ def _n_fields(fields: list[str]) -> int:
 def _split_line(line: str, sep: str) -> list[str]:
     if sep == r"\s+":
         return line.split()
-    if sep == ",":
-        return next(csv.reader([line]), [])
+    if sep in _QUOTED_SEPS:
+        return next(csv.reader([line], delimiter=sep), [])
     return line.split(sep)
 
 
@@ -356,8 +428,8 @@ def _split_line(line: str, sep: str) -> list[str]:
 
 def read_table(
     path: str | Path,
-    user_col: str | int = 0,
-    item_col: str | int = 1,
+    user_col: str | int | None = None,
+    item_col: str | int | None = None,
     rating_col: str | int | None = None,
     time_col: str | int | None = None,
     sep: str | None = None,
@@ -373,12 +445,20 @@ def read_table(
     column is asked for by name, or when its requested fields are all non-numbers while
     a requested column of the next rows holds only numbers. Fields other than the
     requested ones (titles, empty trailing fields) are ignored.
+
+    Columns: ``user_col``/``item_col`` None is column 0/1; with no column asked for at all,
+    a header naming a user and an item column (``user_id``, ``userId``, ``movieId``,
+    ``product_id``...) is read by its names, its ``rating`` and ``timestamp`` columns too.
+    A file of JSON objects (JSON lines, or a ``.json`` array of objects) is read with pandas,
+    its keys being the header.
     """
     path = Path(path)
     cols = _check_table_args(path, user_col, item_col, rating_col, time_col, on_bad_lines)
     if path.suffix.lower() in (".parquet", ".pq"):
         return _read_parquet(path, cols, on_bad_lines, min_rating)
     text = _read_text(path, encoding)
+    if _is_json(path, text):
+        return _read_json(path, text, cols, on_bad_lines, min_rating)
     layout, skip = _table_layout(path, cols, sep, header, text)
     return _parse_chunk(text, layout, skip, on_bad_lines, min_rating)
 
@@ -404,6 +484,8 @@ def read_file(path: str | Path, layout: str | None = None, on_bad_lines: str = "
             raise DataError(f"{path}: a Parquet file has columns, not adjacency lists")
         return read_table(path, **spec, on_bad_lines=on_bad_lines, min_rating=min_rating)
     text = _read_text(path, "utf-8")
+    if layout != "adjacency" and _is_json(path, text):  # JSON objects: by their keys, as read_table reads them
+        return read_table(path, **spec, on_bad_lines=on_bad_lines, min_rating=min_rating)
     if layout == "adjacency" or looks_adjacency(text):
         if min_rating is not None:
             raise DataError(f"{path}: --min-rating: the adjacency layout (user item item ...) has no ratings")
@@ -517,11 +599,45 @@ def parse_adjacency(text: str, path: Path, on_bad_lines: str = "error", detected
     return Ratings(users, values[is_item], None, None, report)
 
 
+def _is_json(path: Path, text: str) -> bool:
+    start = text.lstrip()[:1]
+    return start == "{" or (start == "[" and path.suffix.lower() == ".json")
+
+
+def _read_json(path: Path, text: str, cols: dict, on_bad_lines: str, min_rating: float | None) -> Ratings:
+    """JSON lines (one object a line) or a JSON array of objects, through :func:`read_frame`."""
+    lines = text.lstrip().startswith("{")
+    try:
+        frame = pd.read_json(io.StringIO(text), lines=lines, orient=None if lines else "records", dtype=False)
+    except ValueError as e:
+        raise DataError(f"{path}: {_json_problem(text, lines) or f'cannot be read as JSON ({e})'}") from None
+    if not isinstance(frame, pd.DataFrame) or frame.empty:
+        raise DataError(f"{path}: holds no JSON objects (one object a line, such as {{\"user\": 1, \"item\": 2}})")
+    return read_frame(frame, cols, path, on_bad_lines, min_rating)
+
+
+def _json_problem(text: str, lines: bool) -> str | None:
+    """Where a JSON-lines text is malformed: ``LINE: why`` (None where a line-by-line look finds nothing)."""
+    import json
+
+    if not lines:
+        return None
+    for no, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            return (f"line {no}: not valid JSON ({e.msg} at character {e.colno}); a JSON-lines file holds one "
+                    "object a line")
+        if not isinstance(obj, dict):
+            return f"line {no}: a JSON-lines file holds one object a line, found {type(obj).__name__}"
+    return None
+
+
 def _check_table_args(path: Path, user_col, item_col, rating_col, time_col, on_bad_lines: str) -> dict:
     if on_bad_lines not in BAD_LINES:
         raise DataError(f"on_bad_lines must be one of {BAD_LINES}, not {on_bad_lines!r}")
-    if user_col is None or item_col is None:
-        raise DataError(f"{path}: a user column and an item column are required")
     return {"user": user_col, "item": item_col, "rating": rating_col, "timestamp": time_col}
 
 
@@ -538,6 +654,7 @@ class TableLayout:
     positions: dict[str, int | None]
     width: int
     warnings: list[str]
+    columns: dict = field(default_factory=dict)  # role -> label (see _column_labels)
 
 
 def _table_layout(path: Path, cols: dict, sep: str | None, header: bool | None,
@@ -549,13 +666,21 @@ def _table_layout(path: Path, cols: dict, sep: str | None, header: bool | None,
         raise DataError(f"{path}: file is empty")
     sep = _resolve_sep(sep, sample[0][1], path)
     rows = [_split_line(ln, sep) for _, ln in sample]
-    named = any(c is not None and not _is_position(c) for c in cols.values())
+    given = _fill_columns(cols, None)
+    named = any(c is not None and not _is_position(c) for c in given.values())
     if header is None:
-        header = named or _looks_like_header(rows, _resolve_columns(path, cols, None) if not named else {})
-    positions = _resolve_columns(path, cols, rows[0] if header else None)
+        wanted = _resolve_columns(path, given, None) if not named else {}
+        header = named or _looks_like_header(rows, wanted) or (len(rows) == 1 and all(
+            p < len(rows[0]) and _name_like(rows[0][p]) for p in wanted.values() if p is not None))
+    if header and len(sample) == 1:
+        raise DataError(f"{path}: holds only a header row ({sample[0][1].strip()!r}) and no interactions")
+    head = rows[0] if header else None
+    positions = _resolve_columns(path, _fill_columns(cols, head), head)
     warnings = _unused_time_columns(path, rows, positions, header)
-    width = _n_fields(rows[0])  # the fields of a row (the header's, else the first row's)
-    layout = TableLayout(path, sep, bool(header), sample[0][0] if header else 0, positions, width, warnings)
+    # the fields of a row: the header's (unnamed trailing columns of spreadsheet exports too), else the first row's
+    width = len(rows[0]) if header else _n_fields(rows[0])
+    layout = TableLayout(path, sep, bool(header), sample[0][0] if header else 0, positions, width, warnings,
+                         _column_labels(positions, head))
     return layout, first_end if header else 0
 
 
@@ -568,11 +693,14 @@ def _parse_chunk(text: str, layout: TableLayout, skip: int, on_bad_lines: str, m
     is the whole file (a file whose every row is malformed is refused here; else the caller's)."""
     path, sep, width = layout.path, layout.sep, layout.width
     body = text[skip:]
+    if sep in ("\t", ";") and '"' in body:
+        _check_quotes_close(body, sep, path, line0 + text[:skip].count("\n"))
     body1, sep1 = _one_char(body, sep)
     fast = _fast_read(body1, sep1, layout.positions, str_ids) if _max_fields(body1, sep1) <= width else None
     if fast is not None:
         report = ReadReport(str(path), rows=len(fast["user"]), blank_lines=_count_blank(body), header=layout.header,
-                            warnings=list(layout.warnings) if line0 == 0 else [])
+                            warnings=_chunk_warnings(layout, fast["timestamp"], line0, fast["user"]),
+                            columns=dict(layout.columns))
         ratings = Ratings(fast["user"], fast["item"], fast["rating"], fast["timestamp"], report)
         return ratings.filter_min_rating(min_rating)
     text1, sep1 = _one_char(text, sep)
@@ -584,8 +712,25 @@ def _parse_chunk(text: str, layout: TableLayout, skip: int, on_bad_lines: str, m
         df = df.iloc[layout.header_line:]  # rows after the header line
     df.index = df.index + line0
     ratings = _validate(df, path, layout.positions, on_bad_lines, min_rating, layout.header, width, str_ids, final)
-    ratings.report.warnings = list(layout.warnings) if line0 == 0 else []
+    ratings.report.warnings = _chunk_warnings(layout, ratings.timestamps, line0, ratings.users)
+    ratings.report.columns = dict(layout.columns)
     return ratings
+
+
+def _check_quotes_close(body: str, sep: str, path: Path, line0: int) -> None:
+    """A field that opens a quote and does not close it on its line would swallow the next lines
+    into one row (tab- and semicolon-separated files rarely mean that): refused, naming the line."""
+    for no, line in enumerate(body.split("\n"), start=line0 + 1):
+        if '"' in line and len(list(csv.reader([line + "\n", "end\n"], delimiter=sep))) < 2:
+            raise DataError(f'{path}:{no}: a field opens a quote (") that does not close on its line; quoted '
+                            f"fields are read for , ; and tab separators: close the quote, or remove it")
+
+
+def _chunk_warnings(layout: TableLayout, times: np.ndarray | None, line0: int, users: np.ndarray) -> list[str]:
+    """The layout's warnings and the time column's, on the first chunk of a file only."""
+    if line0:
+        return []
+    return [*layout.warnings, *_rating_like_times(layout.path, times, layout.columns.get("timestamp", ""), users)]
 
 
 # --- Reading in chunks (a file larger than memory, see ncf.data.rankload) ---------------------
@@ -654,8 +799,8 @@ def text_chunks(path: str | Path, encoding: str = "utf-8", chunk_bytes: int = CH
 
 def iter_table(
     path: str | Path,
-    user_col: str | int = 0,
-    item_col: str | int = 1,
+    user_col: str | int | None = None,
+    item_col: str | int | None = None,
     rating_col: str | int | None = None,
     time_col: str | int | None = None,
     sep: str | None = None,
@@ -680,6 +825,10 @@ def iter_table(
     layout = None
     for text, line0 in text_chunks(path, encoding, chunk_bytes):
         skip = 0
+        if layout is None and _is_json(path, text):  # JSON objects: read whole, by pandas
+            yield read_table(path, user_col, item_col, rating_col, time_col, on_bad_lines=on_bad_lines,
+                             encoding=encoding, min_rating=min_rating)
+            return
         if layout is None:
             layout, skip = _table_layout(path, cols, sep, header, text)
         yield _parse_chunk(text, layout, skip, on_bad_lines, min_rating, line0, str_ids, final=False)
@@ -689,7 +838,7 @@ def merge_reports(reports: list[ReadReport]) -> ReadReport:
     """The chunks' reports as one (what :func:`read_table` reports for the whole file); a file
     whose every row is malformed is refused as :func:`read_table` refuses it."""
     first = reports[0]
-    out = ReadReport(first.path, header=first.header, warnings=list(first.warnings))
+    out = ReadReport(first.path, header=first.header, warnings=list(first.warnings), columns=dict(first.columns))
     for r in reports:
         out.rows += r.rows
         out.skipped += r.skipped
@@ -751,7 +900,7 @@ def _fast_read(body: str, sep: str, positions: dict[str, int | None], str_ids: f
             if key in ("user", "item"):
                 if id_dtype == "str" or key in str_ids:
                     col = col.str.strip()
-                    if col.isna().any() or (col == "").any():
+                    if col.isna().any() or (col == "").any() or col.str.lower().isin(_MISSING_IDS).any():
                         return None
                     if key in str_ids or not integer_literals(col):  # the one id rule (ncf.data.ids)
                         out[key] = col.to_numpy(dtype=object).astype(str)
@@ -865,6 +1014,11 @@ def _validate(
             reason = f"field {key!r} (column {used[key]}) is empty"
             for i in np.flatnonzero(wrong)[:1]:
                 reasons.setdefault(int(line_no[i]), reason)
+            missing = col.str.lower().isin(_MISSING_IDS).to_numpy() & ~blank
+            for i in np.flatnonzero(missing)[:1]:
+                reasons.setdefault(int(line_no[i]), f"field {key!r} (column {used[key]}) is {col.iloc[i]!r}, "
+                                                    f"a missing {key} id")
+            wrong |= missing
             over = np.zeros(len(col), dtype=bool) if key in str_ids else _beyond_int64(col, wrong | blank | bad)
             for i in np.flatnonzero(over)[:1]:
                 reasons.setdefault(int(line_no[i]), f"field {key!r} (column {used[key]}): {col.iloc[i]} is an "
@@ -926,7 +1080,7 @@ def read_frame(frame: pd.DataFrame, cols: dict, path: Path, on_bad_lines: str = 
     positions; row i is reported as "line" ``line0 + i + 1`` of ``path`` (``line0``, ``str_ids``,
     ``final``: a record batch of a larger file, see :func:`iter_table`)."""
     names = [str(c) for c in frame.columns]
-    positions = _resolve_columns(path, cols, names)
+    positions = _resolve_columns(path, _fill_columns(cols, names), names)
     for key, p in positions.items():
         if p is not None and p >= len(names):
             raise DataError(f"{path}: {key} column {p} requested but the file has {len(names)} column(s)")
@@ -941,7 +1095,12 @@ def read_frame(frame: pd.DataFrame, cols: dict, path: Path, on_bad_lines: str = 
         df[p] = col.astype(str).replace({"nan": "", "None": "", "<NA>": "", "NaT": ""}).to_numpy()
     df = df.reindex(columns=range(max(df.columns, default=-1) + 1))
     df.index = range(line0, line0 + len(df))
-    return _validate(df, path, positions, on_bad_lines, min_rating, str_ids=str_ids, final=final)
+    ratings = _validate(df, path, positions, on_bad_lines, min_rating, str_ids=str_ids, final=final)
+    ratings.report.columns = _column_labels(positions, names)
+    if line0 == 0:
+        label = ratings.report.columns.get("timestamp", "")
+        ratings.report.warnings += _rating_like_times(path, ratings.timestamps, label, ratings.users)
+    return ratings
 
 
 # --- Known formats -----------------------------------------------------------------------

@@ -53,6 +53,11 @@ class HoldOut:
     def __len__(self) -> int:
         return len(self.users)
 
+    def __repr__(self) -> str:  # not the arrays: a holdout of a large dataset printed whole runs to megabytes
+        n = (np.asarray(self.candidates) != PAD).sum(axis=1) - 1 if len(self) else np.zeros(1, np.int64)
+        negs = f"{n.min()}" if n.min() == n.max() else f"{n.min()} to {n.max()}"
+        return f"HoldOut({len(self)} held-out items, each ranked among itself and {negs} negatives)"
+
 
 class DrawnHoldOut(HoldOut):
     """A holdout whose ``candidates`` (what the sampled protocol alone needs) are drawn by
@@ -143,6 +148,12 @@ class Dataset:
     item_info: dict | None = None  # optional: {"titles": [...], "genres": [[...], ...]} by item index
     config: dict | None = None  # how it was made (DataConfig.to_dict()), saved with every run
     part: RankPart | None = None  # one rank's users only (see above)
+
+    def __repr__(self) -> str:  # sizes, not the arrays (a dataclass repr prints every one of them)
+        held = ", ".join(f"{n} {len(h) if getattr(h, 'loaded', True) else '(a file not read yet)'}"
+                         for n, h in (("valid", self.valid), ("test", self.test)) if h is not None)
+        return (f"Dataset({self.name!r}: {self.n_users} users, {self.n_items} items, {self.train.nnz} training "
+                f"interactions{', ' + held + ' held out' if held else ''})")
 
     @property
     def train_nnz(self) -> int:

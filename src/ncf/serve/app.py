@@ -457,7 +457,7 @@ def create_app(run_dir: str | Path, store: FeatureStore | None = None, candidate
     read_deps = [guard.dependency()] if guard and guard.reads else []
     read_errors = {**errors, **denied} if read_deps else errors
     write_errors = {**errors, **denied, 404: {"model": ErrorBody}, 409: {"model": ErrorBody},
-                    413: {"model": ErrorBody}}
+                    413: {"model": ErrorBody}, 415: {"model": ErrorBody, "description": "a body not sent as JSON"}}
     app = FastAPI(title="ncf recommender", version="1", docs_url=None, redoc_url=None,  # /docs: mount_web
                   description=f"Recommendations from the {service.rec.model.name} run in {service.run_dir.name}.")
     app.state.service, app.state.metrics = service, metrics
@@ -492,6 +492,11 @@ def create_app(run_dir: str | Path, store: FeatureStore | None = None, candidate
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, e: RequestValidationError):
+        ctype = request.headers.get("content-type", "")
+        if "json" not in ctype.lower() and any(tuple(err["loc"]) == ("body",) for err in e.errors()):
+            # a JSON body labelled otherwise is not parsed at all: say so, not "not a dictionary"
+            return _error(415, "unsupported_media_type", "the body must be a JSON object sent with "
+                          f"Content-Type: application/json (this request says {ctype or 'no Content-Type'})")
         parts = [f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}" for err in e.errors()]
         return _error(422, "invalid_request", "; ".join(parts))
 

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from ncf.checkpoint import (
@@ -34,7 +35,7 @@ from ncf.checkpoint import (
 from ncf.config import TrainConfig
 from ncf.console import console
 from ncf.data.datasets import DATASETS, DataConfig, data_dir, load_dataset
-from ncf.data.split import Dataset, LazyHoldOut
+from ncf.data.split import PAD, Dataset, LazyHoldOut
 from ncf.errors import ConfigError, DataError, RunExistsError
 from ncf.models import MODELS, NeuMF, get_model_class
 from ncf.outputs import DISK, OutputLock, prepare_output_dir, writing
@@ -87,10 +88,18 @@ def _check_trainable(dataset: Dataset) -> None:
     n_valid = part.n_valid if part is not None else len(dataset.valid) if dataset.valid is not None else None
     if n_test == 0:
         raise DataError(f"{dataset.name}: no user has 2 or more interactions, so none can be held out for "
-                        f"testing ({dataset.n_users} users, {dataset.n_interactions} interactions)")
+                        f"testing ({dataset.n_users} users, {dataset.n_interactions} interactions"
+                        f"{_users_read(dataset)})")
     if n_valid == 0:
         raise DataError(f"{dataset.name}: no user has 3 or more interactions, so none can be held out for "
-                        "validation; pass --no-valid (no early stopping)")
+                        f"validation{_users_read(dataset)}; pass --no-valid (no early stopping)")
+
+
+def _users_read(dataset: Dataset) -> str:
+    """Which columns of the file were read as user and item (where the reader says)."""
+    from ncf.data.datasets import columns_hint
+
+    return columns_hint(((dataset.report or {}).get("read") or {}).get("columns") or {})
 
 
 def _publish(work: Path, out: Path) -> None:
@@ -111,12 +120,17 @@ def _publish(work: Path, out: Path) -> None:
         os.replace(work, out)
 
 
-def _abandon(work: Path, out: Path, keep: bool = True) -> None:
+def _abandon(work: Path, out: Path, keep: bool = True, error: BaseException | None = None) -> None:
     """After a failure: keep ``work`` if it can be resumed (its config and some epoch's state,
-    its own or a ``--pretrain`` sub-run's) and ``keep``, else remove it."""
+    its own or a ``--pretrain`` sub-run's) and ``keep``, else remove it. A failure to read
+    ``work``'s own files (a corrupt state) is not resumable: kept, but --resume is not offered."""
     if not work.exists():
         return
-    if keep and (work / "config.json").exists() and any(work.rglob("state.safetensors")):
+    if keep and isinstance(error, CheckpointError) and str(work) in str(error):
+        console.print(f"[yellow]run not complete, and what {work} holds cannot be read (below), so --resume "
+                      f"cannot continue it: start the run again with `ncf train ... --out {out}` (remove {work} "
+                      "first, or add --overwrite)")
+    elif keep and (work / "config.json").exists() and any(work.rglob("state.safetensors")):
         console.print(f"[yellow]run not complete; its resumable state is kept in {work}: "
                       f"`ncf train --resume {out}` continues it")
     else:
@@ -137,9 +151,9 @@ def in_partial(out: Path, fn, clear: bool = True, keep: bool = True):
     try:
         with writing(out, errnos=DISK):  # a full disk mid-run: one line, the run kept resumable
             summary = fn(work)
-    except BaseException:
+    except BaseException as e:
         if main:
-            _abandon(work, out, keep)
+            _abandon(work, out, keep, e)
         raise
     if main:
         with writing(out):
@@ -314,7 +328,7 @@ def _fit(model, dataset, cfg, data_cfg, out, progress, resume, on_epoch=None):
             trainer.best = {**trainer.best, "epoch": best_epoch}
         if out is not None:
             save_model(Path(out), model, _extra(cfg, data_cfg, dataset))
-        return model, trainer.finish()
+        return model, _with_candidates(trainer.finish(), dataset, out)
     if cfg.shard_tables:
         from ncf.train.sharded import ShardedTrainer  # needs the scale extra (TorchRec)
 
@@ -323,7 +337,29 @@ def _fit(model, dataset, cfg, data_cfg, out, progress, resume, on_epoch=None):
         trainer = Trainer(model, dataset, cfg, out, progress=progress)
     trainer.extra_config = lambda: _extra(cfg, data_cfg, dataset)
     trainer.on_epoch = on_epoch
-    return model, trainer.fit(resume=resume)
+    return model, _with_candidates(trainer.fit(resume=resume), dataset, out)
+
+
+def _with_candidates(summary: dict | None, dataset: Dataset, out) -> dict | None:
+    """The summary with how many candidates each sampled holdout ranks (``"1 + 99"``; fewer on a
+    small catalogue), for the tables that label the sampled metrics."""
+    if summary is None:  # a non-zero distributed rank
+        return None
+    sizes = {name: candidates_label(h) for name, h in (("valid", dataset.valid), ("test", dataset.test))
+             if h is not None and getattr(h, "loaded", True) and len(h)}  # a test file not read: not read here
+    if sizes:
+        summary["candidates"] = sizes
+        if out is not None and (Path(out) / "summary.json").exists():
+            atomic_write_json(Path(out) / "summary.json", summary)
+    return summary
+
+
+def candidates_label(holdout) -> str:
+    """``"1 + 99"``: the held-out item and the sampled negatives each row ranks it among
+    (``"1 + 20 to 23"`` where users have fewer unseen items than asked for)."""
+    n = (np.asarray(holdout.candidates) != PAD).sum(axis=1) - 1
+    lo, hi = int(n.min()), int(n.max())
+    return f"1 + {hi}" if lo == hi else f"1 + {lo} to {hi}"
 
 
 def _extra(cfg: TrainConfig, data_cfg: DataConfig, dataset: Dataset) -> dict[str, Any]:

@@ -321,6 +321,11 @@ class Tuner:
         if unknown:
             raise ConfigError(f"ncf tune cannot search {', '.join(unknown)} (tunable: "
                              f"{', '.join(sorted([*space.SPACES, 'ensemble']))})")
+        others = [m for m in dict.fromkeys(models) if m != "ensemble"]
+        if "ensemble" in models and len(others) < 2:
+            raise ConfigError(f"--models: ensemble blends the best runs of at least two other models, and "
+                              f"{'only ' + others[0] + ' is' if others else 'none is'} given (e.g. --models "
+                              "ease,itemknn,ensemble)")
         from ncf.models import get_model_class
 
         for m in models:

@@ -92,11 +92,22 @@ async function refresh(before) {
     mode.className = "badge " + (recs.fallback ? "fallback" : "personal");
     fill("recorded", hist.recorded, false);
     fill("history", hist.train, false);
+    $("history").dataset.empty = hist.recorded.length ? "" : "No history: the user is new to the model.";
     status(`user ${recs.user}: ${hist.known ? "known to the model" : "new to the model"}, `
       + `${hist.n_train} training items, ${hist.recorded.length} recorded here`);
   } catch (e) {
+    clearUser();  // not the previous user's lists under its badge
     status(e.message, true);
   }
+}
+
+// the panels of a user, emptied (their hints show again) when no user can be shown
+function clearUser() {
+  current = null;
+  for (const id of ["recs", "recorded", "history"]) $(id).replaceChildren();
+  $("history").dataset.empty = "The user's history shows here.";
+  $("mode").textContent = "";
+  $("mode").className = "badge";
 }
 
 async function click(item) {
@@ -149,6 +160,9 @@ async function start() {
   if (wanted) {
     $("user").value = wanted;
     show(wanted);
+  } else if (info.sample_users.length) {
+    status(`pick a user: e.g. ${info.sample_users[0]} (the list holds ${info.sample_users.length} of them), `
+      + "or a New visitor");
   }
 }
 
