@@ -299,3 +299,79 @@ def test_personalised_baselines_beat_popularity_on_ml100k(ml100k):
     for name, params in [("itemknn", {"k": 100, "shrink": 10.0}), ("ease", {"l2": 200.0})]:
         hr = evaluate(fitted(name, ml100k, **params), ml100k.valid, "sampled")["hr@10"]
         assert hr > pop + 0.05, (name, hr, pop)
+
+
+def _dense_item_knn(x, k, shrink):
+    """The former dense implementation (every target's full similarity column, a stable argsort),
+    kept as the reference of the block-sparse one."""
+    n_items = x.shape[1]
+    norms = np.sqrt(np.asarray(x.sum(axis=0)).ravel().astype(np.float64))
+    co = (x.T @ x).toarray().astype(np.float64)
+    den = norms[:, None] * norms[None, :] + shrink
+    sim = np.divide(co, den, out=np.zeros_like(co), where=den > 0)
+    sim[np.diag_indices(n_items)] = -np.inf
+    order = np.argsort(-sim, axis=0, kind="stable")[:k]
+    sims = np.take_along_axis(sim, order, axis=0).T.astype(np.float32)
+    sims[~np.isfinite(sims)] = 0.0
+    return order.T, sims
+
+
+def _ml100k_matrix(ml100k_dir):
+    d = np.loadtxt(ml100k_dir / "u.data", dtype=np.int64)
+    return sp.csr_matrix((np.ones(len(d), np.float32), (d[:, 0] - 1, d[:, 1] - 1)))
+
+
+@pytest.mark.parametrize("k,shrink", [(20, 0.0), (100, 10.0), (1681, 5.0)])
+def test_itemknn_equals_the_dense_implementation_on_ml100k(k, shrink, ml100k_dir):
+    from ncf.models.baselines import item_knn
+
+    x = _ml100k_matrix(ml100k_dir)
+    nbr, sims = item_knn(x, k, shrink, block=300)
+    ref_nbr, ref_sims = _dense_item_knn(x, k, shrink)
+    assert np.array_equal(sims, ref_sims)
+    # the neighbour lists agree wherever the weight is not 0 (zero-weight picks do not score)
+    assert np.array_equal(np.where(sims > 0, nbr, -1), np.where(ref_sims > 0, ref_nbr, -1))
+    m = fitted("itemknn", _Data(x), k=k, shrink=shrink)
+    s_ref = np.zeros((x.shape[1], x.shape[1]), dtype=np.float32)
+    s_ref[ref_nbr.ravel(), np.repeat(np.arange(x.shape[1]), ref_nbr.shape[1])] = ref_sims.ravel()
+    users = torch.arange(0, x.shape[0], 7)
+    got = m.score_all(users).numpy()
+    expected = x[users.numpy()] @ s_ref
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    seen = x[users.numpy()].toarray() > 0
+    top = lambda s: np.argsort(-np.where(seen, -np.inf, s), axis=1, kind="stable")[:, :10]  # noqa: E731
+    assert (top(got) == top(expected)).mean() > 0.99
+
+
+@pytest.mark.parametrize("l2", [10.0, 500.0])
+def test_ease_float32_agrees_with_float64_on_ml100k(l2, ml100k_dir):
+    x = _ml100k_matrix(ml100k_dir)
+    b32 = ease_weights(x, l2)
+    b64 = ease_weights(x, l2, dtype=np.float64)
+    assert b32.dtype == np.float32 and b64.dtype == np.float64
+    # the float64 path against a plain inverse
+    g = (x.T @ x).toarray().astype(np.float64) + l2 * np.eye(x.shape[1])
+    p = np.linalg.inv(g)
+    ref = -p / np.diag(p)[None, :]
+    ref[np.diag_indices_from(ref)] = 0.0
+    assert np.abs(b64 - ref).max() < 1e-10
+    s32, s64 = x @ b32, x @ b64
+    assert np.abs(s32 - s64).max() / np.abs(s64).max() < 1e-4
+    seen = x.toarray() > 0
+    top32 = np.argsort(-np.where(seen, -np.inf, s32), axis=1)[:, :10]
+    top64 = np.argsort(-np.where(seen, -np.inf, s64), axis=1)[:, :10]
+    assert np.mean([set(a) == set(b) for a, b in zip(top32, top64)]) > 0.99
+
+
+def test_ease_weights_keeps_one_dense_matrix():
+    """The inverse is computed in the Gram matrix's own memory (no second I x I array)."""
+    import tracemalloc
+
+    rng = np.random.default_rng(0)
+    x = sp.csr_matrix((rng.random((400, 1200)) < 0.05).astype(np.float32))
+    ease_weights(x[:, :10], 5.0)  # imports done before measuring
+    tracemalloc.start()
+    ease_weights(x, 5.0, block=64)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < 1.5 * 4 * 1200**2, peak / (4 * 1200**2)

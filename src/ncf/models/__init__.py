@@ -21,6 +21,8 @@ MODELS: dict[str, str] = {
     "pop": "ncf.models.baselines:Popularity",
     "itemknn": "ncf.models.baselines:ItemKNN",
     "ease": "ncf.models.baselines:EASE",
+    "gfcf": "ncf.models.graphfilter:GFCF",
+    "bspm": "ncf.models.graphfilter:BSPM",
     "bpr": "ncf.models.baselines:BPRMF",
     "mf": "ncf.models.mf:MF",
     "ials": "ncf.models.ials:ImplicitALS",

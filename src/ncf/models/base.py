@@ -17,6 +17,7 @@ affine function of that vector (``linear_terms``: MF) fit it by Newton's method 
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
@@ -47,6 +48,35 @@ def pairs_from_rows(model, users: torch.Tensor, items: torch.Tensor, chunk: int 
         scores = model.score_all(uniq[s: s + chunk])
         out[sel] = scores[inv[sel] - s, items[sel]]
     return out
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation: ``MemAvailable`` of /proc/meminfo (Linux),
+    else free physical pages (``os.sysconf``); None where neither can be read."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _gb(n: float) -> str:
+    return f"{n / 2**30:.1f} GB"
+
+
+def check_memory(name: str, estimate: int, advice: str = "") -> None:
+    """Raise a ConfigError before a fit whose peak memory ``estimate`` (bytes, the model class's
+    ``memory_estimate``) exceeds the memory available now; nothing happens where that is unknown."""
+    free = available_memory()
+    if free is not None and estimate > free:
+        raise ConfigError(f"{name}: the fit needs about {_gb(estimate)} of memory, {_gb(free)} is available"
+                          + (f"; {advice}" if advice else ""))
 
 
 # L2 pull towards the starting vector of a Newton fold-in, per fold-in (the loss is a mean over

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from ncf.errors import ConfigError
-from ncf.models.base import Model, pairs_from_rows
+from ncf.models.base import Model, check_memory, pairs_from_rows
 
 
 def _frozen(t: torch.Tensor) -> nn.Parameter:
@@ -124,6 +124,15 @@ class HistoryModel(FittedModel):
         return torch.sparse_coo_tensor(torch.stack([rows, cols]), torch.ones(len(cols), device=users.device),
                                        (len(users), self.n_items), check_invariants=False)
 
+    def history_csr(self, users: torch.Tensor) -> sp.csr_matrix:
+        """scipy CSR ``[B, n_items]`` 0/1 rows of the training matrix for ``users``."""
+        users = torch.as_tensor(users).long().cpu().numpy()
+        ptr, idx = self.hist_indptr.cpu().numpy(), self.hist_indices.cpu().numpy()
+        starts, counts = ptr[users], ptr[users + 1] - ptr[users]
+        pos = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts) + np.repeat(starts, counts)
+        return sp.csr_matrix((np.ones(len(pos), np.float32), idx[pos], np.concatenate([[0], np.cumsum(counts)])),
+                             shape=(len(users), self.n_items))
+
     def item_matrix(self) -> torch.Tensor:
         """Dense ``[I, I]`` item-item weights: ``score(u, ·) = X_u @ item_matrix()``."""
         raise NotImplementedError
@@ -184,6 +193,10 @@ class ItemKNN(HistoryModel):
     columns shrunk towards 0 for rarely co-seen pairs; each item keeps its ``k`` most similar
     items; score(u, i) = sum over j in the user's history of sim(i, j) among i's neighbours
     (``X_u @ S``).
+
+    State: ``[n_items, k]`` neighbour lists and weights (``O(n_items k)``); scoring multiplies
+    the users' sparse rows by the sparse ``S`` built from them (at most ``n_items k`` entries),
+    never a dense items x items matrix.
     """
 
     name = "itemknn"
@@ -201,14 +214,28 @@ class ItemKNN(HistoryModel):
         # neighbours[i] are the items j most similar to target item i, weights[i] sim(i, j)
         self.neighbours = _frozen(torch.zeros(n_items, kk, dtype=torch.int64))
         self.weights = _frozen(torch.zeros(n_items, kk))
+        self._sim = None
 
-    def fit(self, dataset, cfg=None, block: int = 512) -> ItemKNN:
+    @classmethod
+    def memory_estimate(cls, n_users: int, n_items: int, nnz: int, params: dict) -> int:
+        """Bytes at the peak of a fit: the neighbour lists, their sparse matrix, one block of
+        dense similarities (``ITEMKNN_BLOCK`` target items by every item) and the training matrix."""
+        k = min(int(params.get("k", cls.params["k"])), n_items - 1)
+        return 40 * n_items * k + 40 * min(n_items, ITEMKNN_BLOCK) * n_items + 60 * nnz + 64 * 2**20
+
+    def fit(self, dataset, cfg=None, block: int | None = None) -> ItemKNN:
         x = binary_matrix(dataset.train.matrix)
+        check_memory(self.name, type(self).memory_estimate(*x.shape, x.nnz, self._hparams))
         self.set_history(x)
-        nbr, w = item_knn(x, self.k, self.shrink, block)
+        nbr, w = item_knn(x, self.k, self.shrink, block or ITEMKNN_BLOCK)
         self._put("neighbours", nbr)
         self._put("weights", w)
+        self._sim = None
         return self
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        self._sim = None
 
     def _check_state(self) -> str | None:
         nbr = self.neighbours
@@ -216,23 +243,48 @@ class ItemKNN(HistoryModel):
             return f"neighbour lists name items outside 0..{self.n_items - 1}"
         return super()._check_state()
 
+    def sparse_similarity(self) -> sp.csr_matrix:
+        """``S [I (source j), I (target i)]`` as scipy CSR: the kept neighbour weights (zeros dropped)."""
+        if self._sim is None:
+            w = self.weights.detach().cpu().numpy().ravel()
+            src = self.neighbours.cpu().numpy().ravel()
+            tgt = np.repeat(np.arange(self.n_items), self.k)
+            keep = w != 0
+            self._sim = sp.csr_matrix((w[keep], (src[keep], tgt[keep])), shape=(self.n_items, self.n_items))
+        return self._sim
+
     def similarity(self) -> torch.Tensor:
-        """Dense ``S [I (source j), I (target i)]`` with the kept neighbour weights, else 0."""
-        s = torch.zeros(self.n_items, self.n_items, device=self.weights.device)
-        tgt = torch.arange(self.n_items, device=s.device).repeat_interleave(self.k)
-        s[self.neighbours.reshape(-1), tgt] = self.weights.reshape(-1)
-        return s
+        """Dense ``S [I (source j), I (target i)]`` (``n_items²`` floats: small catalogues only)."""
+        return torch.as_tensor(self.sparse_similarity().toarray(), device=self.weights.device)
 
     def item_matrix(self) -> torch.Tensor:
-        # sparse X_u times a dense S: faster here than sparse x sparse; memory n_items²
         return self.similarity()
 
+    def _scores(self, x: sp.csr_matrix) -> torch.Tensor:
+        """``X @ S`` for the sparse 0/1 rows ``x`` ``[B, I]``: dense ``[B, I]`` on the model's device."""
+        out = (x @ self.sparse_similarity()).toarray()
+        return torch.as_tensor(out, dtype=torch.float32, device=self.weights.device)
 
-def item_knn(x: sp.csr_matrix, k: int, shrink: float, block: int = 512) -> tuple[np.ndarray, np.ndarray]:
+    @torch.no_grad()
+    def score_all(self, users):
+        return self._scores(self.history_csr(users))
+
+    @torch.no_grad()
+    def score_histories(self, histories: list[torch.Tensor], users=None) -> torch.Tensor:
+        x = history_matrix(histories, self.n_items)
+        return self._scores(sp.csr_matrix(x.numpy()))
+
+
+# target items per block of the neighbour search: a [block, n_items] float64 similarity block
+ITEMKNN_BLOCK = 512
+
+
+def item_knn(x: sp.csr_matrix, k: int, shrink: float, block: int = ITEMKNN_BLOCK) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` shrunk-cosine neighbours of every item: ``(neighbours [I, k], sims [I, k])``.
 
-    Computed a block of target items at a time (memory ``O(I * block)``), sorted by
-    decreasing similarity (ties by item index).
+    Computed a block of target items at a time from the sparse co-occurrences (memory
+    ``O(I * block)``), sorted by decreasing similarity, ties by item index (what a stable sort
+    of the whole row gives), found by a partial sort of each row.
     """
     n_items = x.shape[1]
     counts = np.asarray(x.sum(axis=0)).ravel().astype(np.float64)
@@ -244,15 +296,29 @@ def item_knn(x: sp.csr_matrix, k: int, shrink: float, block: int = 512) -> tuple
         return nbr, sims
     for s in range(0, n_items, block):
         e = min(s + block, n_items)
-        co = (xt @ x[:, s:e]).toarray().astype(np.float64)  # [I, b]: co-occurrence j with target i
-        den = norms[:, None] * norms[None, s:e] + shrink
+        co = (xt[s:e] @ x).toarray().astype(np.float64)  # [b, I]: target i's co-occurrences with every j
+        den = norms[s:e, None] * norms[None, :] + shrink
         sim = np.divide(co, den, out=np.zeros_like(co), where=den > 0)
-        sim[np.arange(s, e), np.arange(e - s)] = -np.inf  # an item is not its own neighbour
-        order = np.argsort(-sim, axis=0, kind="stable")[:k]  # ties: lower item index first
-        nbr[s:e] = order.T
-        sims[s:e] = np.take_along_axis(sim, order, axis=0).T
+        sim[np.arange(e - s), np.arange(s, e)] = -np.inf  # an item is not its own neighbour
+        nbr[s:e], block_sims = _top_k_rows(sim, k)
+        sims[s:e] = block_sims
     sims[~np.isfinite(sims)] = 0.0
     return nbr, sims
+
+
+def _top_k_rows(sim: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` largest entries of each row of ``sim`` [b, n] (k < n): (columns, values) [b, k],
+    by decreasing value, ties by lower column: a stable descending sort's first ``k``."""
+    b, n = sim.shape
+    kth = np.partition(sim, n - k, axis=1)[:, n - k]  # each row's k-th largest value
+    above = sim > kth[:, None]
+    tied = sim == kth[:, None]
+    room = k - above.sum(axis=1)  # how many of the tied values make it, lowest columns first
+    take = above | (tied & (np.cumsum(tied, axis=1, dtype=np.int32) <= room[:, None]))
+    cols = np.nonzero(take)[1].reshape(b, k)  # increasing column within each row
+    vals = np.take_along_axis(sim, cols, axis=1)
+    order = np.argsort(-vals, axis=1, kind="stable")
+    return np.take_along_axis(cols, order, axis=1), np.take_along_axis(vals, order, axis=1)
 
 
 class EASE(HistoryModel):
@@ -260,11 +326,15 @@ class EASE(HistoryModel):
     minimising ||X - X B||² + l2 ||B||², in closed form: P = (XᵀX + l2 I)⁻¹,
     B = -P / diag(P) (column-wise), diag(B) = 0; score(u, ·) = X_u @ B.
 
-    Memory and time: a dense ``n_items x n_items`` matrix, inverted in O(n_items³).
+    Memory and time: one dense float32 ``n_items x n_items`` matrix (the Gram matrix, inverted
+    in place through its Cholesky factor, then turned into ``B``), O(n_items³) arithmetic; the
+    checkpoint stores ``B`` (``4 n_items²`` bytes). A fit that would not fit in the memory
+    available is refused before it starts (:meth:`memory_estimate`).
     """
 
     name = "ease"
     params: ClassVar[dict] = {"l2": 500.0}
+    resizable = ("hist_indices", "B")
 
     def __init__(self, n_users: int, n_items: int, l2: float = 500.0):
         super().__init__(n_users, n_items)
@@ -272,26 +342,83 @@ class EASE(HistoryModel):
             raise ConfigError(f"ease: l2 must be > 0, got {l2!r}")
         self._hparams = {"l2": float(l2)}
         self.l2 = float(l2)
-        self.B = _frozen(torch.zeros(n_items, n_items))
+        self.B = _frozen(torch.zeros(0, 0))  # [n_items, n_items] once fitted or loaded
+
+    @classmethod
+    def memory_estimate(cls, n_users: int, n_items: int, nnz: int, params: dict) -> int:
+        """Bytes at the peak of a fit: the dense float32 ``n_items²`` matrix, one block of its rows
+        as a sparse product (2048 rows, 16 bytes an entry at worst) and the training matrix."""
+        return 4 * n_items**2 + 16 * 2048 * n_items + 60 * nnz + 64 * 2**20
 
     def fit(self, dataset, cfg=None) -> EASE:
         x = binary_matrix(dataset.train.matrix)
+        check_memory(self.name, type(self).memory_estimate(*x.shape, x.nnz, self._hparams),
+                     "EASE holds a dense items x items matrix: use itemknn or gfcf for a catalogue this size")
         self.set_history(x)
         self._put("B", ease_weights(x, self.l2))
         return self
 
+    def _check_state(self) -> str | None:
+        if self.B.shape not in ((0, 0), (self.n_items, self.n_items)):
+            return f"weight matrix is {tuple(self.B.shape)}, expected ({self.n_items}, {self.n_items})"
+        return super()._check_state()
+
     def item_matrix(self) -> torch.Tensor:
+        if self.B.shape != (self.n_items, self.n_items):
+            raise ConfigError("ease: the model is not fitted (no weight matrix)")
         return self.B
 
 
-def ease_weights(x: sp.csr_matrix, l2: float) -> np.ndarray:
-    """EASE's closed-form ``B`` (float32 ``[I, I]``) for the binary users x items ``x``."""
-    g = (x.T @ x).toarray().astype(np.float64)
+def ease_weights(x: sp.csr_matrix, l2: float, dtype=np.float32, block: int = 2048) -> np.ndarray:
+    """EASE's closed-form ``B`` (``[I, I]`` of ``dtype``) for the binary users x items ``x``.
+
+    One dense ``[I, I]`` array: the Gram matrix (filled ``block`` rows at a time) plus ``l2 I``,
+    factored (``potrf``) and inverted (``potri``) in place by LAPACK, its other triangle filled
+    ``block`` rows at a time, then scaled column-wise in place: peak memory ``itemsize * I²``
+    plus a ``block`` of rows and the training matrix.
+    """
+    from scipy.linalg import lapack
+
+    g = _dense_gram(x, dtype, block)
     g[np.diag_indices_from(g)] += l2
-    p = np.linalg.inv(g)
-    b = -p / np.diag(p)[None, :]
-    b[np.diag_indices_from(b)] = 0.0
-    return b.astype(np.float32)
+    potrf, potri = lapack.get_lapack_funcs(("potrf", "potri"), (g,))
+    # the symmetric g in Fortran order (itself or its transpose, the same matrix), so that
+    # LAPACK works in g's own memory; the result is in that view's upper triangle
+    a = g if g.flags.f_contiguous else g.T
+    c, info = potrf(a, lower=0, overwrite_a=1, clean=0)
+    if info == 0:
+        c, info = potri(c, lower=0, overwrite_c=1)
+    if info != 0:
+        raise ConfigError(f"ease: the Gram matrix plus l2 = {l2} is not numerically positive definite in "
+                          f"{np.dtype(dtype).name} (LAPACK info {info}); try a larger l2")
+    g = c.T  # C order, the inverse in its lower triangle (c is a's memory unless LAPACK copied it)
+    _fill_upper_from_lower(g, block)
+    d = np.diag(g).copy()
+    g /= -d[None, :]
+    g[np.diag_indices_from(g)] = 0.0
+    return g
+
+
+def _dense_gram(x: sp.csr_matrix, dtype, block: int) -> np.ndarray:
+    """``XᵀX`` as a dense C-ordered ``[I, I]`` array of ``dtype``, filled ``block`` rows at a time
+    (no sparse copy of the whole Gram matrix)."""
+    n = x.shape[1]
+    xt = x.T.tocsr().astype(dtype)
+    x = x.astype(dtype)
+    g = np.empty((n, n), dtype=dtype)
+    for s in range(0, n, block):
+        g[s:s + block] = (xt[s:s + block] @ x).toarray()
+    return g
+
+
+def _fill_upper_from_lower(a: np.ndarray, block: int) -> None:
+    """Make the square ``a`` symmetric from its lower triangle, in place, ``block`` rows at a time."""
+    n = len(a)
+    for s in range(0, n, block):
+        e = min(s + block, n)
+        a[s:e, e:] = a[e:, s:e].T
+        d = a[s:e, s:e]
+        d[np.triu_indices(e - s, 1)] = d.T[np.triu_indices(e - s, 1)]
 
 
 class BPRMF(Model):
