@@ -58,7 +58,9 @@ GRIDS: dict[str, list[dict[str, Any]]] = {
     "pop": [{}],
     "itemknn": _grid(k=[100, 50, 200, 400, 20], shrink=[10.0, 0.0, 50.0, 100.0]),
     "ease": _grid(l2=[500.0, 100.0, 200.0, 1000.0, 2000.0, 5000.0]),
-    "ials": _grid(factors=[64, 32, 128], regularization=[0.01, 0.1, 1.0], alpha=[10.0, 1.0, 40.0]),
+    # implicit's objective (alpha, plain L2): the model's default is Rendle et al.'s, on another scale
+    "ials": _grid(factors=[64, 32, 128], regularization=[0.01, 0.1, 1.0], alpha=[10.0, 1.0, 40.0],
+                  unobserved_weight=[0.0], frequency_scaling=[0.0]),
     "bpr": _grid(factors=[32, 16, 64], l2=[1e-5, 0.0, 1e-4], lr=[0.005, 0.001]),
     "gmf": _grid(factors=[16, 8, 32, 64], lr=[0.005, 0.001]),
     "mlp": _grid(layers=[(64, 32, 16, 8), (128, 64, 32, 16), (32, 16, 8)], lr=[0.005, 0.001]),

@@ -18,7 +18,8 @@ from ncf.models.baselines import ease_weights
 from ncf.train.trainer import Trainer
 
 FITTED = {"pop": {}, "itemknn": {"k": 5, "shrink": 2.0}, "ease": {"l2": 5.0},
-          "ials": {"factors": 4, "iterations": 8, "regularization": 0.05, "alpha": 5.0},
+          "ials": {"factors": 4, "iterations": 8, "regularization": 0.05, "alpha": 5.0, "unobserved_weight": 0.0,
+                   "frequency_scaling": 0.0},
           # Rendle et al.'s frequency-scaled regulariser: ncf's own solver instead of implicit's
           "ials:scaled": {"factors": 4, "iterations": 8, "regularization": 0.002, "unobserved_weight": 0.3,
                           "frequency_scaling": 1.0}}
@@ -360,7 +361,7 @@ def test_ease_float32_agrees_with_float64_on_ml100k(l2, ml100k_dir):
     seen = x.toarray() > 0
     top32 = np.argsort(-np.where(seen, -np.inf, s32), axis=1)[:, :10]
     top64 = np.argsort(-np.where(seen, -np.inf, s64), axis=1)[:, :10]
-    assert np.mean([set(a) == set(b) for a, b in zip(top32, top64)]) > 0.99
+    assert np.mean([set(a) == set(b) for a, b in zip(top32, top64, strict=True)]) > 0.99
 
 
 def test_ease_weights_keeps_one_dense_matrix():

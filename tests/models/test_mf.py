@@ -76,7 +76,7 @@ def test_ials_unobserved_weight_is_a_parameter(toy_dataset, own_group_auc):
     cls = get_model_class("ials")
     assert "unobserved_weight" in cls.params
     m = cls.from_params(toy_dataset.n_users, toy_dataset.n_items, factors=4, unobserved_weight=0.3,
-                        regularization=0.05, iterations=8)
+                        regularization=0.05, iterations=8, frequency_scaling=0.0)
     m.fit(toy_dataset, TrainConfig(model="ials", threads=1))
     users = np.arange(toy_dataset.n_users)
     assert own_group_auc(m.score_all(torch.as_tensor(users)).numpy(), toy_dataset, users) > 0.9

@@ -50,7 +50,8 @@ def test_item2vec_scores_histories_like_its_profiles(toy_dataset):
 def test_ials_fold_in_is_the_als_user_step(toy_dataset):
     pytest.importorskip("implicit")
     x = toy_dataset.train.matrix
-    model = get_model_class("ials").from_params(*x.shape, factors=4, iterations=15, regularization=0.05, alpha=5.0)
+    model = get_model_class("ials").from_params(*x.shape, factors=4, iterations=15, regularization=0.05, alpha=5.0,
+                                                unobserved_weight=0.0, frequency_scaling=0.0)
     model.fit(_Data(x))
     users = [0, 1, 2, 3]
     folded = model.score_histories([_history_of(x, u) for u in users])
@@ -59,8 +60,9 @@ def test_ials_fold_in_is_the_als_user_step(toy_dataset):
         assert np.corrcoef(f.numpy(), t.numpy())[0, 1] > 0.95
 
 
-@pytest.mark.parametrize("params", [{"alpha": 5.0, "regularization": 0.05},
-                                    {"unobserved_weight": 0.3, "regularization": 0.5}])
+@pytest.mark.parametrize("params", [{"alpha": 5.0, "regularization": 0.05, "unobserved_weight": 0.0,
+                                     "frequency_scaling": 0.0},
+                                    {"unobserved_weight": 0.3, "regularization": 0.5, "frequency_scaling": 0.0}])
 def test_ials_fold_in_solves_implicits_user_equation(toy_dataset, params):
     """The closed form is implicit's own user step (confidence alpha on seen items, the fit's
     alpha and regularisation, the unobserved weight converted), not an approximation of it."""
