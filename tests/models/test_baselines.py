@@ -204,7 +204,7 @@ def test_scaled_ials_sweeps_lower_rendles_objective():
     ("itemknn", {"shrink": -1}, "shrink"),
     ("ease", {"l2": 0}, "l2 must be > 0"),
     ("ials", {"alpha": -1.0}, "alpha"),
-    ("ials", {"frequency_scaling": 1.0}, "needs unobserved_weight"),
+    ("ials", {"frequency_scaling": 1.0, "unobserved_weight": 0.0}, "needs unobserved_weight"),
     ("ials", {"frequency_scaling": -1.0, "unobserved_weight": 0.3}, "frequency_scaling must be >= 0"),
     ("bpr", {"factors": 0}, "factors"),
     ("ease", {"lambda": 3}, "unknown parameter"),
