@@ -63,7 +63,11 @@ class FittedModel(Model):
             t = state_dict.get(prefix + name)
             old = getattr(self, name)
             if t is not None and t.dim() == old.dim() and t.shape != old.shape:
-                setattr(self, name, _frozen(torch.empty(t.shape, dtype=old.dtype, device=old.device)))
+                # the loaded tensor itself where it already has the right type and place (no
+                # second copy of a large matrix, e.g. EASE's items x items weights), else a new one
+                same = t.dtype == old.dtype and t.device == old.device
+                setattr(self, name, _frozen(t.detach() if same else torch.empty(t.shape, dtype=old.dtype,
+                                                                                   device=old.device)))
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
         problem = self._check_state()
