@@ -118,7 +118,9 @@ class ImplicitALS(FittedModel):
     # unobserved weight, the frequency-scaled regulariser
     params: ClassVar[dict] = {"factors": 256, "regularization": 0.003, "alpha": 1.0, "iterations": 15,
                               "unobserved_weight": 0.01, "frequency_scaling": 1.0}
-    config_fields = ("factors",)
+    # no TrainConfig fields: its ``factors`` default (8, NCF's) would override the model's own;
+    # ``--factors`` still reaches the model as one of its ``params``
+    config_fields = ()
 
     def __init__(self, n_users: int, n_items: int, factors: int = 256, regularization: float = 0.003,
                  alpha: float = 1.0, iterations: int = 15, unobserved_weight: float = 0.01,
