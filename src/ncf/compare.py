@@ -189,7 +189,7 @@ def tune_model(name: str, data_cfg: DataConfig, dataset: Dataset, out: Path, bud
         console.print(f"[bold]{name}[/] trial {t + 1}/{len(trials)} {trial or '(no hyperparameters)'}")
         t0 = time.perf_counter()
         summary = _run_trial(data_cfg, cfg, dataset, run, progress)
-        valid = summary.get("valid") or {}
+        valid = summary.get("valid") or summary.get("valid_topk") or {}  # a given split: the top-k protocol
         records.append({"trial": t, "config": trial, "run": str(run), "valid": valid,
                         "best_epoch": summary.get("best_epoch"), "epochs_run": summary.get("epochs_run"),
                         "train_seconds": summary["train_seconds"], "summary": summary})

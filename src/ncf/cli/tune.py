@@ -42,7 +42,7 @@ def tune_cmd(
     time_budget: float = typer.Option(..., "--time-budget", help="Wall-clock seconds for the whole search."),
     out: Path = typer.Option(..., "--out", help="Directory for study.sqlite3, summary.json, best/, trials.csv, "
                              "tune.png, runs/ (rerun on the same directory to resume)."),
-    models: str = typer.Option("ease,itemknn,ials,mf,ensemble", "--models", help="Comma-separated models to "
+    models: str = typer.Option("gfcf,bspm,ease,itemknn,ials,mf,ensemble", "--models", help="Comma-separated models to "
                                "search: any registry model with a search space (ensemble: a blend of the best "
                                "others, weights chosen on validation)."),
     protocol: str = typer.Option(None, "--protocol", help="Validation protocol that chooses: sampled "

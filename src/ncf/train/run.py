@@ -320,7 +320,19 @@ def _fit(model, dataset, cfg, data_cfg, out, progress, resume, on_epoch=None):
         # a fitted model with its own epoch loop (sasrec, ...) reports the epoch validation chose
         # in ``stats["best_epoch"]``: what a refit on train + validation trains for
         best_epoch = (getattr(model, "stats", None) or {}).get("best_epoch")
-        if dataset.valid is not None:
+        if dataset.valid is not None and dataset.report.get("split") == "given":
+            # a given split is judged by the field's protocol: every item ranked, each user scored once
+            # (on Gowalla-sized data one scoring of every user is minutes for a graph filter: no sampled
+            # protocol on top); stopped between blocks of users at the fit's deadline
+            from ncf.deadline import check
+            from ncf.eval.topk import evaluate_topk
+
+            deadline = getattr(cfg, "deadline", None)
+            trainer.valid_topk = evaluate_topk(
+                model, dataset.valid, dataset.train.matrix, (10, 20),
+                progress=None if deadline is None else lambda n: check(deadline, f"{model.name}: validation"))
+            trainer.best = {"epoch": best_epoch, "score": None, "valid": None}
+        elif dataset.valid is not None:
             from ncf.eval.evaluator import evaluate
 
             trainer.best = {"epoch": best_epoch, "score": None, "valid": evaluate(model, dataset.valid, "sampled")}

@@ -508,6 +508,8 @@ class Trainer:
             "device": str(self.device),
             "processes": self.world,
         }
+        if getattr(self, "valid_topk", None) is not None:
+            summary["valid_topk"] = self.valid_topk
         if topk is not None:
             summary["test_topk"] = topk
         if self.stopped:

@@ -71,7 +71,7 @@ from ncf.data.datasets import DataConfig, load_dataset
 from ncf.data.split import Dataset, LazyHoldOut
 from ncf.errors import ConfigError, NcfError, TrialTimeout
 
-DEFAULT_MODELS = ("ease", "itemknn", "ials", "mf", "ensemble")
+DEFAULT_MODELS = ("gfcf", "bspm", "ease", "itemknn", "ials", "mf", "ensemble")
 PROTOCOLS = ("sampled", "full", "topk")
 TOPK_METRICS = ("recall", "capped_recall", "ndcg", "precision", "map", "hr", "mrr")  # --protocol topk: NAME@K
 REPORT_KS = (10, 20)  # cut-offs of the top-k metrics reported on test (and on the choice's validation)
@@ -220,6 +220,8 @@ def valid_score(run: Path, dataset: Dataset, protocol: str, metric: str, summary
     several validation items a user, the top-k metrics of :mod:`ncf.eval.topk` over all of them)."""
     if protocol == "sampled":
         return float((summary.get("valid") or {}).get(metric, -math.inf))
+    if protocol == "topk" and metric in (summary.get("valid_topk") or {}):  # scored as it was fitted
+        return float(summary["valid_topk"][metric])
     if protocol == "topk":
         from ncf.eval.topk import evaluate_topk
 

@@ -148,7 +148,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 
 # rough cost order: cheap models first, so a small budget still sees a strong model; a model with a
 # space but not named here comes after these, in the order it was asked for (:func:`ordered`)
-ORDER = ("pop", "gfcf", "ease", "itemknn", "bspm", "ials", "mf", "bpr", "gmf", "neumf", "mlp", "lightgcn")
+ORDER = ("pop", "gfcf", "ease", "ials", "bspm", "itemknn", "mf", "bpr", "gmf", "neumf", "mlp", "lightgcn")
 
 # relative cost of a fitted model's trial from its hyperparameters (the model's full parameter
 # dict, defaults filled in): ``ncf tune`` scales the seconds of its earlier trials by it to
