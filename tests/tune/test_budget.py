@@ -201,7 +201,7 @@ def test_topk_protocol_chooses_on_recall_at_20_and_reads_test_once(tmp_path, mon
     for key in ("recall", "ndcg", "precision", "map", "coverage"):
         for k in (10, 20):
             assert 0 <= s["test"]["topk"][f"{key}@{k}"] <= 1 and f"{key}@{k}" in s["valid"]["topk"]
-    assert set(s["test"]) == {"topk"} and reads == [10, 20]
+    assert set(s["test"]) == {"topk"} and reads == [(10, 20)]  # one ranking of the test users for both cut-offs
     chosen = s["per_model"][s["model"]]
     assert chosen["valid_score"] == pytest.approx(s["valid"]["topk"]["recall@20"])
     assert json.loads((Path(chosen["run"]) / "summary.json").read_text())["test"] is None

@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ncf.errors import ConfigError
-from ncf.models.base import Model
+from ncf.models.base import Model, check_memory
 
 
 def normalized_adjacency(matrix: sp.spmatrix) -> sp.csr_matrix:
@@ -144,18 +144,6 @@ def topk_metrics(model, users: np.ndarray, items: np.ndarray, seen: sp.csr_matri
         hits[s: s + len(u), :top.shape[1]] = np.asarray(r[np.arange(len(u))[:, None], top].todense(), bool)
     n_rel = np.diff(rel[uniq].indptr)
     return {f"recall@{k}": recall_at_k(hits, n_rel), f"ndcg@{k}": ndcg_at_k(hits, n_rel)}
-
-
-def _available_memory() -> int | None:
-    """Bytes of memory available to a new allocation (``MemAvailable``), None where unknown."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
 
 
 class LightGCN(Model):
@@ -274,14 +262,6 @@ class LightGCN(Model):
         metrics = evaluate(self, valid, "sampled")
         return monitor, metrics[monitor], metrics
 
-    def _check_memory(self, nnz: int) -> None:
-        need = self.memory_estimate(self.n_users, self.n_items, nnz, self._hparams)
-        have = _available_memory()
-        if have is not None and need > have:
-            raise ConfigError(f"lightgcn: a fit needs about {need / 2**30:.1f} GiB of memory "
-                             f"({self.n_users} users, {self.n_items} items, {nnz} interactions), "
-                             f"{have / 2**30:.1f} GiB are available")
-
     def fit(self, dataset, cfg=None) -> LightGCN:
         """Train on ``dataset.train``; choose the epoch on ``dataset.valid`` (never test)."""
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -300,7 +280,7 @@ class LightGCN(Model):
         matrix.sort_indices()
         if matrix.nnz == 0:
             raise ConfigError("lightgcn: the training data has no interactions")
-        self._check_memory(matrix.nnz)
+        check_memory(self.name, self.memory_estimate(self.n_users, self.n_items, matrix.nnz, self._hparams))
         if getattr(cfg, "threads", 0):
             torch.set_num_threads(cfg.threads)
         self.to(resolve_device(getattr(cfg, "device", "cpu")))

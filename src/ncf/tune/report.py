@@ -120,7 +120,8 @@ def finish(tuner, elapsed: float) -> dict[str, Any]:
     if best_dir.exists():
         shutil.rmtree(best_dir)
     shutil.copytree(Path(refit["run"]) if refit else run, best_dir, ignore=shutil.ignore_patterns("state.safetensors"))
-    valid = valid_metrics(tuner, load_model(run))  # the choice as trained (its refit has seen the validation items)
+    # the choice as trained (its refit has seen the validation items)
+    valid = valid_metrics(tuner, load_model(run), json.loads((run / "summary.json").read_text()))
     test = test_metrics(tuner, load_model(best_dir), tuner.full if refit else ds)  # the one read of test
     summary = {
         "dataset": ds.name, "protocol": tuner.protocol, "metric": tuner.metric,
@@ -144,15 +145,20 @@ def _why_none(trials) -> str:
     return a.get("timeout") or a.get("error") or trials[-1].state.name.lower()
 
 
-def valid_metrics(tuner, model) -> dict[str, Any]:
+def valid_metrics(tuner, model, summary: dict | None = None) -> dict[str, Any]:
     """The chosen model's validation metrics, as trained: topk at k 10 and 20 under the topk
-    protocol; else sampled and full (and topk where the holdouts have several rows a user)."""
+    protocol (those its fit scored, where it did: a given split's); else sampled and full (and
+    topk where the holdouts have several rows a user)."""
     from ncf.eval.evaluator import evaluate
-    from ncf.tune.search import several_a_user, topk_metrics
+    from ncf.eval.topk import evaluate_topk
+    from ncf.tune.search import REPORT_KS, several_a_user, topk_metrics
 
     ds = tuner.dataset
+    scored = (summary or {}).get("valid_topk") or {}
+    if tuner.protocol == "topk" and all(f"recall@{k}" in scored for k in REPORT_KS):
+        return {"topk": scored}
     if tuner.protocol == "topk":
-        return {"topk": topk_metrics(model, ds.valid, ds.train.matrix)}
+        return {"topk": dict(evaluate_topk(model, ds.valid, ds.train.matrix, tuple(REPORT_KS)))}
     out = {"sampled": evaluate(model, ds.valid, "sampled"),
            "full": evaluate(model, ds.valid, "full", seen=ds.train.matrix)}
     if several_a_user(ds):
@@ -169,8 +175,11 @@ def test_metrics(tuner, model, data) -> dict[str, Any]:
     from ncf.tune.search import several_a_user, topk_metrics
 
     seen = data.seen(include_valid=True)
-    if tuner.protocol == "topk":
-        return {"topk": topk_metrics(model, data.test, seen)}
+    if tuner.protocol == "topk":  # one ranking of each test user for every cut-off
+        from ncf.eval.topk import evaluate_topk
+        from ncf.tune.search import REPORT_KS
+
+        return {"topk": dict(evaluate_topk(model, data.test, seen, tuple(REPORT_KS)))}
     out = {"sampled": evaluate(model, data.test, "sampled"), "full": evaluate(model, data.test, "full", seen=seen)}
     if several_a_user(tuner.dataset):
         out["topk"] = topk_metrics(model, data.test, seen)

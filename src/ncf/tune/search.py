@@ -124,18 +124,11 @@ def parse_metric(protocol: str, metric: str | None) -> tuple[str, int]:
 
 
 def topk_metrics(model, holdout, seen, ks=REPORT_KS) -> dict[str, float]:
-    """:func:`ncf.eval.topk.evaluate_topk` at every cut-off of ``ks``, in one dict: one ranking
-    where the evaluator takes several cut-offs (``ks=``), else one call a cut-off."""
-    import inspect
-
+    """:func:`ncf.eval.topk.evaluate_topk` at every cut-off of ``ks``, in one dict, from one ranking
+    of each user."""
     from ncf.eval.topk import evaluate_topk
 
-    if "ks" in inspect.signature(evaluate_topk).parameters:
-        return dict(evaluate_topk(model, holdout, seen, ks=tuple(ks)))
-    out: dict[str, float] = {}
-    for k in ks:
-        out.update(evaluate_topk(model, holdout, seen, k))
-    return out
+    return dict(evaluate_topk(model, holdout, seen, tuple(ks)))
 
 
 def available_memory() -> int | None:
