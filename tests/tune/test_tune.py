@@ -167,6 +167,19 @@ def test_spaces_give_valid_configs(name):
         study.tell(t, 0.0)
 
 
+def test_a_fresh_study_starts_with_the_default_then_the_other_reference_settings(toy_dataset, tmp_path):
+    tuner = Tuner(DCFG, tmp_path, 5, ["ials"], dataset=toy_dataset)
+    study = tuner._study("ials", 0)
+    from ncf.compare import trial_config
+
+    firsts = []
+    for _ in range(2):
+        trial = study.ask()
+        trial_config("ials", space.suggest("ials", trial), {"epochs": 2})  # a valid setting of the model
+        firsts.append(trial.params)
+    assert firsts == [space.DEFAULTS["ials"], *space.ALSO_FIRST["ials"]]
+
+
 def test_bad_arguments(toy_dataset, tmp_path):
     with pytest.raises(ValueError, match="time-budget"):
         Tuner(DCFG, tmp_path, 0, ["ease"], dataset=toy_dataset)

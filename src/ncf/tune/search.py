@@ -400,7 +400,8 @@ class Tuner:
             study.sampler = optuna.samplers.TPESampler(seed=self.seed + 1000 * k + len(study.trials),
                                                        n_startup_trials=4)
         if name in space.DEFAULTS and not study.trials:
-            study.enqueue_trial(space.DEFAULTS[name])
+            for first in (space.DEFAULTS[name], *space.ALSO_FIRST.get(name, ())):
+                study.enqueue_trial(first)
         return study
 
     def _done(self, name: str) -> list:
