@@ -9,6 +9,7 @@ import torch
 from ncf.checkpoint import load_model, save_model
 from ncf.config import TrainConfig
 from ncf.data.datasets import DataConfig
+from ncf.errors import ConfigError
 from ncf.eval.evaluator import evaluate
 from ncf.models import MODELS, get_model_class
 from ncf.models.ensemble import simplex_grid, zscore
@@ -96,3 +97,17 @@ def test_bad_members_refused(toy_dataset, tmp_path):
     save_model(tmp_path / "one", m)
     with pytest.raises(ValueError, match="users x"):
         cls.from_params(3, 3, members=[str(tmp_path / "one")])
+
+
+def test_weights_that_cannot_fit_in_memory_are_refused_before_scoring(toy_dataset, monkeypatch):
+    import ncf.models.base as base
+    from ncf.models.ensemble import Ensemble
+
+    monkeypatch.setattr(base, "available_memory", lambda: 1000)  # bytes: far below every member's scores
+
+    def never(*a, **k):
+        raise AssertionError("members scored before the memory check")
+
+    monkeypatch.setattr(Ensemble, "_member_scores", never)
+    with pytest.raises(ConfigError, match="ensemble: the fit needs about .* validation rows"):
+        _fit(toy_dataset, members=["pop", {"model": "pop"}], step=0.25)  # pop: no memory of its own to check

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from ncf.errors import ConfigError
-from ncf.models.base import pairs_from_rows
+from ncf.models.base import check_memory, pairs_from_rows
 from ncf.models.baselines import FittedModel
 
 NORMALISE = ("zscore",)
@@ -143,6 +143,10 @@ class Ensemble(FittedModel):
         from ncf.eval.metrics import pessimistic_rank, summarize
 
         hp, valid = self._hparams, dataset.valid
+        # every member's scores of every validation row, held at once: refused before allocating where
+        # they cannot fit (a split with many validation rows a user over a large catalogue)
+        check_memory("ensemble", 4 * len(valid) * self.n_items * (len(self.members) + 2),
+                     f"its weights are chosen on {len(valid)} validation rows x {self.n_items} items")
         z = self._member_scores(np.asarray(valid.users))
         rows = np.arange(len(valid))
         if hp["select"] == "sampled":
